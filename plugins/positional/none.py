@@ -1,0 +1,7 @@
+"""No positional information (a causal model can still infer order, Haviv et al. 2022)."""
+
+from zoo.components import PositionalScheme
+
+
+class NoPositions(PositionalScheme):
+    """Adds nothing anywhere."""

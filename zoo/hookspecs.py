@@ -1,0 +1,47 @@
+"""The hooks a zoo plugin can implement.
+
+A plugin is any module or object with functions marked ``@zoo.hookimpl``. Built-in
+components are ordinary plugins registered through these same hooks; third-party
+packages declare theirs in the ``zoo`` entry-point group, and local files or modules
+are named with ``zoo --plugin PATH_OR_MODULE`` or the ``ZOO_PLUGINS`` variable.
+"""
+
+import pluggy
+
+PROJECT_NAME = "zoo"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def zoo_register_components(registry):
+    """Add model components to ``registry``.
+
+    Call ``registry.add(kind, name, component)`` once per component, where ``kind`` is
+    one of ``positional``, ``attention``, ``block``, ``norm`` or ``mlp`` and
+    ``component`` is an ``nn.Module`` subclass following the protocol of
+    :mod:`zoo.components` for that kind. A name already taken by another plugin is
+    refused with an error naming both plugins.
+    """
+
+
+@hookspec
+def zoo_register_exporters(registry):
+    """Add export formats to ``registry``.
+
+    Call ``registry.add("exporter", name, exporter)``, where ``exporter`` is a callable
+    ``exporter(model, spec, out_dir, **options)`` that writes the exported files into
+    ``out_dir`` (a fresh temporary directory that the zoo renames into place once the
+    call returns) and returns a manifest dictionary.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_positional_picture(scheme, spec, length, ax):
+    """Draw a picture of positional scheme ``scheme`` (an instance) on matplotlib ``ax``.
+
+    Return True if the plugin drew it; the first plugin to return a result wins, so a
+    positional plugin can provide the picture of its own scheme. ``spec`` is the model
+    spec the scheme belongs to and ``length`` the number of positions to show.
+    """
