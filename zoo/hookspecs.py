@@ -33,7 +33,10 @@ def zoo_register_exporters(registry):
     Call ``registry.add("exporter", name, exporter)``, where ``exporter`` is a callable
     ``exporter(model, spec, out_dir, **options)`` that writes the exported files into
     ``out_dir`` (a fresh temporary directory that the zoo renames into place once the
-    call returns) and returns a manifest dictionary.
+    call returns) and returns a manifest dictionary with a ``files`` mapping. Options
+    passed by ``zoo export``: ``kv_cache`` (bool), ``dtype`` ("fp32"/"fp16"), ``opset``
+    (int or None), ``validate`` (bool); an exporter refuses options it cannot honour
+    with :class:`zoo.errors.ExportError`.
     """
 
 

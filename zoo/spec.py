@@ -425,7 +425,7 @@ def load_spec(name_or_path: str | os.PathLike | ModelSpec, overrides: dict[str, 
         if key in models:
             body, _ = models[key]
             where, name = f"models.{key}", key
-        elif key.endswith((".yaml", ".yml")) or os.path.sep in key or Path(key).is_file():
+        elif key.endswith((".yaml", ".yml")) or os.path.sep in key or Path(key).exists():
             path = Path(key)
             if path.is_dir():
                 path = path / "spec.yaml"
