@@ -23,7 +23,7 @@ def assemble(spec: ModelSpec) -> nn.Module:
         return model_class(spec)(spec)
 
 
-def init_weights(model: nn.Module, spec: ModelSpec, generator: torch.Generator | None = None) -> None:
+def init_weights(model: nn.Module, spec: ModelSpec) -> None:
     """Initialise in place with the spec's scheme.
 
     ``gpt2``: N(0, 0.02) for linear and embedding weights, residual projections
@@ -37,20 +37,20 @@ def init_weights(model: nn.Module, spec: ModelSpec, generator: torch.Generator |
                 continue
             if spec.init == "gpt2":
                 std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("c_proj") else 0.02
-                nn.init.normal_(module.weight, std=std, generator=generator)
+                nn.init.normal_(module.weight, std=std)
             else:
-                nn.init.xavier_uniform_(module.weight, generator=generator)
+                nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             std = 0.02 if spec.init == "gpt2" else spec.d_model ** -0.5
-            nn.init.normal_(module.weight, std=std, generator=generator)
+            nn.init.normal_(module.weight, std=std)
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
         else:  # a plugin's own parameters with no reset_parameters(): small normal, zero vectors
             for param in module.parameters(recurse=False):
                 if param.dim() >= 2:
-                    nn.init.normal_(param, std=0.02, generator=generator)
+                    nn.init.normal_(param, std=0.02)
                 else:
                     nn.init.zeros_(param)
 
@@ -72,10 +72,12 @@ def build(spec: str | ModelSpec, *, device: str | torch.device = "cpu", dtype: t
     """
     spec = load_spec(spec, overrides or None)
     model = materialize(assemble(spec), device, dtype)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    init_weights(model, spec, generator)
+    if seed is None:
+        init_weights(model, spec)
+    else:  # a seed fixes every draw, plugins' own reset_parameters() included
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            init_weights(model, spec)
     return model.eval()
 
 

@@ -158,7 +158,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for hook in (pm.hook.zoo_register_components, pm.hook.zoo_register_exporters):
         # Called one implementation at a time (in registration order) so that each
         # entry knows its origin and a duplicate can name both plugins.
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():
             registry.origin = _origin(pm, impl.plugin_name, impl.plugin)
             try:
                 impl.function(registry=registry)

@@ -231,21 +231,35 @@ def _as_component(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+def _accepted_options(field: str, type_name: Any) -> set[str]:
+    """Option names the component ``type_name`` of ``field``'s kind takes (none if unknown)."""
+    registry = get_registry()
+    kind = COMPONENT_KIND.get(field, field)
+    if not isinstance(type_name, str) or type_name not in registry.names(kind):
+        return set()
+    options = getattr(registry.get(kind, type_name), "Options", None)
+    return {f.name for f in dataclasses.fields(options)} if options else set()
+
+
 def merge(base: dict, override: dict) -> dict:
     """Deep-merge ``override`` into ``base``.
 
-    A component given a different ``type`` (or given as a bare name) replaces the base
-    component whole, since one type's options do not fit another.
+    A component switched to another ``type`` keeps only the base options the new type
+    also accepts (``attention=cosine`` keeps ``n_heads``; ``positional=rotary`` drops
+    nothing it could use), since one type's options need not fit another.
     """
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key in COMPONENT_FIELDS:
             value = _as_component(value)
             old = _as_component(out.get(key))
-            if isinstance(value, dict) and isinstance(old, dict) and value.get("type", old.get("type")) == old.get("type"):
+            if not (isinstance(value, dict) and isinstance(old, dict)):
+                out[key] = copy.deepcopy(value)
+            elif value.get("type", old.get("type")) == old.get("type"):
                 out[key] = merge(old, value)
             else:
-                out[key] = copy.deepcopy(value)
+                keep = _accepted_options(key, value["type"])
+                out[key] = {**{k: v for k, v in old.items() if k in keep}, **copy.deepcopy(value)}
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
@@ -305,9 +319,13 @@ def overrides_to_dict(overrides: dict[str, Any]) -> dict:
         node = out
         parts = dotted.split(".")
         for part in parts[:-1]:
+            if part in COMPONENT_FIELDS and isinstance(node.get(part), str):
+                node[part] = _as_component(node[part])  # positional=rotary, then positional.base=...
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpecError(f"--set {dotted}: {part} was already set to a value")
+        if parts[-1] in COMPONENT_FIELDS and isinstance(node.get(parts[-1]), dict) and isinstance(value, str):
+            value = {**node[parts[-1]], "type": value}
         node[parts[-1]] = value
     return out
 
