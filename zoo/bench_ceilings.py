@@ -1,0 +1,90 @@
+"""The machine's ceilings, measured by the benchmark itself with torch.
+
+* **Matrix-multiply FLOP/s**: ``torch.mm`` of two large square matrices (2·n³ FLOP per
+  product), fp32 and, where the device runs them natively, bf16 and fp16. A low
+  precision counts as supported only if a small probe product runs faster than in fp32
+  (a CPU without bf16/fp16 instructions emulates them, hundreds of times slower).
+* **Read bandwidth**: ``torch.sum`` over one fp32 tensor far larger than the last-level
+  cache (1 GiB), bytes read / time. A decode step streams every weight matrix once
+  through a matrix-vector product, which is the same access pattern: sequential reads
+  of data that cannot stay in cache, with almost no arithmetic per byte and no writes.
+  A copy is also reported for context; it reads and writes, so it is not the ceiling
+  a decode step sees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.bench_timing import rate, time_call
+
+GiB = 1 << 30
+
+
+def device_sync(device: str):
+    """A function that waits for the device's queued work (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _matmul_seconds(dtype: torch.dtype, device: str, size: int, warmup: int, repeats: int) -> list[float]:
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)  # (n, n)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)  # (n, n)
+    out = torch.empty(size, size, device=device, dtype=dtype)  # (n, n)
+    return time_call(lambda: torch.mm(a, b, out=out), warmup, repeats, device_sync(device))
+
+
+def matmul_ceiling(dtype: torch.dtype, device: str, size: int, warmup: int, repeats: int,
+                   probe: int = 256) -> dict:
+    """FLOP/s of an n×n by n×n product in ``dtype``; a low precision that a probe shows
+    to be slower than fp32 is reported as not available instead of measured."""
+    name = str(dtype).removeprefix("torch.")
+    entry = {"name": f"matmul_{name}", "dtype": name, "size": size,
+             "method": f"torch.mm of two {size}x{size} {name} matrices, 2*n^3 FLOP per product"}
+    if dtype != torch.float32:
+        fp32 = min(_matmul_seconds(torch.float32, device, probe, 1, 3))
+        low = min(_matmul_seconds(dtype, device, probe, 1, 3))
+        if low > fp32:
+            flops = 2 * probe ** 3
+            return {**entry, "not_available": (
+                f"{name} matmul is not native on this {torch.device(device).type}: a {probe}x{probe} probe ran at "
+                f"{flops / low / 1e9:.1f} GFLOP/s against {flops / fp32 / 1e9:.1f} GFLOP/s in fp32")}
+    seconds = _matmul_seconds(dtype, device, size, warmup, repeats)
+    return {**entry, "flop_per_s": rate(seconds, 2 * size ** 3, "FLOP/s")}
+
+
+def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
+    """Bytes per second read by ``torch.sum`` over an fp32 tensor of ``nbytes``."""
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,) pages touched now, not in the timing
+    seconds = time_call(lambda: x.sum(), warmup, repeats, device_sync(device))
+    return {"name": "read_bandwidth", "bytes": x.numel() * 4,
+            "method": f"torch.sum over one fp32 tensor of {x.numel() * 4 / GiB:.2f} GiB (bytes read / time)",
+            "bytes_per_s": rate(seconds, x.numel() * 4, "B/s")}
+
+
+def copy_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
+    """Bytes per second (read + written) of a tensor copy of ``nbytes``."""
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,)
+    y = torch.zeros_like(x)  # (N,)
+    seconds = time_call(lambda: y.copy_(x), warmup, repeats, device_sync(device))
+    return {"name": "copy_bandwidth", "bytes": 2 * x.numel() * 4,
+            "method": f"Tensor.copy_ of {x.numel() * 4 / GiB:.2f} GiB (bytes read + bytes written) / time",
+            "bytes_per_s": rate(seconds, 2 * x.numel() * 4, "B/s")}
+
+
+def measure_ceilings(device: str, warmup: int, repeats: int, tiny: bool = False, step=lambda name: None) -> dict:
+    """Every ceiling, keyed by name; ``step(name)`` is called before each measurement."""
+    size = 512 if tiny else (8192 if torch.device(device).type == "cuda" else 4096)
+    nbytes = (64 << 20) if tiny else GiB
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        name = f"matmul_{str(dtype).removeprefix('torch.')}"
+        step(name)
+        out[name] = matmul_ceiling(dtype, device, size, warmup, repeats)
+    step("read_bandwidth")
+    out["read_bandwidth"] = read_bandwidth(device, nbytes, warmup, repeats)
+    step("copy_bandwidth")
+    out["copy_bandwidth"] = copy_bandwidth(device, nbytes, warmup, repeats)
+    return out
