@@ -1,0 +1,266 @@
+"""The ``onnx`` exporter: zoo models as ONNX graphs that ONNX Runtime runs.
+
+    import zoo
+    from zoo.exporters.onnx import export
+    export(zoo.build("gpt2"), "out/gpt2-onnx", kv_cache=True)   # written atomically
+    lm = zoo.runtime.load("out/gpt2-onnx")
+
+Each graph of :func:`zoo.exporters.onnx_graphs.graphs_for` is traced with
+``torch.export`` (dynamic batch and sequence dimensions), translated by
+``torch.onnx.export`` at opset 23 by default, where attention becomes ONNX's fused
+``Attention`` operator, and saved as ``NAME.onnx`` with its weights in
+``NAME.onnx.data`` (external data, so gpt2-xl's 6 GB fit past protobuf's 2 GB limit).
+The directory also holds the resolved ``spec.yaml``, the tokenizer files when known,
+``validation.json`` and ``manifest.json`` (graphs with input/output names and shapes,
+opset, dtype, and the sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import sys
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from zoo.checkpoint import load_state, state_dict_for_saving
+from zoo.errors import ExportError, ZooError
+from zoo.exporters.onnx_errors import export_failure, first_line
+from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
+from zoo.io import sha256_file
+from zoo.spec import ModelSpec
+
+DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
+MIN_OPSET = 18  # the oldest torch.onnx's exporter translates to
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+MANIFEST = "manifest.json"
+VALIDATION = "validation.json"
+SPEC = "spec.yaml"
+ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+              onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
+
+
+def export(model: nn.Module, out_dir: str | Path, *, spec: ModelSpec | None = None, kv_cache: bool = False,
+           dtype: str = "fp32", opset: int | None = None, validate: bool = True,
+           tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> dict:
+    """Export ``model`` to ONNX in ``out_dir``, written atomically; return the manifest.
+
+    ``kv_cache`` adds past key/value inputs and present outputs (one graph serves
+    prefill, with an empty past, and decode); ``dtype`` is ``"fp32"`` or ``"fp16"``
+    (for GPUs); ``validate`` runs ONNX Runtime against PyTorch on several shapes and
+    fails the export on a mismatch; ``tokenizer_dir`` is a directory whose
+    ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along.
+    """
+    from zoo.export import export_model
+
+    return export_model(model, spec or model.spec, out_dir, "onnx", overwrite=overwrite, kv_cache=kv_cache,
+                        dtype=dtype, opset=opset, validate=validate, tokenizer_dir=tokenizer_dir)
+
+
+def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
+                  dtype: str = "fp32", opset: int | None = None, validate: bool = True,
+                  tokenizer_dir: str | Path | None = None) -> dict:
+    """The registered ``onnx`` exporter: write every file into ``out_dir`` (a fresh
+    temporary directory that :func:`zoo.export.export_model` renames into place)."""
+    out = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not supported by the onnx exporter; choose one of: {', '.join(DTYPES)}")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old for torch's ONNX exporter; use {MIN_OPSET} or newer "
+                          f"({DEFAULT_OPSET} gives the fused Attention operator)")
+    graph_model = model_in_dtype(model, spec, DTYPES[dtype])
+    graphs = graphs_for(graph_model, kv_cache)
+    was_training = model.training
+    progress = tqdm(total=len(graphs) + int(validate), desc=f"export {spec.name} to ONNX", unit="graph",
+                    file=sys.stderr, leave=False)
+    try:
+        entries = {}
+        for graph in graphs:
+            progress.set_postfix_str(graph.name)
+            entries[graph.name] = export_graph(graph.eval(), out, opset)
+            progress.update()
+        (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
+        tokenizer = copy_tokenizer(spec, out, tokenizer_dir)
+        manifest = {
+            "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
+            "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
+            "graphs": entries, "tokenizer": tokenizer,
+            "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
+        }
+        write_manifest(out, manifest, files=False)  # what the runtime reads while validating
+        if validate:
+            progress.set_postfix_str("validating")
+            manifest["validation"] = run_validation(graph_model, out)
+            progress.update()
+        return write_manifest(out, manifest)
+    finally:
+        progress.close()
+        model.train(was_training)
+
+
+def model_in_dtype(model: nn.Module, spec: ModelSpec, dtype: torch.dtype) -> nn.Module:
+    """``model`` itself, or a copy in ``dtype`` (the caller's model is left untouched)."""
+    if next(model.parameters()).dtype == dtype:
+        return model
+    from zoo.builder import assemble
+
+    tensors = {name: t.to(dtype) for name, t in state_dict_for_saving(model).items()}
+    return load_state(assemble(spec), tensors, f"{spec.name} in {dtype}").eval()
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Hide torch.onnx's log lines and warnings about things the zoo does not use."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
+    """Trace, translate, save and check one graph; return its manifest entry."""
+    input_names = [name for name, _ in graph.inputs()]
+    output_names = [name for name, _ in graph.outputs()]
+    with quiet_exporter():
+        try:
+            program = torch.export.export(graph, graph.example_inputs(), dynamic_shapes=graph.dynamic_shapes(),
+                                          strict=False)
+        except Exception as exc:
+            raise export_failure(exc, graph) from None
+        try:
+            onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
+                                             opset_version=opset, dynamo=True, verbose=False, optimize=True)
+        except Exception as exc:
+            raise export_failure(exc, graph, program) from None
+        path = out / f"{graph.name}.onnx"
+        onnx_program.save(str(path), external_data=True)
+    proto = name_dimensions(path, graph)
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{graph.name}.onnx fails onnx.checker: {first_line(exc)}") from None
+    return {
+        "file": path.name,
+        "inputs": [io_entry(v) for v in proto.graph.input],
+        "outputs": [io_entry(v) for v in proto.graph.output],
+    }
+
+
+def io_entry(value: onnx.ValueInfoProto) -> dict:
+    tensor = value.type.tensor_type
+    shape = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape}
+
+
+_SYMBOL = re.compile(r"\b[a-z]\d+\b")
+
+
+def _terms(dim) -> list:
+    return sorted(p.strip() for p in dim.split("+")) if isinstance(dim, str) else [dim]
+
+
+def name_dimensions(path: Path, graph: ExportGraph) -> onnx.ModelProto:
+    """Rename the tracer's symbols (``s43``) to the graph's dimension names (``batch``)
+    in the saved graph, and check that every input and output has its declared shape.
+
+    Only the graph proto is rewritten; the external weights file is untouched.
+    """
+    proto = onnx.load(str(path), load_external_data=False)
+    symbols: dict[str, str] = {}
+    for value, (name, dims) in zip(proto.graph.input, graph.inputs()):
+        for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, dims)):
+            if not isinstance(want, str):
+                continue
+            if not dim.HasField("dim_param"):
+                raise ExportError(f"{graph.name}.onnx: input {name} axis {axis} ({want}) was fixed to "
+                                  f"{dim.dim_value} while tracing; a component treats it as a constant")
+            if symbols.setdefault(dim.dim_param, want) != want:
+                raise ExportError(f"{graph.name}.onnx: the tracer merged dimensions {symbols[dim.dim_param]} "
+                                  f"and {want}; a component ties them together")
+    values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = _SYMBOL.sub(lambda m: symbols.get(m.group(0), m.group(0)), dim.dim_param)
+    declared = [*graph.inputs(), *graph.outputs()]
+    for value, (name, dims) in zip([*proto.graph.input, *proto.graph.output], declared):
+        shape = io_entry(value)["shape"]
+        if value.name != name or [_terms(d) for d in shape] != [_terms(d) for d in dims]:
+            raise ExportError(f"{graph.name}.onnx: {value.name} has shape {shape}, expected {name} {list(dims)}; "
+                              "a component changes a dimension the runtime relies on")
+        for dim, want in zip(value.type.tensor_type.shape.dim, dims):
+            if isinstance(want, str):
+                dim.dim_param = want  # one spelling of each sum
+    onnx.save(proto, str(path))
+    return proto
+
+
+def attention_operator(out: Path, entries: dict) -> str:
+    """Which form attention took: the fused ``Attention`` operator or plain operators."""
+    fused = 0
+    for entry in entries.values():
+        proto = onnx.load(str(out / entry["file"]), load_external_data=False)
+        fused += sum(node.op_type == "Attention" for node in proto.graph.node)
+    return f"Attention (fused, {fused} nodes)" if fused else "MatMul/Softmax (unfused)"
+
+
+def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:
+    """Copy the tokenizer files: from ``tokenizer_dir`` when it has any, else the
+    packaged GPT-2 files for a spec whose tokenizer is ``gpt2``."""
+    sources: list[Path] = []
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        sources = [Path(tokenizer_dir) / name for name in TOKENIZER_FILES if (Path(tokenizer_dir) / name).is_file()]
+    if not sources and spec.tokenizer == "gpt2":
+        assets = resources.files("zoo") / "assets" / "gpt2"
+        sources = [Path(str(assets / name)) for name in ("vocab.json", "merges.txt")]
+    for source in sources:
+        shutil.copyfile(source, out / source.name)
+    return [s.name for s in sources]
+
+
+def run_validation(model: nn.Module, out: Path) -> dict:
+    """Run ONNX Runtime against PyTorch, print and save the report; raise on a mismatch."""
+    from zoo.exporters.onnx_validation import validate_export
+
+    try:
+        report = validate_export(model, out)
+    except ZooError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot run the export of {model.spec.name}: {first_line(exc)}") from None
+    (out / VALIDATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tqdm.write(report.text(), file=sys.stderr)
+    if not report.passed:
+        worst = report.worst()
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch on {model.spec.name}: max |difference| "
+                          f"{worst.max_abs_diff:.2e} exceeds {worst.tolerance} ({worst.describe()}); "
+                          "nothing was written")
+    return report.summary()
+
+
+def write_manifest(out: Path, manifest: dict, files: bool = True) -> dict:
+    """Write ``manifest.json``; with ``files``, record every other file of the directory
+    with its size and sha256."""
+    if files:
+        manifest["files"] = {
+            str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST
+        }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
