@@ -8,6 +8,7 @@ non-zero exit and no traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -146,6 +147,149 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, no_va
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
                             opset=opset, validate=not no_validate)
     click.echo(f"exported {spec.name} as {fmt} -> {output} ({len(manifest.get('files', {}))} files)")
+
+
+def _given(ctx, name: str) -> bool:
+    """Whether option ``name`` was set by the user rather than left at its default."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+# Options of `zoo train` that decide the run's trajectory: fixed once a run starts.
+_TRAJECTORY = ("batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_norm", "weight_decay", "vocab_size",
+               "tokenizer", "vocabulary", "amp", "seed", "checkpoint_every", "eval_every", "eval_sentences")
+
+
+@cli.command()
+@spec_options
+@click.option("--data", required=True, help="A TSV (English<TAB>Italian) or JSONL (en/it) file, or 'opus_books' from the local Hugging Face cache.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run directory.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None, help="Continue this run directory from its newest checkpoint.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this much training time (over all sessions).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Stop after this many passes over the data.")
+@click.option("--batch-tokens", type=click.IntRange(min=16), default=4096, show_default=True, help="Padded tokens per batch and process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate, reached after --warmup steps, then decayed as 1/sqrt(step).")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=1), default=400, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Clip the gradient norm to this.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(min=64), default=8000, show_default=True, help="Subword vocabulary size (both languages together).")
+@click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default="bpe", show_default=True)
+@click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default="shared", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True, help="Mixed precision; auto: on for CUDA.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True, help="Steps between checkpoints.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between validation runs.")
+@click.option("--eval-sentences", type=click.IntRange(min=0), default=200, show_default=True, help="Validation sources translated for BLEU.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed data lines (reported) instead of stopping.")
+@click.option("--force", is_flag=True, help="Replace an existing -o directory.")
+@click.pass_context
+def train(ctx, model, overrides, data, output, resume, force, **options):
+    """Train translation MODEL on English-Italian pairs; -o starts a run, --resume continues one.
+
+    Runs distributed, unchanged, under torchrun (gloo on CPU, NCCL on GPU).
+    """
+    import dataclasses
+
+    from zoo.training import TrainConfig, train as train_run
+
+    if (output is None) == (resume is None):
+        raise click.UsageError("give -o RUN_DIR to start a run or --resume RUN_DIR to continue one")
+    data_path = Path(data)
+    data = str(data_path.resolve()) if data_path.is_file() else data
+    if resume is not None:
+        config = TrainConfig.load(resume)
+        if config.model != model:
+            raise ZooError(f"{resume} trains {config.model}, not {model}; name the same model to resume it")
+        if config.data != data:
+            raise ZooError(f"{resume} was trained on {config.data}, not {data}; resume it with the same --data")
+        changed = [name for name in _TRAJECTORY if _given(ctx, name) and options[name] != getattr(config, name)]
+        if changed or overrides:
+            what = f"--{changed[0].replace('_', '-')}" if changed else "--set"
+            raise ZooError(f"{what} differs from the run's setting; a resumed run keeps its settings (see {resume}/train.json)")
+        budget = {name: options[name] for name in ("max_minutes", "max_steps", "epochs") if _given(ctx, name)}
+        config = dataclasses.replace(config, **budget)
+    else:
+        config = TrainConfig(model=model, data=data, overrides=dict(overrides), **options)
+    run_dir = resume or output
+    summary = train_run(config, run_dir, resume=resume is not None, force=force,
+                        warn=lambda message: click.echo(f"warning: {message}", err=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        bleu = summary["validation_bleu"]
+        click.echo(f"trained {config.model}: {summary['steps']:,} steps ({summary['epochs']} epochs) in "
+                   f"{summary['seconds'] / 60:.1f} min, {summary['tokens_per_second'] or 0:,.0f} tokens/s; "
+                   f"validation BLEU {bleu if bleu is None else round(bleu, 2)} -> {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--data", default=None, help="Parallel data to split (default: the run's training data).")
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N sources of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Sample translations to print.")
+def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, samples):
+    """Translate a split of the run's data and report BLEU, chrF (sacrebleu), CER and WER.
+
+    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json.
+    """
+    from zoo.data import group_references, read_pairs, split_pairs
+    from zoo.evaluate import evaluate as evaluate_split, write_evaluation
+    from zoo.training import TrainConfig
+    from zoo.translate import load_translator
+
+    translator = load_translator(run_dir, "torch", device)
+    config = TrainConfig.load(run_dir)
+    warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
+    pairs = read_pairs(data or config.data, config.skip_bad_lines, warn)
+    chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
+    sources, references = group_references(chosen)
+    if limit:
+        sources, references = sources[:limit], references[:limit]
+    if not sources:
+        raise ZooError(f"the {split} split of {data or config.data} is empty")
+    result, hypotheses = evaluate_split(translator, sources, references, split, beam=beam, alpha=alpha,
+                                        batch_size=batch_size, progress=True)
+    tsv, _ = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
+    click.echo(f"{split}: {result.sources:,} English sources, {result.pairs:,} pairs, {result.decoding}, "
+               f"{result.sentences_per_second:.1f} sentences/s")
+    click.echo(f"  all references  {result.all_references.line()}")
+    click.echo(f"  per pair        {result.per_pair.line()}")
+    for src, hyp, refs in list(zip(sources, hypotheses, references))[:samples]:
+        click.echo(f"  EN  {src}\n  MT  {hyp}\n  REF {refs[0]}" + (f"  (+{len(refs) - 1} more)" if len(refs) > 1 else ""))
+    click.echo(f"translations next to their references: {tsv}")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("sentences", nargs=-1)
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch: DIRECTORY is a run directory; onnxruntime: an exported directory holding tokenizer.json.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def translate(directory, sentences, beam, alpha, batch_size, runtime, device):
+    """Translate English SENTENCES (or stdin, one per line) into Italian, one line each."""
+    from zoo.translate import load_translator
+
+    translator = load_translator(directory, runtime, device)
+    lines = list(sentences) if sentences and sentences != ("-",) else [line.rstrip("\r\n") for line in sys.stdin]
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    if not todo:
+        raise ZooError("no sentences to translate; give them as arguments or one per line on stdin")
+    out = [""] * len(lines)
+    for i, text in zip(todo, translator.translate([lines[i].strip() for i in todo], beam=beam, alpha=alpha,
+                                                  batch_size=batch_size)):
+        out[i] = text
+    for text in out:
+        click.echo(text)
 
 
 def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):
