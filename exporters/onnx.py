@@ -18,6 +18,7 @@ opset, dtype, and the sha256 of every file).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -121,16 +122,16 @@ def model_in_dtype(model: nn.Module, spec: ModelSpec, dtype: torch.dtype) -> nn.
 
 @contextlib.contextmanager
 def quiet_exporter():
-    """Hide torch.onnx's log lines and warnings about things the zoo does not use."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Hide the exporter's log lines and warnings (skipped torchvision operators, graph
+    dumps on a failed trace); a failure still arrives as an exception."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
 
 
 def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:

@@ -103,6 +103,8 @@ def export_failure(exc: BaseException, graph: nn.Module, program=None) -> Export
             component = type(module)
             path = next(name for name, m in graph.named_modules() if m is module).removeprefix("model.")
     reason = first_line(exc)
+    if any("DataDependent" in type(e).__name__ for e in _chain(exc)):
+        reason = f"its Python code branches on tensor values, which a graph cannot hold ({reason})"
     if component is not None:
         return ExportError(f"cannot export {describe_component(component, path)} to ONNX: {reason}; "
                            "change the plugin's code or choose another component")

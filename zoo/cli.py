@@ -144,8 +144,11 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, no_va
 
     spec = load_spec_arg(model, overrides)
     net = model_from_args(spec, weights, seed=seed)
+    extra = {}
+    if fmt == "onnx" and weights and Path(weights).is_dir():
+        extra["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
-                            opset=opset, validate=not no_validate)
+                            opset=opset, validate=not no_validate, **extra)
     click.echo(f"exported {spec.name} as {fmt} -> {output} ({len(manifest.get('files', {}))} files)")
 
 
