@@ -13,6 +13,18 @@ from typing import Iterator
 from zoo.errors import ZooError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(path: Path, directory: bool = False) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) paths; give the final output the
+    permissions an ordinary ``mkdir``/``open`` would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -38,6 +50,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _normal_permissions(tmp, directory=True)
+        for path in tmp.rglob("*"):
+            if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
+                _normal_permissions(path)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "x")
@@ -59,6 +75,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator:
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        _normal_permissions(Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,6 +93,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _normal_permissions(Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
