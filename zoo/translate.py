@@ -36,21 +36,30 @@ def _rows(x, index: torch.Tensor):
     return x.index_select(0, index.to(x.device)) if isinstance(x, torch.Tensor) else x[index.numpy()]
 
 
+def _limits(max_len: int | Sequence[int] | torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-sentence token limits (B,) from one limit or one per sentence."""
+    if isinstance(max_len, int):
+        return torch.full((batch,), max_len)
+    return torch.as_tensor(max_len).cpu().long()
+
+
 @torch.no_grad()
-def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor, max_len: int,
-                  use_cache: bool = True) -> list[list[int]]:
+def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor,
+                  max_len: int | Sequence[int] | torch.Tensor, use_cache: bool = True) -> list[list[int]]:
     """The most likely next token at each step, until ``</s>`` or ``max_len`` tokens.
 
-    Without ``use_cache`` the whole prefix is decoded again at every step (the slow
-    reference the cached path must match). Returns token ids without ``<s>``/``</s>``.
+    ``max_len`` is one limit or one per sentence, so a sentence's translation does not
+    depend on its batch. Without ``use_cache`` the whole prefix is decoded again at every
+    step (the slow reference the cached path must match). Returns ids without ``<s>``/``</s>``.
     """
     B = src_ids.shape[0]
+    limits = _limits(max_len, B)
     memory = model.encode(src_ids, src_mask)  # (B, S, D)
-    cache = model.new_cache(B, max_len + 1) if use_cache else None
+    cache = model.new_cache(B, int(limits.max()) + 1) if use_cache else None
     prefix = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src_ids.device)  # (b, t)
     alive = torch.arange(B)  # sentence of each live row
     outputs: list[list[int]] = [[] for _ in range(B)]
-    for _ in range(max_len):
+    for step in range(int(limits.max())):
         step_ids = prefix[:, -1:] if use_cache else prefix
         logits = model.decode(step_ids, memory, src_mask, cache=cache, last_only=True)  # (b, 1, V)
         next_ids = logits[:, -1].argmax(-1)  # (b,)
@@ -58,7 +67,7 @@ def greedy_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor,
             if token != EOS_ID:
                 outputs[row].append(token)
         prefix = torch.cat([prefix, next_ids[:, None]], dim=1)  # (b, t + 1)
-        ended = (next_ids == EOS_ID).cpu()
+        ended = (next_ids.cpu() == EOS_ID) | (step + 1 >= limits[alive])
         if bool(ended.all()):
             break
         if bool(ended.any()):
@@ -76,27 +85,29 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor, max_len: int, beam: int = 4,
-                alpha: float = 0.6) -> list[list[int]]:
+def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor,
+                max_len: int | Sequence[int] | torch.Tensor, beam: int = 4, alpha: float = 0.6) -> list[list[int]]:
     """Beam search with GNMT length penalty ``alpha``; beam 1 gives the greedy output.
 
     Each step takes the best ``2 × beam`` continuations of every sentence: those ending
     in ``</s>`` among the best ``beam`` become finished hypotheses (scored
     log p / length_penalty), the best ``beam`` others continue. A sentence stops once it
-    has ``beam`` finished hypotheses and no live beam can still beat the worst of them.
+    has ``beam`` finished hypotheses and no live beam can still beat the worst of them,
+    or when it reaches its ``max_len`` (one limit, or one per sentence).
     """
     B, K = src_ids.shape[0], beam
+    limits = _limits(max_len, B)
     device = src_ids.device
     memory = model.encode(src_ids, src_mask)  # (B, S, D)
     expand = torch.arange(B).repeat_interleave(K)  # (B*K,)
     memory, src_mask = _rows(memory, expand), _rows(src_mask, expand)  # (B*K, S, D), (B*K, S)
-    cache = model.new_cache(B * K, max_len + 1)
+    cache = model.new_cache(B * K, int(limits.max()) + 1)
     scores = torch.full((B, K), -math.inf)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     prefix = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)  # (b*K, t)
     alive = torch.arange(B)  # sentence of each live group of K rows
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    for step in range(max_len):
+    for step in range(int(limits.max())):
         b = alive.numel()
         logits = model.decode(prefix[:, -1:], memory, src_mask, cache=cache, last_only=True)[:, -1]  # (b*K, V)
         logp = logits.float().log_softmax(-1).cpu()  # (b*K, V)
@@ -117,6 +128,11 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor, m
         next_ids = top_token.gather(1, column).view(-1, 1)  # (b*K, 1)
         done = torch.tensor([_is_done(finished[s], scores[g, 0].item() / penalty, K)
                              for g, s in enumerate(alive.tolist())])
+        for g in (~done & (step + 1 >= limits[alive])).nonzero()[:, 0].tolist():
+            for k in range(K):  # out of length: the live beams count as finished
+                tokens = prefix[origin[g * K + k], 1:].tolist() + [int(next_ids[g * K + k])]
+                finished[alive[g]].append((scores[g, k].item() / penalty, tokens))
+            done[g] = True
         if bool(done.all()):
             return _best(finished)
         keep = (~done).nonzero().squeeze(1)  # live groups
@@ -127,10 +143,6 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor, m
             memory, src_mask = _rows(memory, kept_rows), _rows(src_mask, kept_rows)
         cache.reorder(rows.to(device))
         scores, alive = scores[keep], alive[keep]
-    penalty = length_penalty(max_len, alpha)
-    for g, s in enumerate(alive.tolist()):  # out of length: live beams count as finished
-        for k in range(K):
-            finished[s].append((scores[g, k].item() / penalty, prefix[g * K + k, 1:].tolist()))
     return _best(finished)
 
 
@@ -166,7 +178,7 @@ class Translator:
                    for s in sources]
         src = pad_sequences(sources, PAD_ID).to(self.device)  # (B, S)
         mask = (src != PAD_ID).long()  # (B, S)
-        max_len = self.max_length(src.shape[1])
+        max_len = [self.max_length(len(s)) for s in sources]
         if beam > 1:
             return beam_search(self.model, src, mask, max_len, beam=beam, alpha=alpha)
         return greedy_search(self.model, src, mask, max_len, use_cache=use_cache)

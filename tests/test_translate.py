@@ -1,0 +1,188 @@
+"""Greedy and beam search, the translator, scoring, and the translate/evaluate commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo
+from synthetic_pairs import TINY_OVERRIDES, synthetic_pairs, write_tsv
+from zoo.checkpoint import save_model
+from zoo.cli import cli
+from zoo.evaluate import edit_distance, score
+from zoo.subword import EOS_ID, PAD_ID, Vocabulary
+from zoo.training import TrainConfig
+from zoo.translate import Translator, beam_search, greedy_search, load_translator
+
+
+def tiny_model(vocab_size: int = 40, seed: int = 0):
+    return zoo.build("transformer-en-it-small", seed=seed, vocab_size=vocab_size, **TINY_OVERRIDES)
+
+
+def source_batch(vocab_size: int = 40):
+    """Four right-padded sources of different lengths, each ending in </s>."""
+    gen = torch.Generator().manual_seed(1)
+    rows = [torch.randint(4, vocab_size, (n,), generator=gen).tolist() + [EOS_ID] for n in (7, 3, 5, 1)]
+    src = torch.full((4, 8), PAD_ID)
+    for i, row in enumerate(rows):
+        src[i, : len(row)] = torch.tensor(row)
+    return src, (src != PAD_ID).long()
+
+
+class ProtocolOnly:
+    """Exposes nothing but the encoder-decoder protocol the search functions may use."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def encode(self, src_ids, src_mask):
+        return self._model.encode(src_ids, src_mask)
+
+    def decode(self, tgt_ids, memory, src_mask, tgt_mask=None, cache=None, last_only=True):
+        return self._model.decode(tgt_ids, memory, src_mask, tgt_mask, cache=cache, last_only=last_only)
+
+    def new_cache(self, batch, capacity):
+        return self._model.new_cache(batch, capacity)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_with_and_without_cache_is_identical(seed):
+    model = tiny_model(seed=seed)
+    src, mask = source_batch()
+    cached = greedy_search(model, src, mask, max_len=12, use_cache=True)
+    uncached = greedy_search(model, src, mask, max_len=12, use_cache=False)
+    assert cached == uncached
+    assert any(len(out) > 1 for out in cached)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_one_equals_greedy(seed):
+    model = ProtocolOnly(tiny_model(seed=seed))
+    src, mask = source_batch()
+    assert beam_search(model, src, mask, max_len=12, beam=1, alpha=0.6) == greedy_search(model, src, mask, 12)
+
+
+def test_batched_beam_search_equals_one_sentence_at_a_time():
+    model = tiny_model(seed=3)
+    src, mask = source_batch()
+    batched = beam_search(model, src, mask, max_len=10, beam=4)
+    single = [beam_search(model, src[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())],
+                          max_len=10, beam=4)[0] for i in range(4)]
+    assert batched == single
+    assert all(EOS_ID not in out for out in batched)
+
+
+def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
+    model = tiny_model(seed=4)
+    src, mask = source_batch()
+
+    def log_prob(i, tokens):
+        tgt = torch.tensor([[1, *tokens]])
+        logits = model.decode(tgt, model.encode(src[i : i + 1], mask[i : i + 1]), mask[i : i + 1])
+        logp = logits.log_softmax(-1)[0]
+        targets = [*tokens, EOS_ID] if len(tokens) < 16 else tokens
+        return sum(logp[t, tok].item() for t, tok in enumerate(targets))
+
+    greedy = greedy_search(model, src, mask, max_len=16)
+    beam = beam_search(model, src, mask, max_len=16, beam=6, alpha=0.0)
+    for i in range(4):
+        assert log_prob(i, beam[i]) >= log_prob(i, greedy[i]) - 1e-4
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_edit_distance_and_scores():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance("", "abc") == 3
+    assert edit_distance("a b c".split(), "a c".split()) == 1
+    refs = [["Il gatto è rosso.", "Il gatto è rosso!"], ["Vado a casa."]]
+    perfect, per_pair = score(["Il gatto è rosso.", "Vado a casa."], refs)
+    assert perfect.bleu == pytest.approx(100) and perfect.chrf == pytest.approx(100)
+    assert perfect.cer == 0 and perfect.wer == 0
+    assert per_pair.bleu < 100 and per_pair.cer > 0  # the second reference of the first source differs
+    worse, _ = score(["Il cane è blu.", "Vado."], refs)
+    assert worse.bleu < perfect.bleu and worse.cer > 0 and worse.wer > 0
+
+
+# --------------------------------------------------------------------------- translator and commands
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory as zoo train leaves it, with a random tiny model."""
+    root = tmp_path_factory.mktemp("translate")
+    data = write_tsv(root / "pairs.tsv")
+    pairs = synthetic_pairs()
+    vocab = Vocabulary.train([en for en, _ in pairs], [it for _, it in pairs], 80)
+    spec = zoo.load_spec("transformer-en-it-small", {**TINY_OVERRIDES, "vocab_size": vocab.size})
+    out = root / "run"
+    save_model(zoo.build(spec, seed=0), spec, out)
+    vocab.save(out)
+    TrainConfig(data=str(data), overrides=TINY_OVERRIDES, vocab_size=80, validation_fraction=0.1,
+                test_fraction=0.1).save(out)
+    return out
+
+
+def test_translator_keeps_input_order_and_matches_single_sentence_calls(run_dir):
+    translator = load_translator(run_dir)
+    sentences = ["Tom sees the red cat.", "She has the new book.", "He buys the old dog.", "Mary finds the hat."]
+    batched = translator.translate(sentences, beam=2, batch_size=3)
+    assert batched == [translator.translate([s], beam=2)[0] for s in sentences]
+
+
+def test_translate_command_from_arguments_and_stdin(run_dir):
+    runner = CliRunner()
+    args = runner.invoke(cli, ["translate", str(run_dir), "Tom sees the red cat.", "She has the new book."])
+    assert args.exit_code == 0, args.output
+    assert len(args.output.splitlines()) == 2
+    stdin = runner.invoke(cli, ["translate", str(run_dir), "--beam", "1"],
+                          input="Tom sees the red cat.\n\nShe has the new book.\n")
+    assert stdin.exit_code == 0, stdin.output
+    lines = stdin.output.splitlines()
+    assert lines[0] == args.output.splitlines()[0] and lines[1] == "" and lines[2] == args.output.splitlines()[1]
+    beam = runner.invoke(cli, ["translate", str(run_dir), "--beam", "3", "--length-penalty", "1.0", "Tom sees the red cat."])
+    assert beam.exit_code == 0 and len(beam.output.splitlines()) == 1
+
+
+def test_translate_and_evaluate_refuse_a_missing_run_directory(tmp_path):
+    runner = CliRunner()
+    for command in (["translate", str(tmp_path / "nope"), "Hello."], ["evaluate", str(tmp_path / "nope")]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: {tmp_path / 'nope'}: no such run directory")
+        assert "Traceback" not in result.output
+
+
+def test_evaluate_command_reports_scores_and_writes_samples(run_dir):
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "test", "--beam", "2", "--samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "all references  BLEU" in result.output and "per pair        BLEU" in result.output
+    metrics = json.loads((run_dir / "eval" / "test-beam2.json").read_text(encoding="utf-8"))
+    assert metrics["split"] == "test" and metrics["sources"] > 0
+    assert set(metrics["all_references"]) == {"bleu", "chrf", "cer", "wer"}
+    rows = (run_dir / "eval" / "test-beam2.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "source\thypothesis\treferences" and len(rows) == metrics["sources"] + 1
+
+
+def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    runtime = pytest.importorskip("zoo.runtime")
+    from zoo.checkpoint import load_model
+    from zoo.export import export_model
+
+    model = load_model(run_dir)
+    exported = tmp_path / "onnx"
+    export_model(model, model.spec, exported, "onnx", kv_cache=True, validate=False, tokenizer_dir=run_dir)
+    assert (exported / "tokenizer.json").is_file()
+    sentences = ["Tom sees the red cat.", "She has the new book."]
+    torch_out = load_translator(run_dir).translate(sentences, beam=2)
+    onnx = Translator(runtime.load(exported), Vocabulary.load(exported))
+    assert onnx.translate(sentences, beam=2) == torch_out
+    result = CliRunner().invoke(cli, ["translate", str(exported), "--runtime", "onnxruntime", *sentences])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == load_translator(run_dir).translate(sentences)
