@@ -1,0 +1,124 @@
+"""``zoo bench``: the tiny run's report structure, its figures, its targets; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import numbers
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from zoo.bench_report import TARGETS, evaluate_targets
+from zoo.cli import cli
+
+FIGURE_KEYS = {"median", "min", "max", "runs", "unit"}
+
+
+def numbers_in(value, path="report"):
+    """Every (path, number) in a JSON value; booleans are flags, not figures."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers_in(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from numbers_in(item, f"{path}[{i}]")
+    elif isinstance(value, numbers.Number) and not isinstance(value, bool):
+        yield path, value
+
+
+def figures_in(value):
+    """Every figure dictionary (median/min/max/runs/unit) in a JSON value."""
+    if isinstance(value, dict):
+        if FIGURE_KEYS <= set(value):
+            yield value
+        for item in value.values():
+            yield from figures_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from figures_in(item)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny ``zoo bench`` through the CLI: every runtime, the build comparison, JSON and PNG."""
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--repeats", "1", "--warmup", "0",
+                                      "--new-tokens", "3", "--threads", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(out.read_text()), out.with_suffix(".png")
+
+
+def test_tiny_report_has_every_section(tiny_run):
+    text, report, _ = tiny_run
+    assert report["model"] == "gpt2" and report["tiny"] is True
+    assert {"matmul_float32", "matmul_bfloat16", "matmul_float16", "read_bandwidth", "copy_bandwidth"} <= set(report["ceilings"])
+    assert "flop_per_s" in report["ceilings"]["matmul_float32"]
+    assert "bytes_per_s" in report["ceilings"]["read_bandwidth"]
+    rows = {(r["measure"], r.get("runtime"), r.get("batch")) for r in report["results"] if "not_available" not in r}
+    for runtime in ("torch", "onnxruntime", "hf"):
+        for measure in ("prefill", "decode"):
+            for batch in (1, 4):
+                assert (measure, runtime, batch) in rows, f"no {measure} row for {runtime} at batch {batch}"
+    assert ("onnx_export", "onnxruntime", None) in rows
+    assert ("build", "zoo", None) in rows and ("build", "hf", None) in rows
+    for row in report["results"]:
+        if row["runtime"] != "hf" and row["measure"] in ("prefill", "decode"):
+            assert "vs_hf" in row
+    assert [t["target"] for t in report["targets"]] == [t[0] for t in TARGETS]
+    assert all(("pass" in t) != ("not_available" in t) for t in report["targets"])
+    assert "targets" in text and "decode" in text and "prefill" in text
+
+
+def test_every_figure_is_a_positive_number(tiny_run):
+    _, report, _ = tiny_run
+    found = list(numbers_in({k: v for k, v in report.items() if k != "options"}))
+    assert len(found) > 50
+    bad = [(path, value) for path, value in found if not value > 0 and "load_average" not in path]  # idle: 0.0
+    assert not bad, bad
+    for fig in figures_in(report):
+        assert fig["min"] <= fig["median"] <= fig["max"] and fig["runs"] >= 1
+
+
+def test_chart_is_a_png(tiny_run):
+    _, _, chart = tiny_run
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert chart.stat().st_size > 20_000  # six panels of bars and text, not an empty canvas
+
+
+def test_targets_name_what_was_not_measured():
+    report = {"options": {"runtimes": ("torch",)}, "results": [
+        {"measure": "decode", "runtime": "torch", "batch": 1, "fraction_of_bandwidth_ceiling": 0.7},
+        {"measure": "build", "runtime": "zoo", "model": "gpt2-xl", "not_available": "skipped (--skip-xl)"},
+    ]}
+    targets = {t["target"]: t for t in evaluate_targets(report)}
+    assert targets["decode batch 1: torch >= 60% of the bandwidth ceiling"]["pass"] is True
+    assert "not selected" in targets["decode batch 1: onnxruntime >= 80% of the bandwidth ceiling"]["not_available"]
+    assert "not selected" in targets["decode batch 1: torch >= 3x Hugging Face generate"]["not_available"]
+    assert "skipped" in targets["build from safetensors: zoo peak RSS <= 1.2x the weight bytes"]["not_available"]
+
+
+def test_unknown_runtime_is_one_line_error():
+    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--runtime", "torch,tensorrt"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: --runtime torch,tensorrt: choose from torch, onnxruntime, hf (comma-separated)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_a_gpu_is_one_line_error():
+    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--device", "cuda"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --device cuda: PyTorch sees no CUDA device here; use --device cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_run_on_cuda(tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--device", "cuda", "--repeats", "1", "--warmup", "0",
+                                      "--new-tokens", "3", "--skip-xl", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["machine"]["gpu"]
+    assert all(value > 0 for _, value in numbers_in(report["ceilings"]))
