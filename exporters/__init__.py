@@ -10,7 +10,15 @@ def onnx_exporter(model, spec, out_dir, **options):
     return export(model, spec, out_dir, **options)
 
 
+def hf_exporter(model, spec, out_dir, **options):
+    """A Hugging Face GPT-2 directory; see :mod:`zoo.exporters.hf` (imported on first use)."""
+    from zoo.exporters.hf import hf_exporter as export
+
+    return export(model, spec, out_dir, **options)
+
+
 @hookimpl
 def zoo_register_exporters(registry):
     """Built-in exporters register here as they are added."""
     registry.add("exporter", "onnx", onnx_exporter)
+    registry.add("exporter", "hf", hf_exporter)

@@ -111,20 +111,21 @@ def describe(model, overrides):
 @spec_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory to write model.safetensors, spec.yaml and manifest.json into.")
+@click.option("--weights", default=None, help="'hf' (the spec's hub id), a hub id, a Hugging Face directory or a zoo model directory; default: random init.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for initialisation.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def build(model, overrides, output, seed, dtype, force):
+def build(model, overrides, output, weights, seed, dtype, force):
     """Assemble MODEL (a registry name or spec file) and write it to a directory."""
     import torch
 
-    from zoo.builder import build as build_model
     from zoo.checkpoint import save_model
 
     spec = load_spec_arg(model, overrides)
-    net = build_model(spec, seed=seed, dtype=getattr(torch, dtype))
+    net = model_from_args(spec, weights, seed=seed, dtype=getattr(torch, dtype))
     manifest = save_model(net, spec, output, overwrite=force)
-    click.echo(f"built {spec.name}: {manifest['parameters']:,} parameters ({manifest['dtype']}) -> {output}")
+    source = f"weights from {weights}" if weights else f"random init, seed {seed}"
+    click.echo(f"built {spec.name}: {manifest['parameters']:,} parameters ({manifest['dtype']}, {source}) -> {output}")
 
 
 @cli.command()
@@ -331,6 +332,108 @@ def bench(model, overrides, runtimes, device, threads, repeats, warmup, new_toke
         write_chart(report, chart)
     if output or chart:
         click.echo("wrote " + " and ".join(str(p) for p in (output, chart) if p))
+
+
+WEIGHTS_HELP = ("'hf' (the spec's hub id), a hub id, a Hugging Face directory or a zoo model directory; "
+                "default: random init.")
+TOKENIZER_HELP = "GPT-2 tokenizer directory (vocab.json + merges.txt); default: the copy shipped with zoo."
+
+
+@cli.command()
+@spec_options
+@click.option("--against", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="Reference implementation: transformers' GPT2LMHeadModel.")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False), default=None, help=TOKENIZER_HELP)
+@click.option("--prompt", "prompts", multiple=True, help="Text to compare on (repeatable; default: four built-in prompts).")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Greedy decoding steps whose tokens must be identical.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Largest allowed |logit difference| (default: 1e-4 in float32).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, atol, seed, device):
+    """Run MODEL and Hugging Face's GPT2LMHeadModel on the same weights and print a parity
+    report; exit 0 only when logits are within tolerance and greedy tokens identical."""
+    from zoo.tokenizer import gpt2_tokenizer
+    from zoo.verify import PROMPTS, hf_reference, verify_against_hf
+    from zoo.weights import gpt2_layout_problem
+
+    spec = load_spec_arg(model, overrides)
+    problem = gpt2_layout_problem(spec)
+    if problem:
+        raise ZooError(f"cannot verify against {against}: {problem}")
+    tokenizer = gpt2_tokenizer(tokenizer_dir)
+    net = model_from_args(spec, weights, seed=seed, device=device)
+    report = verify_against_hf(net, hf_reference(net, weights), tokenizer, prompts or PROMPTS, steps, atol,
+                               weights=weights or f"random init (seed {seed})")
+    click.echo("\n".join(report.lines()))
+    if not report.passed:
+        sys.exit(1)
+
+
+@cli.command()
+@spec_options
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the K most likely tokens.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Sample from the smallest set of tokens whose probability reaches P.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling (and random init).")
+@click.option("--no-cache", is_flag=True, help="Re-run the whole sequence every step (same tokens, slower).")
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past <|endoftext|>.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False), default=None, help=TOKENIZER_HELP)
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="onnxruntime: MODEL is a directory written by 'zoo export --format onnx'.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+def generate(model, overrides, prompts, weights, max_new_tokens, temperature, top_k, top_p, seed, no_cache,
+             ignore_eos, tokenizer_dir, runtime, device, dtype):
+    """Continue each PROMPT with MODEL; one prompt is streamed as it is generated, several
+    run as one left-padded batch."""
+    import time
+
+    import torch
+
+    from zoo.generation import generate as generate_tokens
+    from zoo.tokenizer import TextStream, gpt2_tokenizer
+
+    if runtime == "onnxruntime":
+        if overrides or weights:
+            raise ZooError("--set and --weights do not apply to --runtime onnxruntime: MODEL is an exported directory")
+        from zoo.runtime import load
+
+        net = load(model, device=device)
+    else:
+        spec = load_spec_arg(model, overrides)
+        net = model_from_args(spec, weights, seed=seed, device=device, dtype=getattr(torch, dtype))
+        if not weights:
+            click.echo(f"note: {spec.name} has random weights (seed {seed}); pass --weights hf for trained ones", err=True)
+    tokenizer = gpt2_tokenizer(tokenizer_dir)
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
+    empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]
+    if empty:
+        raise ZooError(f"prompt {empty[0]} is empty; give each prompt some text")
+    eos = None if ignore_eos else tokenizer.eos_token_id
+    stream = None
+    if len(prompts) == 1:
+        click.echo(prompts[0], nl=False)
+        stream = TextStream(tokenizer, lambda text: click.echo(text, nl=False))
+    start = time.perf_counter()
+    tokens = generate_tokens(net, batch.input_ids, batch.attention_mask, max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos, use_cache=not no_cache,
+                             stream=stream)
+    seconds = time.perf_counter() - start
+    new = tokens[:, batch.input_ids.shape[1]:]  # (B, N)
+    if stream is not None:
+        click.echo()
+    else:
+        for i, (prompt, row) in enumerate(zip(prompts, new)):
+            click.echo(("\n" if i else "") + prompt + tokenizer.decode(row, skip_special_tokens=True))
+    click.echo(f"{new.numel()} tokens in {seconds:.2f} s ({new.numel() / seconds:.1f} tokens/s)", err=True)
 
 
 def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):

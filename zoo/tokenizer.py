@@ -39,3 +39,22 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None):
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+class TextStream:
+    """A :func:`zoo.generation.generate` ``stream`` callback that writes the text of one
+    sequence as its tokens arrive; characters split across tokens wait for their last byte."""
+
+    def __init__(self, tokenizer, write) -> None:
+        self.tokenizer = tokenizer
+        self.write = write
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def __call__(self, tokens) -> None:
+        self.ids.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
+            return
+        self.write(text[len(self.shown):])
+        self.shown = text

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from zoo.builder import assemble
-from zoo.checkpoint import MANIFEST, SPEC, load_model, load_state
+from zoo.checkpoint import SPEC, load_model, load_state
 from zoo.errors import WeightsError
 from zoo.spec import ModelSpec
 
@@ -217,6 +217,17 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_hf_model(model: nn.Module):
+    """A ``transformers.GPT2LMHeadModel`` holding the zoo GPT-2 ``model``'s weights, in eval mode."""
+    from transformers import GPT2LMHeadModel
+
+    with torch.device("meta"):
+        hf_model = GPT2LMHeadModel(gpt2_config(model.spec, model.wte.weight.dtype))
+    hf_model.load_state_dict(to_hf_state_dict(model), strict=False, assign=True)
+    hf_model.tie_weights()
+    return hf_model.eval()
+
+
 # --------------------------------------------------------------------------- reading checkpoints
 
 SAFETENSORS = "model.safetensors"
@@ -404,7 +415,8 @@ def hub_directory(repo_id: str) -> Path:
 
 
 def is_zoo_directory(path: Path) -> bool:
-    return (path / SPEC).is_file() and (path / MANIFEST).is_file()
+    """A zoo model directory has a spec.yaml; a Hugging Face one has a config.json instead."""
+    return (path / SPEC).is_file() and not (path / CONFIG).is_file()
 
 
 ARCHITECTURE_IGNORED = {"name", "description", "weights", "dropout", "tokenizer"}
@@ -424,6 +436,24 @@ def load_zoo_directory(spec: ModelSpec, path: Path, device="cpu", dtype=torch.fl
     return model.eval()
 
 
+def hf_source_directory(spec: ModelSpec, source: str) -> Path | None:
+    """The Hugging Face model directory ``source`` names (a hub id is fetched or found in the
+    cache), or None when ``source`` is a zoo model directory."""
+    if source == "hf":
+        hub_id = spec.weights.get("hf")
+        if not hub_id:
+            raise WeightsError(f"{spec.name} names no Hugging Face weights (weights.hf); pass --weights PATH or a hub id")
+        return hub_directory(hub_id)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return None if is_zoo_directory(path) else path
+    if path.exists():
+        raise WeightsError(f"{source}: is a file; pass the directory that holds it (with its config.json)")
+    if HUB_ID.fullmatch(source):
+        return hub_directory(source)
+    raise WeightsError(f"{source}: no such directory, and not a Hugging Face hub id")
+
+
 def load_weights(spec: ModelSpec, source: str, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model ``spec`` describes, with weights from ``source``, in eval mode.
@@ -431,19 +461,7 @@ def load_weights(spec: ModelSpec, source: str, device: str | torch.device = "cpu
     ``source``: ``"hf"`` (the spec's ``weights.hf`` hub id), a hub id, a local Hugging
     Face directory or a zoo model directory.
     """
-    if source == "hf":
-        hub_id = spec.weights.get("hf")
-        if not hub_id:
-            raise WeightsError(f"{spec.name} names no Hugging Face weights (weights.hf); pass --weights PATH or a hub id")
-        return load_hf_directory(spec, hub_directory(hub_id), device, dtype)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if is_zoo_directory(path):
-            return load_zoo_directory(spec, path, device, dtype)
-        return load_hf_directory(spec, path, device, dtype)
-    if path.exists():
-        raise WeightsError(f"{source}: is a file; pass the directory that holds it (with its config.json)")
-    if HUB_ID.fullmatch(source):
-        return load_hf_directory(spec, hub_directory(source), device, dtype)
-    raise WeightsError(f"{source}: no such directory, and not a Hugging Face hub id")
-
+    directory = hf_source_directory(spec, source)
+    if directory is None:
+        return load_zoo_directory(spec, Path(source).expanduser(), device, dtype)
+    return load_hf_directory(spec, directory, device, dtype)

@@ -1,0 +1,116 @@
+"""The ``hf`` exporter: a zoo GPT-2 as a Hugging Face model directory.
+
+    zoo export gpt2 --format hf -o out/gpt2-hf
+    GPT2LMHeadModel.from_pretrained("out/gpt2-hf")      # same logits as the zoo model
+
+Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (names and
+Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.weights`), the
+GPT-2 tokenizer files and ``manifest.json``. Validation loads the directory back with
+both ``transformers`` and the zoo's loader and compares their logits; an fp32 export
+must also come back bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from zoo.errors import ExportError, ZooError
+from zoo.io import sha256_file
+from zoo.spec import ModelSpec
+from zoo.weights import SAFETENSORS, gpt2_config, gpt2_layout_problem, load_weights, to_hf_state_dict
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MANIFEST = "manifest.json"
+ATOL = 1e-4  # both sides run in fp32 on the exported weights
+
+
+def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
+                dtype: str = "fp32", opset: int | None = None, validate: bool = True,
+                tokenizer_dir: str | Path | None = None) -> dict:
+    """Write ``model`` into ``out_dir`` in Hugging Face layout; return the manifest.
+
+    ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
+    """
+    out = Path(out_dir)
+    problem = gpt2_layout_problem(spec)
+    if problem:
+        raise ExportError(f"no Hugging Face GPT2LMHeadModel can hold this model: {problem}")
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
+    if opset is not None:
+        raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
+    torch_dtype = DTYPES[dtype]
+
+    tensors = {name: t.detach().to("cpu", torch_dtype).contiguous() for name, t in to_hf_state_dict(model).items()}
+    save_file(tensors, str(out / SAFETENSORS), metadata={"format": "pt"})
+    config = gpt2_config(spec, torch_dtype)
+    config.save_pretrained(out)
+    write_generation_config(config, out)
+    tokenizer = write_tokenizer(spec, out, tokenizer_dir)
+    manifest = {"format": "hf", "model": spec.name, "dtype": dtype, "architecture": "GPT2LMHeadModel",
+                "tokenizer": tokenizer}
+    if validate:
+        manifest["validation"] = validate_export(model, spec, out, exact=torch_dtype == model.wte.weight.dtype)
+    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                         for p in sorted(out.iterdir()) if p.is_file()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def write_generation_config(config, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+
+
+def write_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:
+    """The GPT-2 tokenizer files (and their licence) for a spec whose tokenizer is ``gpt2``."""
+    from zoo.tokenizer import ASSETS, gpt2_tokenizer
+
+    if spec.tokenizer != "gpt2" and tokenizer_dir is None:
+        return []
+    before = set(out.iterdir())
+    tokenizer = gpt2_tokenizer(tokenizer_dir)
+    tokenizer.model_max_length = spec.context_length
+    tokenizer.save_pretrained(out)
+    if (ASSETS / "LICENSE").is_file() and tokenizer_dir is None:
+        shutil.copyfile(ASSETS / "LICENSE", out / "LICENSE.gpt2-tokenizer")
+    return sorted(p.name for p in set(out.iterdir()) - before)
+
+
+def validate_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -> dict:
+    """Load ``out`` with ``transformers`` and with the zoo, compare logits in fp32 on a fixed
+    batch, and (``exact``) check the zoo's copy equals ``model`` bit for bit."""
+    from transformers import GPT2LMHeadModel
+
+    try:
+        theirs = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"transformers cannot load the export of {spec.name}: {str(exc).splitlines()[0]}") from None
+    try:
+        ours = load_weights(spec, str(out), dtype=torch.float32)
+    except ZooError as exc:
+        raise ExportError(f"the zoo cannot load its own export of {spec.name}: {exc}") from None
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, spec.vocab_size, (2, min(16, spec.context_length)), generator=generator)  # (2, T)
+    with torch.inference_mode():
+        diff = (ours(ids) - theirs(ids).logits).abs().max().item()
+    if diff > ATOL:
+        raise ExportError(f"GPT2LMHeadModel and the zoo disagree on the export of {spec.name}: max |difference| "
+                          f"{diff:.2e} exceeds {ATOL}; nothing was written")
+    report = {"max_abs_diff": diff, "atol": ATOL}
+    if exact:
+        original = model.state_dict()
+        changed = [name for name, t in ours.state_dict().items()
+                   if not torch.equal(t.to(original[name].dtype), original[name].cpu())]
+        if changed:
+            raise ExportError(f"the export of {spec.name} does not load back bit-identical ({', '.join(changed[:3])} "
+                              "differ); nothing was written")
+        report["round_trip"] = "bit-identical"
+    return report
