@@ -31,3 +31,15 @@ TINY_MODEL = ("--set", "d_model=32", "--set", "n_layers=1", "--set", "n_decoder_
               "--set", "attention.n_heads=2", "--set", "mlp.d_ff=64", "--set", "dropout=0.0")
 TINY_OVERRIDES = {"d_model": 32, "n_layers": 1, "n_decoder_layers": 1, "attention.n_heads": 2,
                   "mlp.d_ff": 64, "dropout": 0.0}
+
+
+def one_thread():
+    """Run a test on one intra-op thread: tiny models lose badly to thread wake-ups on a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -10,13 +10,15 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from synthetic_pairs import TINY_OVERRIDES, synthetic_pairs, write_tsv
+from synthetic_pairs import TINY_OVERRIDES, one_thread, synthetic_pairs, write_tsv
 from zoo.checkpoint import save_model
 from zoo.cli import cli
 from zoo.evaluate import edit_distance, score
 from zoo.subword import EOS_ID, PAD_ID, Vocabulary
 from zoo.training import TrainConfig
 from zoo.translate import Translator, beam_search, greedy_search, load_translator
+
+single_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def tiny_model(vocab_size: int = 40, seed: int = 0):

@@ -211,7 +211,7 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
         if config.data != data:
             raise ZooError(f"{resume} was trained on {config.data}, not {data}; resume it with the same --data")
         changed = [name for name in _TRAJECTORY if _given(ctx, name) and options[name] != getattr(config, name)]
-        if changed or overrides:
+        if changed or (overrides and dict(overrides) != config.overrides):
             what = f"--{changed[0].replace('_', '-')}" if changed else "--set"
             raise ZooError(f"{what} differs from the run's setting; a resumed run keeps its settings (see {resume}/train.json)")
         budget = {name: options[name] for name in ("max_minutes", "max_steps", "epochs") if _given(ctx, name)}

@@ -1,0 +1,135 @@
+"""Training: schedule, loss going down, kill-and-resume reproducibility, torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from synthetic_pairs import TINY_MODEL, TINY_OVERRIDES, one_thread, write_tsv
+from zoo.checkpoint import load_model
+from zoo.cli import cli
+from zoo.subword import Vocabulary
+from zoo.training import TrainConfig, learning_rate, train
+
+single_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+def tiny_config(data: Path, **changes) -> TrainConfig:
+    base = dict(model="transformer-en-it-small", data=str(data), overrides=dict(TINY_OVERRIDES), vocab_size=120,
+                batch_tokens=256, lr=3e-3, warmup_steps=10, validation_fraction=0.05, test_fraction=0.05,
+                checkpoint_every=4, eval_every=1000, eval_sentences=8, eval_pairs=40, log_every=2)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def records(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == event]
+
+
+def test_learning_rate_warms_up_linearly_then_decays_as_inverse_square_root():
+    config = TrainConfig(lr=1e-3, warmup_steps=100)
+    assert learning_rate(50, config) == pytest.approx(5e-4)
+    assert learning_rate(100, config) == pytest.approx(1e-3)
+    assert learning_rate(400, config) == pytest.approx(5e-4)
+    paper = TrainConfig(lr=512**-0.5 * 4000**-0.5, warmup_steps=4000)  # Vaswani et al.: d^-0.5 min(s^-0.5, s w^-1.5)
+    for step in (10, 4000, 20000):
+        assert learning_rate(step, paper) == pytest.approx(512**-0.5 * min(step**-0.5, step * 4000**-1.5))
+
+
+def test_a_few_dozen_steps_lower_the_loss_and_leave_a_complete_run_directory(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    summary = train(tiny_config(data, max_steps=40), run, progress=False)
+    losses = [r["loss"] for r in records(run, "train")]
+    assert summary["steps"] == 40 and len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    assert all(r["tokens_per_second"] > 0 for r in records(run, "train"))
+    validation = records(run, "validation")[-1]
+    assert validation["step"] == 40 and validation["bleu"] is not None
+    model = load_model(run)  # the run directory is a zoo model directory
+    vocab = Vocabulary.load(run)
+    assert model.spec.vocab_size == vocab.size == vocab.source.get_vocab_size()
+    assert [vocab.source.id_to_token(i) for i in range(4)] == ["<pad>", "<s>", "</s>", "<unk>"]
+    assert (model.spec.pad_token_id, model.spec.bos_token_id, model.spec.eos_token_id) == (0, 1, 2)
+    assert (run / "curves.png").stat().st_size > 1000
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000036", "step-00000040"]
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["training"]["step"] == 40
+
+
+class Killed(KeyboardInterrupt):
+    pass
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    config = tiny_config(data, max_steps=14, overrides={**TINY_OVERRIDES, "dropout": 0.1})
+    train(config, tmp_path / "straight", progress=False)
+
+    def kill_at_step_10(step):
+        if step == 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config, tmp_path / "killed", progress=False, on_step=kill_at_step_10)
+    assert [p.name for p in sorted((tmp_path / "killed/checkpoints").iterdir())] == ["step-00000004", "step-00000008"]
+    summary = train(TrainConfig.load(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
+    assert summary["steps"] == 14
+    straight = load_file(tmp_path / "straight/model.safetensors")
+    resumed = load_file(tmp_path / "killed/model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [r["step"] for r in records(tmp_path / "killed", "train")]
+    assert steps == sorted(set(steps))  # the log kept no record from past the checkpoint
+
+
+def test_train_command_resume_and_refusals(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    base = ["train", "transformer-en-it-small", "--data", str(data), *TINY_MODEL, "--vocab-size", "120",
+            "--batch-tokens", "256", "--eval-sentences", "4", "--checkpoint-every", "3"]
+    first = runner.invoke(cli, [*base, "-o", str(run), "--max-steps", "3"])
+    assert first.exit_code == 0, first.output
+    assert f"trained transformer-en-it-small: 3 steps" in first.output
+    again = runner.invoke(cli, [*base, "-o", str(run), "--max-steps", "3"])
+    assert again.exit_code == 1 and f"already exists; continue it with --resume {run}" in again.output
+    changed = runner.invoke(cli, [*base, "--resume", str(run), "--lr", "0.5"])
+    assert changed.exit_code == 1 and "--lr differs from the run's setting" in changed.output
+    more = runner.invoke(cli, [*base, "--resume", str(run), "--max-steps", "5"])
+    assert more.exit_code == 0, more.output
+    assert "5 steps" in more.output
+    missing = runner.invoke(cli, [*base, "--resume", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "no train.json" in missing.output and "Traceback" not in missing.output
+    neither = runner.invoke(cli, base)
+    assert neither.exit_code == 2 and "give -o RUN_DIR" in neither.output
+
+
+def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "zoo.cli", "train", "transformer-en-it-small", "--data", str(data), "-o", str(run),
+               *TINY_MODEL, "--vocab-size", "120", "--batch-tokens", "256", "--max-steps", "6",
+               "--checkpoint-every", "3", "--eval-sentences", "4", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained transformer-en-it-small: 6 steps" in done.stdout
+    checkpoints = records(run, "checkpoint")
+    assert [c["step"] for c in checkpoints] == [3, 6]
+    for c in checkpoints:
+        assert len(c["replica_digests"]) == 2 and c["replicas_identical"], c
+    assert checkpoints[0]["replica_digests"] != checkpoints[1]["replica_digests"]  # it did train
+    assert records(run, "start")[0]["world"] == 2
+    assert load_model(run).spec.vocab_size == Vocabulary.load(run).size
