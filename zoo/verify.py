@@ -102,13 +102,13 @@ def verify_against_hf(model: nn.Module, hf_model: nn.Module, tokenizer, prompts=
     report.checks.append(Check(f"padded batch ({ids.shape[0]}x{ids.shape[1]}, left)", diff <= atol, diff, rel))
 
     eos = tokenizer.eos_token_id
-    zoo_tokens = generate(model, ids, mask, max_new_tokens=steps)
-    hf_tokens = hf_model.generate(ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                                  do_sample=False, pad_token_id=eos)
+    zoo_tokens = generate(model, ids, mask, max_new_tokens=steps, eos_token_id=eos)
+    hf_tokens = hf_model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=eos)
     same = torch.equal(zoo_tokens, hf_tokens)
     report.checks.append(Check(f"greedy {steps} steps vs generate()", same,
                                detail="tokens identical" if same else first_difference(zoo_tokens, hf_tokens)))
-    uncached = generate(model, ids, mask, max_new_tokens=steps, use_cache=False)
+    uncached = generate(model, ids, mask, max_new_tokens=steps, eos_token_id=eos, use_cache=False)
     same = torch.equal(zoo_tokens, uncached)
     report.checks.append(Check(f"greedy {steps} steps, cache vs none", same,
                                detail="tokens identical" if same else first_difference(zoo_tokens, uncached)))
