@@ -401,6 +401,11 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     from zoo.generation import generate as generate_tokens
     from zoo.tokenizer import TextStream, gpt2_tokenizer
 
+    tokenizer = gpt2_tokenizer(tokenizer_dir)
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
+    empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]
+    if empty:
+        raise ZooError(f"prompt {empty[0]} is empty; give each prompt some text")
     if runtime == "onnxruntime":
         if overrides or weights:
             raise ZooError("--set and --weights do not apply to --runtime onnxruntime: MODEL is an exported directory")
@@ -412,11 +417,6 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
         net = model_from_args(spec, weights, seed=seed, device=device, dtype=getattr(torch, dtype))
         if not weights:
             click.echo(f"note: {spec.name} has random weights (seed {seed}); pass --weights hf for trained ones", err=True)
-    tokenizer = gpt2_tokenizer(tokenizer_dir)
-    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
-    empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]
-    if empty:
-        raise ZooError(f"prompt {empty[0]} is empty; give each prompt some text")
     eos = None if ignore_eos else tokenizer.eos_token_id
     stream = None
     if len(prompts) == 1:

@@ -45,21 +45,24 @@ def next_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row from ``logits`` (B, V): greedy when ``temperature`` is 0, else
     sample from softmax(logits / temperature) restricted to the ``top_k`` most likely tokens
-    and to the smallest set whose probability reaches ``top_p`` (nucleus sampling)."""
+    and then to the smallest set whose probability reaches ``top_p`` (nucleus sampling)."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)  # (B,)
     logits = logits.float() / temperature  # (B, V)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        ordered, order = logits.sort(dim=-1, descending=True)  # (B, V)
-        probs = ordered.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each token
-        ordered = ordered.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
-        logits = logits.scatter(-1, order, ordered)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+    vocab = logits.shape[-1]
+    nucleus = top_p is not None and top_p < 1.0
+    if (top_k is None or top_k >= vocab) and not nucleus:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]  # (B,)
+    if top_k is not None and top_k < vocab:
+        candidates, order = torch.topk(logits, top_k, dim=-1)  # (B, k), most likely first
+    else:
+        candidates, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    if nucleus:
+        probs = candidates.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each candidate
+        candidates = candidates.masked_fill(before >= top_p, float("-inf"))  # the top one always stays
+    choice = torch.multinomial(candidates.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+    return order.gather(-1, choice)[:, 0]  # (B,)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
