@@ -41,10 +41,19 @@ def zoo_register_exporters(registry):
 
 
 @hookspec(firstresult=True)
-def zoo_positional_picture(scheme, spec, length, ax):
-    """Draw a picture of positional scheme ``scheme`` (an instance) on matplotlib ``ax``.
+def zoo_positional_picture(scheme, spec, length, figure):
+    """Draw positional scheme ``scheme`` for ``zoo show positional`` into ``figure``.
 
-    Return True if the plugin drew it; the first plugin to return a result wins, so a
-    positional plugin can provide the picture of its own scheme. ``spec`` is the model
-    spec the scheme belongs to and ``length`` the number of positions to show.
+    ``scheme`` is the scheme instance (a :class:`zoo.components.PositionalScheme`;
+    learned weights are loaded when the user passed them), ``spec`` the model spec it
+    belongs to, ``length`` the number of positions to show, and ``figure`` an empty
+    :class:`matplotlib.figure.Figure` with constrained layout whose suptitle the zoo
+    writes. Add axes (or subfigures) to it, with titles, labelled axes and colour bars,
+    and call ``figure.set_size_inches`` if the picture needs another size.
+
+    Return True if the plugin drew the scheme, None to leave it to another plugin: the
+    first plugin to return a result wins, so a positional plugin can provide the
+    picture of its own scheme. The built-in ``zoo.plugins.pictures`` runs last and draws
+    any scheme from what it does through the :class:`~zoo.components.PositionalScheme`
+    methods (added embeddings, rotated queries and keys, attention-score bias).
     """

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "zoo.plugins.blocks",
     "zoo.plugins.norms",
     "zoo.plugins.mlp",
+    "zoo.plugins.pictures",
     "zoo.exporters",
 )
 

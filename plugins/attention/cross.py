@@ -49,6 +49,10 @@ class CrossAttention(nn.Module):
             k, v = ctx.memory_cache[self.layer_index]
         else:
             k, v = self.memory_kv(ctx.memory)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.memory_mask, dropout_p=dropout)
+        y = self.attend(q, k, v, ctx.memory_mask, False)  # (B, H, T, hd)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def attend(self, q, k, v, mask, is_causal: bool) -> torch.Tensor:
+        """softmax(q kᵀ / √d + mask) v over the encoder's keys; override to change how scores are formed."""
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
