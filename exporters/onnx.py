@@ -43,7 +43,7 @@ from zoo.spec import ModelSpec
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
 MIN_OPSET = 18  # the oldest torch.onnx's exporter translates to
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.target.json", "vocab.json", "merges.txt")
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
 SPEC = "spec.yaml"
@@ -223,13 +223,13 @@ def attention_operator(out: Path, entries: dict) -> str:
 
 def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:
     """Copy the tokenizer files: from ``tokenizer_dir`` when it has any, else the
-    packaged GPT-2 files for a spec whose tokenizer is ``gpt2``."""
+    packaged GPT-2 files for a spec whose tokenizer is ``gpt2``; return their names."""
     sources: list[Path] = []
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         sources = [Path(tokenizer_dir) / name for name in TOKENIZER_FILES if (Path(tokenizer_dir) / name).is_file()]
-    if not sources and spec.tokenizer == "gpt2":
-        assets = resources.files("zoo") / "assets" / "gpt2"
-        sources = [Path(str(assets / name)) for name in ("vocab.json", "merges.txt")]
+    if not sources and spec.tokenizer == "gpt2":  # vocab.json, merges.txt and their licence
+        assets = Path(str(resources.files("zoo") / "assets" / "gpt2"))
+        sources = sorted(p for p in assets.iterdir() if p.is_file())
     for source in sources:
         shutil.copyfile(source, out / source.name)
     return [s.name for s in sources]

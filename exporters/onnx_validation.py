@@ -58,7 +58,7 @@ class ValidationReport:
         return max(failed, key=lambda c: c.max_abs_diff)
 
     def summary(self) -> dict:
-        return {"passed": self.passed, "cases": len(self.cases), "provider": self.provider,
+        return {"passed": self.passed, "case_count": len(self.cases), "provider": self.provider,
                 "max_abs_diff": max(c.max_abs_diff for c in self.cases), "tolerance": self.cases[0].tolerance}
 
     def to_dict(self) -> dict:

@@ -1,0 +1,372 @@
+"""ONNX export and ONNX Runtime inference: every registered model, the cache, failures, CLI.
+
+Exports are made once per (model, cache) and shared by the tests that drive them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo
+from conftest import REPO, tiny_overrides
+from zoo import registry, runtime
+from zoo.cli import cli
+from zoo.errors import ExportError, ZooError
+from zoo.exporters.onnx import export
+from zoo.io import sha256_file
+
+# one layer per stack keeps the registry loop fast; the full-size GPT-2 test covers depth
+LOOP = {"n_layers": 1}
+
+
+def loop_overrides(name: str) -> dict:
+    extra = {**LOOP, "n_decoder_layers": 1} if name.startswith("transformer") else LOOP
+    return tiny_overrides(name, **extra)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(name, kv_cache)`` → (PyTorch model, export directory), made once each."""
+    made = {}
+
+    def get(name: str, kv_cache: bool):
+        if (name, kv_cache) not in made:
+            model = zoo.build(name, seed=0, **loop_overrides(name))
+            out = tmp_path_factory.mktemp("onnx") / f"{name}-{'kv' if kv_cache else 'plain'}"
+            export(model, out, kv_cache=kv_cache)
+            made[name, kv_cache] = model, out
+        return made[name, kv_cache]
+
+    return get
+
+
+def greedy(model, prompt: torch.Tensor, steps: int, use_cache: bool) -> torch.Tensor:
+    """A plain greedy loop over the DecoderLM call protocol."""
+    ids = prompt
+    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + steps) if use_cache else None
+    step = prompt
+    for _ in range(steps):
+        logits = model(step if use_cache else ids, cache=cache, last_only=True)  # (B, 1, V)
+        token = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        ids = torch.cat([ids, token], dim=1)
+        step = token
+    return ids
+
+
+# --------------------------------------------------------------------------- every model
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_registered_model_exports_and_validates(exported, name, kv_cache):
+    model, out = exported(name, kv_cache)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = model.spec
+    expected = ["encoder", *(["cross_attention_kv"] if kv_cache else []), "decoder"] if spec.is_encoder_decoder else ["decoder"]
+    assert list(manifest["graphs"]) == expected
+    assert manifest["validation"]["passed"] and manifest["validation"]["case_count"] >= (8 if kv_cache else 4)
+    assert manifest["validation"]["max_abs_diff"] < 1e-4
+    assert manifest["opset"] == 23 and manifest["dtype"] == "fp32" and manifest["kv_cache"] is kv_cache
+    assert manifest["attention_operator"].startswith("Attention (fused")
+    for name_, entry in manifest["files"].items():  # every file, with its true hash
+        assert sha256_file(out / name_) == entry["sha256"]
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+    for graph in manifest["graphs"].values():
+        onnx.checker.check_model(str(out / graph["file"]))
+        assert (out / (graph["file"] + ".data")).is_file()  # weights as external data
+    decoder = {i["name"]: i["shape"] for i in manifest["graphs"]["decoder"]["inputs"]}
+    ids = "tgt_ids" if spec.is_encoder_decoder else "input_ids"
+    assert decoder[ids] == ["batch", "sequence"]
+    assert ("past_key_0" in decoder) is kv_cache
+    if kv_cache:
+        assert decoder["past_key_0"] == ["batch", spec.n_kv_heads, "past_sequence", spec.head_dim]
+    assert zoo.load_spec(out / "spec.yaml") == spec
+    if spec.tokenizer == "gpt2":
+        assert {"vocab.json", "merges.txt"} <= set(manifest["tokenizer"])
+    report = json.loads((out / "validation.json").read_text())
+    assert report["passed"] and {(c["batch"], c["sequence"]) for c in report["cases"]} >= {(1, 1), (3, 17)}
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
+def test_greedy_tokens_match_pytorch(exported, kv_cache):
+    model, out = exported("gpt2", kv_cache)
+    lm = runtime.load(out)
+    prompt = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = greedy(model, prompt, 12, use_cache=True)
+        assert torch.equal(greedy(lm, prompt, 12, use_cache=True), want)
+        assert torch.equal(greedy(lm, prompt, 12, use_cache=False), want)
+
+
+def test_generate_drives_the_runtime_like_pytorch(exported):
+    from zoo.generation import generate
+
+    model, out = exported("gpt2", True)
+    lm = runtime.load(out)
+    prompt = torch.randint(0, 96, (3, 6), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0  # left padding
+    mask[2, :4] = 0
+    want = generate(model, prompt, mask, max_new_tokens=10)
+    assert torch.equal(generate(lm, prompt, mask, max_new_tokens=10), want)
+    assert torch.equal(generate(lm, prompt, mask, max_new_tokens=10, use_cache=False), want)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
+def test_translation_search_matches_pytorch(exported, kv_cache):
+    from zoo.translate import beam_search, greedy_search
+
+    model, out = exported("transformer-en-it", kv_cache)
+    seq2seq = runtime.load(out)
+    src = torch.randint(3, 97, (3, 7), generator=torch.Generator().manual_seed(3))
+    src_mask = torch.ones_like(src)
+    src_mask[1, 5:] = 0  # right padding of sources
+    src[1, 5:] = 0
+    with torch.inference_mode():
+        assert greedy_search(seq2seq, src, src_mask, 9) == greedy_search(model, src, src_mask, 9)
+        assert beam_search(seq2seq, src, src_mask, 9, beam=3) == beam_search(model, src, src_mask, 9, beam=3)
+        memory = seq2seq.encode(src, src_mask)
+        torch.testing.assert_close(memory, model.encode(src, src_mask), atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- components
+
+
+COMPONENTS = {
+    "rotary-gqa-parallel-rms-swiglu": {"positional": "rotary", "attention.n_kv_heads": 2, "block": "parallel",
+                                       "norm": "rms_norm", "mlp": "swiglu"},
+    "alibi-mqa-postnorm-relu": {"positional": "alibi", "attention.n_kv_heads": 1, "block": "post_norm", "mlp": "relu"},
+}
+
+
+@pytest.mark.parametrize("components", COMPONENTS, ids=list(COMPONENTS))
+def test_component_variants_export_with_cache(tmp_path, components):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", **COMPONENTS[components]))
+    manifest = export(model, tmp_path / "out", kv_cache=True)
+    assert manifest["validation"]["passed"]
+    lm = runtime.load(tmp_path / "out")
+    prompt = torch.randint(0, 96, (1, 4), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        assert torch.equal(greedy(lm, prompt, 8, True), greedy(model, prompt, 8, True))
+
+
+def readme_plugin() -> str:
+    """The custom-attention plugin exactly as the README shows it."""
+    block = re.search(r"```python\n(# cosine_attention.py\n.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block, "README lost its plugin example"
+    return block.group(1)
+
+
+def test_readme_custom_attention_exports_and_validates(fresh_registry, tmp_path):
+    plugin = tmp_path / "cosine_attention.py"
+    plugin.write_text(readme_plugin())
+    registry.use_local_plugins([str(plugin)])
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", attention="cosine", **{"attention.temperature": 12.0}))
+    manifest = export(model, tmp_path / "out", kv_cache=True)
+    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
+    lm = runtime.load(tmp_path / "out")
+    prompt = torch.randint(0, 96, (2, 3), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        assert torch.equal(greedy(lm, prompt, 8, True), greedy(model, prompt, 8, True))
+
+
+BAD_PLUGINS = textwrap.dedent('''
+    import torch
+    import zoo
+    from zoo.plugins.attention.multi_head import MultiHeadAttention
+    from zoo.plugins.mlp import FeedForward
+
+
+    class BranchyAttention(MultiHeadAttention):
+        """Branches on the values of its output: torch.export cannot trace it."""
+
+        def attend(self, q, k, v, mask, is_causal):
+            y = super().attend(q, k, v, mask, is_causal)
+            return y * 2 if y.sum() > 0 else y
+
+
+    class KthMLP(FeedForward):
+        """Uses torch.kthvalue, which has no ONNX form."""
+
+        def activation(self, h):
+            return h - torch.kthvalue(h, 2, dim=-1, keepdim=True).values
+
+
+    class TraceOnlyMLP(FeedForward):
+        """Computes something else while being exported: validation must catch it."""
+
+        def activation(self, h):
+            return h * 1.01 if torch.compiler.is_exporting() else h
+
+
+    @zoo.hookimpl
+    def zoo_register_components(registry):
+        registry.add("attention", "branchy", BranchyAttention)
+        registry.add("mlp", "kth", KthMLP)
+        registry.add("mlp", "trace_only", TraceOnlyMLP)
+''')
+
+
+@pytest.fixture
+def bad_plugins(fresh_registry, tmp_path):
+    path = tmp_path / "bad_plugins.py"
+    path.write_text(BAD_PLUGINS)
+    registry.use_local_plugins([str(path)])
+    return path
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"attention": "branchy"}, r"cannot export attention plugin 'branchy' \(.*BranchyAttention at stack\.h\.0\.attn\)"
+                               r" to ONNX: its Python code branches on tensor values"),
+    ({"mlp": "kth"}, r"cannot export mlp plugin 'kth' \(.*KthMLP at stack\.h\.0\.mlp\) to ONNX: No ONNX function "
+                     r"found for .*aten\.kthvalue"),
+], ids=["trace-failure", "no-onnx-operator"])
+def test_unexportable_component_is_named_and_nothing_is_left(bad_plugins, tmp_path, overrides, message):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", **overrides))
+    with pytest.raises(ExportError, match=message) as failure:
+        export(model, tmp_path / "out", kv_cache=True)
+    assert "\n" not in str(failure.value)
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_validation_mismatch_fails_the_export(bad_plugins, tmp_path, capsys):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", mlp="trace_only"))
+    with pytest.raises(ExportError, match=r"ONNX Runtime disagrees with PyTorch on gpt2: max \|difference\| .* "
+                                          r"exceeds 0\.0001 \+ 1e-05\*\|torch\| .*nothing was written"):
+        export(model, tmp_path / "out")
+    assert "MISMATCH" in capsys.readouterr().err  # the report was printed
+    assert leftovers(tmp_path, "out") == []
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_fp16_export_validates(tmp_path):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
+    manifest = export(model, tmp_path / "out", kv_cache=True, dtype="fp16")
+    assert manifest["dtype"] == "fp16" and manifest["validation"]["passed"]
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    lm = runtime.load(tmp_path / "out")
+    cache = lm.new_cache(1, 4)
+    logits = lm(torch.tensor([[1, 2, 3]]), cache=cache)
+    assert logits.dtype == torch.float16 and cache.keys[0].dtype == torch.float16 and cache.length == 3
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
+    with pytest.raises(ExportError, match="--dtype 'bf16' is not supported by the onnx exporter"):
+        export(model, tmp_path / "a", dtype="bf16")
+    with pytest.raises(ExportError, match="--opset 13 is too old"):
+        export(model, tmp_path / "b", opset=13)
+    assert leftovers(tmp_path, "a") == leftovers(tmp_path, "b") == []
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def test_runtime_rejects_bad_inputs_in_one_line(exported):
+    _, out = exported("gpt2", True)
+    lm = runtime.load(out)
+    cache = lm.new_cache(1, 8)
+    lm(torch.tensor([[1, 2]]), cache=cache)
+    with pytest.raises(ZooError, match=r"input attention_mask has shape \(1, 2\), expected \(1, 3\)"):
+        lm(torch.tensor([[3]]), attention_mask=torch.ones(1, 2, dtype=torch.long), cache=cache)
+    with pytest.raises(ZooError, match="no manifest.json"):
+        runtime.load(out.parent)
+
+
+def test_cuda_request_without_cuda_falls_back_with_one_notice(exported, monkeypatch, capsys):
+    if runtime.cuda_unavailable_reason() is None:
+        pytest.skip("CUDA execution provider loads here")
+    monkeypatch.setattr(runtime, "_cpu_notice_shown", False)
+    _, out = exported("gpt2", True)
+    first = runtime.load(out, device="cuda")
+    second = runtime.load(out, device="cuda")
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and "running on CPU" in notices[0]
+    assert first.device.type == second.device.type == "cpu" and first.provider == "CPUExecutionProvider"
+
+
+@pytest.mark.gpu
+def test_cuda_io_binding_keeps_the_cache_on_the_gpu(exported):
+    if runtime.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no CUDA execution provider: {runtime.cuda_unavailable_reason()}")
+    model, out = exported("gpt2", True)
+    lm = runtime.load(out, device="cuda")
+    assert lm.provider == "CUDAExecutionProvider"
+    cache = lm.new_cache(2, 16)
+    prompt = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(6))
+    logits = lm(prompt, cache=cache, last_only=True)
+    assert logits.device.type == "cuda" and all(k.device.type == "cuda" for k in cache.keys)
+    with torch.inference_mode():
+        assert torch.equal(greedy(lm, prompt, 8, True).cpu(), greedy(model, prompt, 8, True))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+TINY_SET = ["--set", "n_layers=1", "--set", "d_model=32", "--set", "attention.n_heads=4", "--set", "mlp.d_ff=64",
+            "--set", "context_length=64"]
+
+
+def test_cli_export_of_a_weights_directory_then_generate_with_onnxruntime(tmp_path):
+    from zoo.tokenizer import gpt2_tokenizer
+
+    runner = CliRunner()
+    weights, out = tmp_path / "built", tmp_path / "gpt2-onnx"
+    assert runner.invoke(cli, ["build", "gpt2", *TINY_SET, "--seed", "3", "-o", str(weights)]).exit_code == 0
+    gpt2_tokenizer().backend_tokenizer.save(str(weights / "tokenizer.json"))
+    result = runner.invoke(cli, ["export", str(weights), "--weights", str(weights), "--format", "onnx", "--kv-cache",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"exported gpt2 as onnx -> {out}" in result.output and "validation of gpt2 (fp32" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"] == ["tokenizer.json"]  # the weights directory's tokenizer came along
+    assert (out / "tokenizer.json").read_bytes() == (weights / "tokenizer.json").read_bytes()
+    args = ["--max-new-tokens", "6", "--ignore-eos", "Hello there"]
+    onnx_run = runner.invoke(cli, ["generate", str(out), "--runtime", "onnxruntime", *args])
+    torch_run = runner.invoke(cli, ["generate", str(weights), "--weights", str(weights), *args])
+    assert onnx_run.exit_code == 0 and torch_run.exit_code == 0, onnx_run.output + torch_run.output
+    assert onnx_run.stdout.splitlines()[0] == torch_run.stdout.splitlines()[0]
+
+
+def test_cli_export_failure_is_one_line_and_leaves_nothing(bad_plugins, tmp_path):
+    out = tmp_path / "bad"
+    result = CliRunner().invoke(cli, ["--plugin", str(bad_plugins), "export", "gpt2", *TINY_SET, "--set",
+                                      "attention=branchy", "-o", str(out)])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "attention plugin 'branchy'" in errors[0] and "Traceback" not in result.output
+    assert leftovers(tmp_path, "bad") == []
+
+
+# --------------------------------------------------------------------------- full size
+
+
+def test_full_size_gpt2_small_with_external_data(tmp_path):
+    model = zoo.build("gpt2", seed=0)
+    out = tmp_path / "gpt2"
+    manifest = export(model, out, kv_cache=True)
+    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
+    data = out / "decoder.onnx.data"
+    assert manifest["files"]["decoder.onnx.data"]["bytes"] == data.stat().st_size > 450e6  # 124M fp32 weights
+    assert (out / "decoder.onnx").stat().st_size < 5e6  # the graph alone; weights are external
+    proto = onnx.load(str(out / "decoder.onnx"), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer if t.dims and
+               t.dims[0] > 1000)
+    lm = runtime.load(out, threads=2)
+    prompt = torch.randint(0, 50257, (1, 7), generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        assert torch.equal(greedy(lm, prompt, 4, True), greedy(model, prompt, 4, True))
