@@ -310,8 +310,25 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
                desc="training", file=sys.stderr, dynamic_ncols=True, disable=not (progress and dist.is_main))
     window = {"loss": 0.0, "tgt": 0, "tokens": 0, "seconds": 0.0}
+    totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
     last_validation: dict = {}
     session_start, seconds_before = time.perf_counter(), p.seconds
+
+    def flush_window(lr: float) -> None:
+        """Log the loss and throughput of the steps since the last record."""
+        nonlocal window
+        tokens = int(dist.sum(window["tokens"]))
+        loss = dist.sum(window["loss"]) / max(dist.sum(window["tgt"]), 1)
+        rate = tokens / max(window["seconds"], 1e-9)
+        p.tokens += tokens
+        totals["tokens"] += tokens
+        totals["seconds"] += window["seconds"]
+        if dist.is_main:
+            log.append({"event": "train", "step": p.step, "epoch": round(p.epoch + p.batch / steps_per_epoch, 4),
+                        "loss": round(loss, 4), "lr": lr, "tokens_per_second": round(rate, 1),
+                        "seconds": round(p.seconds, 1)})
+        bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        window = dict.fromkeys(window, 0)
 
     def checkpoint() -> None:
         randoms = dist.gather(random_state(device))
@@ -368,16 +385,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
             p.seconds = seconds_before + time.perf_counter() - session_start
 
             if p.step % config.log_every == 0:
-                tokens = int(dist.sum(window["tokens"]))
-                loss = dist.sum(window["loss"]) / max(dist.sum(window["tgt"]), 1)
-                rate = tokens / max(window["seconds"], 1e-9)
-                p.tokens += tokens
-                if dist.is_main:
-                    log.append({"event": "train", "step": p.step, "epoch": round(p.epoch + p.batch / steps_per_epoch, 4),
-                                "loss": round(loss, 4), "lr": lr, "tokens_per_second": round(rate, 1),
-                                "seconds": round(p.seconds, 1)})
-                bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
-                window = dict.fromkeys(window, 0)
+                flush_window(lr)
             if timed:
                 bar.update(int(p.seconds) - bar.n)
             else:
@@ -391,16 +399,15 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                 checkpoint()
             if on_step is not None:
                 on_step(p.step)
-        p.tokens += int(dist.sum(window["tokens"]))
+        if window["seconds"]:
+            flush_window(learning_rate(p.step, config))
         evaluate_now()
         checkpoint()
     finally:
         bar.close()
     session_seconds = time.perf_counter() - session_start
-    train_records = [r for r in (log.records if log else []) if r.get("event") == "train"]
-    rates = [r["tokens_per_second"] for r in train_records]
     return {"run_dir": str(run_dir), "steps": p.step, "epochs": round(p.epoch + p.batch / steps_per_epoch, 3),
             "tokens": p.tokens, "seconds": round(p.seconds, 1), "session_seconds": round(session_seconds, 1),
-            "tokens_per_second": round(float(np.median(rates)), 1) if rates else None,
+            "tokens_per_second": round(totals["tokens"] / totals["seconds"], 1) if totals["seconds"] else None,
             "validation_bleu": last_validation.get("bleu"), "validation_loss": last_validation.get("loss"),
             "world": dist.world}
