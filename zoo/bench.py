@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoo.bench_ceilings import device_sync, measure_ceilings
+from zoo.bench_ceilings import best, device_sync, measure_ceilings
 from zoo.bench_timing import figure, rate, time_call
 from zoo.errors import ZooError
 from zoo.spec import ModelSpec, load_spec
@@ -260,6 +260,7 @@ def run_bench(options: BenchOptions) -> dict:
 
         report["targets"] = evaluate_targets(report)
         report["seconds"] = time.time() - started
+        report["machine"]["load_average_at_end"] = list(os.getloadavg())
         return report
     finally:
         steps.close()
@@ -332,8 +333,8 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
     """Prefill and decode rows for every contender, with their fractions of the ceilings."""
     sync = device_sync(options.device)
     generator = torch.Generator().manual_seed(options.seed)
-    flop_ceiling = ceilings["matmul_float32"]["flop_per_s"]["median"]
-    bandwidth = ceilings["read_bandwidth"]["bytes_per_s"]["median"]
+    flop_ceiling = best(ceilings["matmul_float32"])
+    bandwidth = best(ceilings["read_bandwidth"])
     element = next(model.parameters()).element_size()
     weights = weight_bytes_per_step(model)
     rows = []

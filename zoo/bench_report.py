@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from zoo.bench_ceilings import best
 from zoo.io import atomic_file, atomic_path
 
 # (text, measure, runtime, batch, key, threshold, better): the targets for GPT-2 Small fp32 on CPU
@@ -100,17 +101,19 @@ def render(report: dict) -> str:
     lines = [f"zoo bench {report['model']}: {report['parameters']:,} parameters "
              f"({report['weight_bytes'] / 1e6:.0f} MB fp32) on {m['device']} ({m['processor']}, {m['threads']} threads)",
              f"median [min-max] of {report['options']['repeats']} runs after {report['options']['warmup']} warm-up; "
-             f"load average at start {m['load_average_at_start'][0]:.1f}", ""]
-    lines += ["ceilings"]
+             f"1-minute load average {m['load_average_at_start'][0]:.1f} at start, "
+             f"{m.get('load_average_at_end', [float('nan')])[0]:.1f} at end", ""]
+    lines += ["ceilings (fractions below divide by the best run)"]
     rows = []
     for entry in report["ceilings"].values():
         if "not_available" in entry:
-            rows.append((entry["name"], "not available: " + entry["not_available"]))
+            rows.append((entry["name"], "not available: " + entry["not_available"], ""))
         elif "flop_per_s" in entry:
-            rows.append((f"{entry['name']} ({entry['size']}^2)", _spread(entry["flop_per_s"], 1e-9) + " GFLOP/s"))
+            rows.append((f"{entry['name']} ({entry['size']}^2)", _spread(entry["flop_per_s"], 1e-9) + " GFLOP/s",
+                         f"{best(entry) / 1e9:.1f} GFLOP/s"))
         else:
-            rows.append((entry["name"], _spread(entry["bytes_per_s"], 1e-9) + " GB/s"))
-    lines += _table(("ceiling", "measured"), rows) + [""]
+            rows.append((entry["name"], _spread(entry["bytes_per_s"], 1e-9) + " GB/s", f"{best(entry) / 1e9:.1f} GB/s"))
+    lines += _table(("ceiling", "measured", "best"), rows) + [""]
 
     results = report["results"]
     prefill = [r for r in results if r["measure"] == "prefill"]
@@ -173,8 +176,9 @@ def write_chart(report: dict, path: str | Path) -> None:
     results = report["results"]
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     m = report["machine"]
+    runs = report["options"]["repeats"]
     fig.suptitle(f"zoo bench {report['model']} on {m['device']}: {m['processor']}, {m['threads']} threads "
-                 f"(median of {report['options']['repeats']} runs, bars min-max)", fontsize=13)
+                 f"(median of {runs} run{'s' if runs > 1 else ''}, error bars min-max)", fontsize=13)
     batches = report["options"]["batches"]
     groups = [("prefill", b) for b in batches] + [("decode", b) for b in batches]
     labels = [f"prefill {b}x{report['options']['prompt_tokens']}" if m_ == "prefill" else f"decode batch {b}" for m_, b in groups]
@@ -195,31 +199,36 @@ def write_chart(report: dict, path: str | Path) -> None:
         ax.set_title(title)
 
     ax = axes[0, 0]
+    fractions = [r.get("fraction_of_flop_ceiling", r.get("fraction_of_bandwidth_ceiling", 0.0)) for r in results
+                 if r["measure"] in ("prefill", "decode") and "not_available" not in r]
     grouped(ax, lambda r: r.get("fraction_of_flop_ceiling", r.get("fraction_of_bandwidth_ceiling", 0.0)), runtimes,
-            "fraction of ceiling", "fraction of the measured ceiling\n(prefill: fp32 FLOP/s, decode: read bandwidth)")
-    for y, text in ((0.6, "target torch 60%"), (0.8, "target onnxruntime 80%")):
-        ax.axhline(y, color="grey", linestyle="--", linewidth=1)
-        ax.text(len(groups) - 0.5, y, text, ha="right", va="bottom", fontsize=8, color="grey")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=9, loc="upper left")
+            "fraction of ceiling", "fraction of the measured ceiling\n(prefill: fp32 matmul FLOP/s, decode: read bandwidth)")
+    ax.axhline(0.6, color=RUNTIME_COLOURS["torch"], linestyle="--", linewidth=1, label="target torch 60%")
+    ax.axhline(0.8, color=RUNTIME_COLOURS["onnxruntime"], linestyle="--", linewidth=1, label="target onnxruntime 80%")
+    ax.set_ylim(0, max([1.05] + [f * 1.15 for f in fractions]))
+    ax.legend(fontsize=8, loc="upper right")
 
     ax = axes[0, 1]
     grouped(ax, lambda r: r.get("vs_hf", 0.0), [rt for rt in runtimes if rt != "hf"], "speed / Hugging Face",
             "speed relative to Hugging Face (above 1: faster)")
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.axhline(3.0, color="grey", linestyle="--", linewidth=1)
-    ax.text(len(groups) - 0.5, 3.0, "decode target 3x", ha="right", va="bottom", fontsize=8, color="grey")
-    ax.legend(fontsize=9, loc="upper left")
+    ax.axhline(1.0, color="black", linewidth=1, label="as fast as Hugging Face")
+    ax.axhline(3.0, color="grey", linestyle="--", linewidth=1, label="decode target 3x")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
 
     ax = axes[0, 2]
-    ceilings = [(e["name"].replace("_", " "), e["flop_per_s"]) for e in report["ceilings"].values() if "flop_per_s" in e]
-    if ceilings:
-        bars = ax.bar([n for n, _ in ceilings], [f["median"] / 1e9 for _, f in ceilings], color="#7f7f7f",
-                      yerr=_errors([f for _, f in ceilings], 1e-9), capsize=4)
-        ax.bar_label(bars, fmt="%.0f", fontsize=9)
-    bw = report["ceilings"]["read_bandwidth"]["bytes_per_s"]["median"] / 1e9
-    ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"measured ceilings (read bandwidth {bw:.1f} GB/s)")
+    matmuls = [e for e in report["ceilings"].values() if e["name"].startswith("matmul_")]
+    zero = {"median": 0.0, "min": 0.0, "max": 0.0}
+    figs = [e.get("flop_per_s", zero) for e in matmuls]
+    bars = ax.bar([e["dtype"] for e in matmuls], [f["median"] / 1e9 for f in figs], 0.5, color="#7f7f7f",
+                  yerr=_errors(figs, 1e-9), capsize=4)
+    ax.bar_label(bars, labels=[f"{f['median'] / 1e9:.0f}" if "flop_per_s" in e else "not native\nhere"
+                               for e, f in zip(matmuls, figs)], fontsize=9, padding=3)
+    ax.set_ylim(0, max(f["max"] for f in figs) / 1e9 * 1.2)
+    bandwidth = report["ceilings"]["read_bandwidth"]
+    ax.set_ylabel("matmul GFLOP/s")
+    ax.set_title(f"measured ceilings: matmul (median, bars min-max)\nread bandwidth {_spread(bandwidth['bytes_per_s'], 1e-9)}"
+                 f" GB/s, best {best(bandwidth) / 1e9:.1f}")
 
     _speed_panel(axes[1, 0], results, "prefill", runtimes, report)
     _speed_panel(axes[1, 1], results, "decode", runtimes, report)
@@ -250,8 +259,11 @@ def _speed_panel(ax, results: list[dict], measure: str, runtimes: list[str], rep
         ceilings = [find_row(results, "decode", runtimes[0], b) for b in batches] if runtimes else []
         for g, row in enumerate(ceilings):
             if row:
-                ax.hlines(row["ceiling_tokens_per_s"], g - 0.45, g + 0.45, colors="black", linestyles=":")
-                ax.text(g, row["ceiling_tokens_per_s"], "bandwidth ceiling", ha="center", va="bottom", fontsize=8)
+                ax.hlines(row["ceiling_tokens_per_s"], g - 0.45, g + 0.45, colors="black", linestyles=":",
+                          label="bandwidth ceiling" if g == 0 else None)
+                ax.text(g - 0.45, row["ceiling_tokens_per_s"], f"{row['ceiling_tokens_per_s']:.1f}", ha="right",
+                        va="center", fontsize=8)
+        ax.set_ylim(0, max([r["ceiling_tokens_per_s"] for r in ceilings if r] + [ax.get_ylim()[1]]) * 1.1)
         names = [f"batch {b}" for b in batches]
         title = f"decode after a {report['options']['prompt_tokens']}-token prompt"
     else:
