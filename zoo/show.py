@@ -9,6 +9,7 @@ drawing never touches a display or matplotlib's global state. ``zoo show positio
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from zoo.errors import ZooError
@@ -56,9 +57,21 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = DPI) -> tuple[int, i
     # SVG keeps its text as text (small, searchable) and carries no date, so it is reproducible
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "zoo"}), atomic_path(path) as tmp:
         figure.savefig(tmp, format=fmt, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
-    width, height = figure.get_size_inches()
-    scale = 72 if fmt == "svg" else dpi
-    return round(width * scale), round(height * scale)
+        size = picture_size(tmp)
+    return size
+
+
+def picture_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Width and height of a PNG (pixels, from its IHDR header) or an SVG (points, rounded)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    match = re.search(rb'<svg[^>]*?width="([\d.]+)pt"[^>]*?height="([\d.]+)pt"', head)
+    if match is None:
+        raise PictureError(f"{path}: neither a PNG nor an SVG with a size")
+    return round(float(match.group(1))), round(float(match.group(2)))
 
 
 def first_line(text: str | None) -> str:

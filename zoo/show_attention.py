@@ -69,18 +69,21 @@ def capture_attention(model: nn.Module) -> Iterator[list[AttentionRecord]]:
     block runs; the list yielded fills up as the model is called. The modules are left
     exactly as they were on exit."""
     records: list[AttentionRecord] = []
-    wrapped = []
+    wrapped = []  # (module, the attend it had on the instance itself, if any)
     for name, module in model.named_modules():
         if callable(getattr(type(module), "attend", None)):
+            wrapped.append((module, module.__dict__.get("attend")))
             module.attend = _recording_attend(module.attend, records, name)
-            wrapped.append(module)
     if not wrapped:
         raise PictureError(f"{type(model).__name__} has no attention module with an attend() method to capture")
     try:
         yield records
     finally:
-        for module in wrapped:
-            del module.attend
+        for module, own in wrapped:
+            if own is None:
+                del module.attend
+            else:
+                module.attend = own
 
 
 # --------------------------------------------------------------------------- tokens
