@@ -6,8 +6,10 @@ it allocates each weight exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -17,9 +19,29 @@ from zoo.registry import get_registry
 from zoo.spec import COMPONENT_KIND, ModelSpec, load_spec
 
 
+# torch.nn.init functions that modules call from their constructors.
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                  "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skipped_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s functions return their tensor untouched, for assembly on the
+    meta device: there is nothing to initialise there, and the first random op on a meta
+    tensor imports ``torch._dynamo`` (seconds of start-up for every command)."""
+    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
 def assemble(spec: ModelSpec) -> nn.Module:
     """The model with every parameter on the meta device (no memory allocated)."""
-    with torch.device("meta"):
+    with torch.device("meta"), skipped_init():
         return model_class(spec)(spec)
 
 
