@@ -257,6 +257,40 @@ def test_captured_weights_are_softmax_of_scaled_scores(positional, kv_heads):
     torch.testing.assert_close(layer1.weights, scores.softmax(-1), atol=1e-6, rtol=1e-5)
 
 
+COSINE_PLUGIN = textwrap.dedent('''
+    import torch.nn.functional as F
+    import zoo
+    from zoo.plugins.attention.multi_head import MultiHeadAttention
+
+
+    class CosineAttention(MultiHeadAttention):
+        def attend(self, q, k, v, mask, is_causal):
+            q = F.normalize(q, dim=-1) * 10.0  # (B, H, T, hd)
+            k = F.normalize(k, dim=-1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=1.0)
+
+
+    @zoo.hookimpl
+    def zoo_register_components(registry):
+        registry.add("attention", "cosine", CosineAttention)
+''')
+
+
+def test_a_plugins_own_attend_is_what_gets_captured(fresh_registry, tmp_path):
+    path = tmp_path / "cosine.py"
+    path.write_text(COSINE_PLUGIN)
+    registry.use_local_plugins([str(path)])
+    model = tiny_decoder(attention="cosine")
+    maps = attention_maps(model, "The cat sat on the mat")
+    with torch.no_grad():
+        h = model.positional.embed(model.wte(torch.tensor([[464, 3797, 3332, 319, 262, 2603]])), torch.arange(6)[None])
+        q, k, _ = model.stack.h[0].attn.c_attn(model.stack.h[0].ln_1(h)).split(32, dim=-1)
+    q = torch.nn.functional.normalize(q.view(1, 6, 4, 8).transpose(1, 2), dim=-1)  # (B, H, T, hd)
+    k = torch.nn.functional.normalize(k.view(1, 6, 4, 8).transpose(1, 2), dim=-1)
+    scores = (10.0 * q @ k.transpose(-2, -1)).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(maps.weights[0], scores.softmax(-1)[0], atol=1e-6, rtol=1e-5)
+
+
 def test_attention_command_writes_one_grid_per_layer(tmp_path):
     out = tmp_path / "attention.png"
     result = run("show", "attention", "gpt2", *TINY_GPT2, "The cat sat on the mat", "--dpi", DPI, "-o", out)

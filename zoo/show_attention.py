@@ -225,6 +225,7 @@ def translation_attention(model: nn.Module, vocabulary, text: str, target: str |
     name = {"encoder": "encoder self-attention", "decoder": "decoder self-attention",
             "cross": "cross-attention alignment"}[kind]
     translation = vocabulary.decode_target([produced])[0]
+    translation = translation if len(translation) <= 80 else translation[:79] + "…"
     return AttentionMaps(kind, stack_records(records, kind), queries, keys, title=f"{spec.name} {name}",
                          notes=[f"{how}: {translation!r}"])
 

@@ -342,20 +342,22 @@ def _frame(left: float, bottom: float, width: float, height: float):
                           edgecolor="#888888", linewidth=1.2, zorder=-1)
 
 
-def parameter_text(spec: ModelSpec, model: nn.Module) -> str:
-    """``zoo describe``'s parameter table as monospace text."""
+def draw_parameter_table(ax, spec: ModelSpec, model: nn.Module, top: float) -> None:
+    """``zoo describe``'s parameter table, one text per cell (SVG viewers collapse the
+    spaces a monospace block would rely on), starting ``top`` inches up on ``ax``."""
     rows = parameter_table(spec, model)
     total = sum(r.count for r in rows)
-    lines = [("part", "plugin", "parameters", "share")]
-    lines += [(r.part, r.plugin, f"{r.count:,}", f"{100 * r.count / total:.1f}%") for r in rows]
-    lines.append(("total", "", f"{total:,}", "100.0%"))
-    widths = [max(len(row[i]) for row in lines) for i in range(4)]
-    out = []
-    for n, row in enumerate(lines):
-        out.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
-        if n in (0, len(lines) - 2):
-            out.append("-" * len(out[-1]))
-    return "\n".join(out)
+    body = [(r.part, r.plugin, f"{r.count:,}", f"{100 * r.count / total:.1f}%") for r in rows]
+    columns = ((0.15, "left"), (1.45, "left"), (4.2, "right"), (4.95, "right"))  # inches
+    line = 0.2
+    lines = [("part", "plugin", "parameters", "share"), *body, ("total", "", f"{total:,}", "100.0%")]
+    for i, row in enumerate(lines):
+        y = top - i * line - (0.08 if i == len(lines) - 1 else 0)
+        bold = "bold" if i in (0, len(lines) - 1) else "normal"
+        for (x, align), value in zip(columns, row):
+            ax.text(x, y, value, ha=align, va="center", fontsize=9, fontweight=bold)
+    for y in (top - line / 2, top - (len(lines) - 1.5) * line - 0.04):
+        ax.plot([columns[0][0], columns[-1][0]], [y, y], color="#888888", linewidth=0.8)
 
 
 def model_figure(spec: ModelSpec):
@@ -386,16 +388,15 @@ def model_figure(spec: ModelSpec):
     ax.set_ylim(0, height)
     table_ax = figure.add_axes((diagram_w / width, 0, TABLE_W / width, 1))
     table_ax.set_axis_off()
+    table_ax.set_xlim(0, TABLE_W)
+    table_ax.set_ylim(0, height)
     total = sum(p.numel() for p in model.parameters())
     family = (f"encoder-decoder · {spec.n_layers}+{spec.n_decoder_layers} layers" if spec.is_encoder_decoder
               else f"decoder · {spec.n_layers} layers")
     about = textwrap.wrap(spec.description, 62)
-    table_ax.text(0.02, 1 - 0.4 / height, spec.name, fontsize=15, fontweight="bold", va="top",
-                  transform=table_ax.transAxes)
-    table_ax.text(0.02, 1 - 0.85 / height,
-                  "\n".join([*about, f"{family} · d_model {spec.d_model} · {spec.n_heads} heads",
-                             f"{total:,} parameters · context {spec.context_length} · vocabulary {spec.vocab_size:,}"]),
-                  fontsize=9.5, va="top", transform=table_ax.transAxes, linespacing=1.5)
-    table_ax.text(0.02, 1 - 2.3 / height, parameter_text(spec, model), fontsize=8.5, family="monospace", va="top",
-                  transform=table_ax.transAxes)
+    table_ax.text(0.15, height - 0.4, spec.name, fontsize=15, fontweight="bold", va="top")
+    summary = [*about, f"{family} · d_model {spec.d_model} · {spec.n_heads} heads",
+               f"{total:,} parameters · context {spec.context_length} · vocabulary {spec.vocab_size:,}"]
+    table_ax.text(0.15, height - 0.85, "\n".join(summary), fontsize=9.5, va="top", linespacing=1.5)
+    draw_parameter_table(table_ax, spec, model, top=height - 1.25 - 0.2 * len(summary))
     return figure
