@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoo.bench_ceilings import best, device_sync, measure_ceilings
+from zoo.bench_ceilings import best, device_sync, fp32_flop_ceiling, measure_ceilings
 from zoo.bench_timing import figure, rate, time_call
 from zoo.errors import ZooError
 from zoo.spec import ModelSpec, load_spec
@@ -235,7 +235,7 @@ def run_bench(options: BenchOptions) -> dict:
     torch.set_num_threads(threads)
     workdir = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
     n_runtimes = len(options.runtimes)
-    total = 5 + 1 + n_runtimes * 2 * len(options.batches) + ("onnxruntime" in options.runtimes) + (0 if options.skip_xl else 3)
+    total = 6 + 1 + n_runtimes * 2 * len(options.batches) + ("onnxruntime" in options.runtimes) + (0 if options.skip_xl else 3)
     steps = Steps(total)
     started = time.time()
     try:
@@ -246,14 +246,17 @@ def run_bench(options: BenchOptions) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "options": {**asdict(options), "threads": threads},
             "machine": machine(options, threads),
-            "ceilings": measure_ceilings(device, options.warmup, options.repeats, options.tiny, steps),
+            "ceilings": measure_ceilings(device, options.warmup, options.repeats, threads, options.tiny, steps),
         }
+        flop_source, flop_ceiling = fp32_flop_ceiling(report["ceilings"])
+        report["ceilings_used"] = {"fp32_flop_per_s": flop_ceiling, "fp32_flop_from": flop_source,
+                                   "read_bytes_per_s": best(report["ceilings"]["read_bandwidth"])}
         steps("load the same random weights into every runtime")
         contenders, unavailable, model, export = load_contenders(spec, options, workdir, threads, steps)
         report["parameters"] = sum(p.numel() for p in model.parameters())
         report["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         results = list(unavailable) + ([export] if export else [])
-        results += measure_runtimes(spec, model, contenders, options, report["ceilings"], steps)
+        results += measure_runtimes(spec, model, contenders, options, report["ceilings_used"], steps)
         results += measure_builds(options, workdir, threads, steps)
         report["results"] = results
         from zoo.bench_report import evaluate_targets
@@ -330,11 +333,12 @@ def one_line(exc: BaseException) -> str:
 
 def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,
                      steps) -> list[dict]:
-    """Prefill and decode rows for every contender, with their fractions of the ceilings."""
+    """Prefill and decode rows for every contender, with their fractions of ``ceilings``
+    (``fp32_flop_per_s`` and ``read_bytes_per_s``)."""
     sync = device_sync(options.device)
     generator = torch.Generator().manual_seed(options.seed)
-    flop_ceiling = best(ceilings["matmul_float32"])
-    bandwidth = best(ceilings["read_bandwidth"])
+    flop_ceiling = ceilings["fp32_flop_per_s"]
+    bandwidth = ceilings["read_bytes_per_s"]
     element = next(model.parameters()).element_size()
     weights = weight_bytes_per_step(model)
     rows = []

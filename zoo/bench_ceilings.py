@@ -1,7 +1,10 @@
 """The machine's ceilings, measured by the benchmark itself with torch.
 
 * **Matrix-multiply FLOP/s**: ``torch.mm`` of two large square matrices (2·n³ FLOP per
-  product), fp32 and, where the device runs them natively, bf16 and fp16. A low
+  product), fp32 and, where the device runs them natively, bf16 and fp16; on a CPU also
+  fp32 through ONNX Runtime's ``MatMul`` (its own GEMM, MLAS), because a BLAS may not use
+  the widest vector units a CPU has (MKL takes its AVX2 path on AMD processors) and a
+  ceiling that one runtime beats is no ceiling. The fp32 FLOP ceiling is the higher. A low
   precision counts as supported only if a probe product runs at least half as fast as
   in fp32 (a CPU without bf16/fp16 instructions emulates them, hundreds of times slower).
 * **Read bandwidth**: ``torch.sum`` over one fp32 tensor far larger than the last-level
@@ -66,6 +69,32 @@ def matmul_ceiling(dtype: torch.dtype, device: str, size: int, warmup: int, repe
     return {**entry, "flop_per_s": rate(seconds, 2 * size ** 3, "FLOP/s")}
 
 
+def onnxruntime_matmul_ceiling(size: int, threads: int, warmup: int, repeats: int) -> dict:
+    """FLOP/s of an fp32 n×n by n×n ``MatMul`` in an ONNX Runtime CPU session of one node."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    square = [size, size]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    generator = np.random.default_rng(0)
+    feeds = {n: generator.standard_normal(square, dtype=np.float32) for n in ("a", "b")}  # (n, n) each
+    seconds = time_call(lambda: session.run(None, feeds), warmup, repeats)
+    return {"name": "matmul_float32_onnxruntime", "dtype": "float32", "size": size,
+            "method": f"ONNX Runtime MatMul of two {size}x{size} float32 matrices (CPU provider), 2*n^3 FLOP",
+            "flop_per_s": rate(seconds, 2 * size ** 3, "FLOP/s")}
+
+
 def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
     """Bytes per second read by ``torch.sum`` over an fp32 tensor of ``nbytes``."""
     x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,) pages touched now, not in the timing
@@ -90,7 +119,15 @@ def best(entry: dict) -> float:
     return (entry.get("flop_per_s") or entry["bytes_per_s"])["max"]
 
 
-def measure_ceilings(device: str, warmup: int, repeats: int, tiny: bool = False, step=lambda name: None) -> dict:
+def fp32_flop_ceiling(ceilings: dict) -> tuple[str, float]:
+    """The name and FLOP/s of the highest fp32 matmul ceiling measured."""
+    measured = [(name, best(e)) for name, e in ceilings.items()
+                if name.startswith("matmul_float32") and "flop_per_s" in e]
+    return max(measured, key=lambda item: item[1])
+
+
+def measure_ceilings(device: str, warmup: int, repeats: int, threads: int, tiny: bool = False,
+                     step=lambda name: None) -> dict:
     """Every ceiling, keyed by name; ``step(name)`` is called before each measurement."""
     size = 512 if tiny else (8192 if torch.device(device).type == "cuda" else 4096)
     nbytes = (64 << 20) if tiny else GiB
@@ -99,6 +136,9 @@ def measure_ceilings(device: str, warmup: int, repeats: int, tiny: bool = False,
         name = f"matmul_{str(dtype).removeprefix('torch.')}"
         step(name)
         out[name] = matmul_ceiling(dtype, device, size, warmup, repeats)
+    if torch.device(device).type == "cpu":
+        step("matmul_float32_onnxruntime")
+        out["matmul_float32_onnxruntime"] = onnxruntime_matmul_ceiling(size, threads, warmup, repeats)
     step("read_bandwidth")
     out["read_bandwidth"] = read_bandwidth(device, nbytes, warmup, repeats)
     step("copy_bandwidth")

@@ -118,7 +118,9 @@ def render(report: dict) -> str:
     results = report["results"]
     prefill = [r for r in results if r["measure"] == "prefill"]
     if prefill:
-        lines += ["prefill (prompt into an empty cache, logits of the last position)"]
+        used = report["ceilings_used"]
+        lines += [f"prefill (prompt into an empty cache, logits of the last position); fp32 ceiling "
+                  f"{used['fp32_flop_per_s'] / 1e9:.1f} GFLOP/s from {used['fp32_flop_from']}"]
         lines += _table(("runtime", "shape", "latency ms", "GFLOP/s", "of fp32 ceiling", "vs hf"), [
             (r["runtime"], f"{r['batch']}x{r['tokens']}", _spread(r["latency_s"], 1e3), f"{r['flop_per_s']['median'] / 1e9:.1f}",
              f"{100 * r['fraction_of_flop_ceiling']:.0f}%", f"{r['vs_hf']:.2f}x" if "vs_hf" in r else "")
@@ -220,7 +222,8 @@ def write_chart(report: dict, path: str | Path) -> None:
     matmuls = [e for e in report["ceilings"].values() if e["name"].startswith("matmul_")]
     zero = {"median": 0.0, "min": 0.0, "max": 0.0}
     figs = [e.get("flop_per_s", zero) for e in matmuls]
-    bars = ax.bar([e["dtype"] for e in matmuls], [f["median"] / 1e9 for f in figs], 0.5, color="#7f7f7f",
+    names = [e["name"].removeprefix("matmul_").replace("_onnxruntime", "\n(onnxruntime)") for e in matmuls]
+    bars = ax.bar(names, [f["median"] / 1e9 for f in figs], 0.5, color="#7f7f7f",
                   yerr=_errors(figs, 1e-9), capsize=4)
     ax.bar_label(bars, labels=[f"{f['median'] / 1e9:.0f}" if "flop_per_s" in e else "not native\nhere"
                                for e, f in zip(matmuls, figs)], fontsize=9, padding=3)
