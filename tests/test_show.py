@@ -296,7 +296,9 @@ def test_attention_command_writes_one_grid_per_layer(tmp_path):
     result = run("show", "attention", "gpt2", *TINY_GPT2, "The cat sat on the mat", "--dpi", DPI, "-o", out)
     assert result.exit_code == 0, result.output
     assert png_size(out) == reported(result)
-    figure = attention_figure(attention_maps(tiny_decoder(), "The cat sat on the mat"))
+    maps = attention_maps(tiny_decoder(), "The cat sat on the mat")
+    maps.notes.append("random init, seed 0")  # as the command adds
+    figure = attention_figure(maps)
     assert len(figure.axes) == 2 * 4 + 1  # layers × heads, and the colour bar
     assert reported(result) == tuple(int(s * DPI) for s in figure.get_size_inches())
 

@@ -28,7 +28,7 @@ from torch import nn
 from zoo.show import PictureError, new_figure
 
 KINDS = ("decoder", "encoder", "cross")  # decoder self-attention, encoder self-attention, cross-attention
-MAX_PANELS = 400  # more maps than this are unreadable in one picture; pick --layer or --head
+MAX_PANELS = 256  # more maps than this are unreadable in one picture; pick --layer or --head
 
 
 @dataclass
@@ -297,39 +297,59 @@ def grid_shape(n_panels: int, columns_hint: int) -> tuple[int, int]:
 
 def attention_figure(maps: AttentionMaps, layer: int | None = None, head: int | str | None = None):
     """Heat maps of ``maps`` (a grid: layers × heads, or the chosen layer/head) with the
-    query tokens down the side, key tokens along the bottom and one shared colour bar."""
+    query tokens down the side, key tokens along the bottom and one shared colour bar.
+
+    The layout is computed in inches rather than by constrained layout, which would take
+    most of the time for a grid of a hundred maps."""
     panels = select(maps, layer, head)
     every_head = layer is None and head is None
     rows, columns = grid_shape(len(panels), maps.n_heads if every_head else 0)
     n_q, n_k = len(maps.query_tokens), len(maps.key_tokens)
     label_size = 9 if max(n_q, n_k) <= 24 else 7
-    cell_w = min(max(1.9, 0.24 * n_k + 0.9), 9.0)  # inches per panel, room for its tick labels
-    cell_h = min(max(1.9, 0.24 * n_q + 0.9), 9.0)
-    figure = new_figure(columns * cell_w + 1.6, rows * cell_h + 1.4)
-    axes = figure.subplots(rows, columns, squeeze=False)
-    top = max(float(w.max()) for _, w in panels)
+    char_w = label_size / 72 * 0.62  # inches per character of a tick label
+    label_w = max(map(len, maps.query_tokens)) * char_w + 0.15
+    label_h = max(map(len, maps.key_tokens)) * char_w + 0.15
+    smallest = 3.5 if len(panels) == 1 else 2.4 if len(panels) <= 6 else 1.4  # one map, inches
+    cell_w = min(max(smallest, 0.2 * n_k), 8.0)
+    cell_h = min(max(smallest, 0.2 * n_q), 8.0)
+    pad_w, pad_h = 0.2, 0.4  # between maps: room for each map's title
+    title_lines = 1 + len(maps.notes)
+    left, right = 0.45 + label_w, 1.3  # supylabel + tick labels; colour bar
+    top, bottom = 0.35 + 0.25 * title_lines, 0.45 + label_h  # titles; tick labels + supxlabel
+    grid_w = columns * cell_w + (columns - 1) * pad_w
+    grid_h = rows * cell_h + (rows - 1) * pad_h
+    width, height = left + grid_w + right, top + pad_h + grid_h + bottom
+    figure = new_figure(width, height)
+    figure.set_layout_engine("none")
+    axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
+        left=left / width, right=(left + grid_w) / width, bottom=bottom / height,
+        top=(bottom + grid_h) / height, wspace=pad_w / cell_w, hspace=pad_h / cell_h))
+    vmax = max(float(w.max()) for _, w in panels)
     for index, ax in enumerate(axes.flat):
         if index >= len(panels):
             ax.set_axis_off()
             continue
         title, weights = panels[index]
-        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=top, interpolation="nearest",
+        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest",
                           aspect="auto")
         ax.set_title(title, fontsize=9)
-        row, column = divmod(index, columns)
         ax.set_xticks(range(n_k))
         ax.set_yticks(range(n_q))
-        bottom = index + columns >= len(panels)
-        ax.set_xticklabels(maps.key_tokens if bottom else [], rotation=90, fontsize=label_size)
-        ax.set_yticklabels(maps.query_tokens if column == 0 else [], fontsize=label_size)
+        lowest = index + columns >= len(panels)  # no map below it in its column
+        ax.set_xticklabels(maps.key_tokens if lowest else [], rotation=90, fontsize=label_size)
+        ax.set_yticklabels(maps.query_tokens if index % columns == 0 else [], fontsize=label_size)
         ax.tick_params(length=2)
     key_label, query_label = {
         "decoder": ("key token (attended to)", "query token"),
         "encoder": ("source token (attended to)", "source token"),
         "cross": ("source token", "target token produced"),
     }[maps.kind]
-    figure.supxlabel(key_label, fontsize=10)
-    figure.supylabel(query_label, fontsize=10)
-    figure.colorbar(image, ax=axes, label="attention weight", shrink=min(1.0, 0.4 + 0.2 * rows))
-    figure.suptitle("\n".join([maps.title, *maps.notes]), fontsize=12)
+    figure.text((left + grid_w / 2) / width, 0.15 / height, key_label, ha="center", va="bottom", fontsize=10)
+    figure.text(0.15 / width, (bottom + grid_h / 2) / height, query_label, ha="left", va="center", fontsize=10,
+                rotation=90)
+    bar_h = min(grid_h, 5.0)
+    bar = figure.add_axes(((left + grid_w + 0.35) / width, (bottom + (grid_h - bar_h) / 2) / height,
+                           0.18 / width, bar_h / height))
+    figure.colorbar(image, cax=bar, label="attention weight")
+    figure.suptitle("\n".join([maps.title, *maps.notes]), fontsize=12, y=1 - 0.15 / height, va="top")
     return figure

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from zoo.builder import assemble, parameter_table
 from zoo.components import PositionalScheme
 from zoo.registry import get_registry
-from zoo.show import compact, first_line, new_figure
+from zoo.show import PictureError, compact, first_line, new_figure
 from zoo.spec import ModelSpec
 
 COLORS = {  # the Transformer paper's palette
@@ -114,11 +114,17 @@ def trace_blocks(model: nn.Module, spec: ModelSpec) -> dict[str, list[Node]]:
                     recording[-1].append(("sublayer", attr, module, inputs[0], output))
             handles.append(child.register_forward_hook(called))
 
-    ids = torch.zeros(1, 4, dtype=torch.long, device="meta")
+    ids = torch.zeros(1, 4, dtype=torch.long, device="meta")  # (B, T)
+    model.eval()
     try:
         with torch.no_grad(), _AddRecorder(recording):
-            model.eval()
-            model(ids, ids) if spec.is_encoder_decoder else model(ids)
+            if spec.is_encoder_decoder:
+                model(ids, ids)
+            else:
+                model(ids)
+    except Exception as exc:  # a plugin that needs real numbers cannot run on the meta device
+        raise PictureError(f"cannot trace {spec.name}'s blocks on the meta device ({type(exc).__name__}: {exc}); "
+                           "its plugins must run on meta tensors for 'zoo show model'") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -126,10 +132,10 @@ def trace_blocks(model: nn.Module, spec: ModelSpec) -> dict[str, list[Node]]:
 
 
 def _main_path(events: list) -> list[Node]:
-    """Turn one block's recorded calls and additions into main-path nodes."""
+    """Turn one block's recorded calls and additions into main-path nodes.
+
+    ``events`` holds every traced tensor alive, so their ids stay unique."""
     known: dict[int, int] = {}  # id(tensor) -> node index that produced it
-    alias: dict[int, object] = {}  # dropout output -> its input
-    keep = [e for e in events]  # every traced tensor stays alive, so ids stay unique
     nodes: list[Node] = []
     group, group_input = None, None  # the latest sublayer node and its input
     for event in events:
@@ -138,9 +144,7 @@ def _main_path(events: list) -> list[Node]:
             continue
         if event[0] == "sublayer":
             _, attr, module, inp, out = event
-            if isinstance(module, nn.Dropout):
-                if out is not inp:
-                    alias[id(out)] = inp
+            if isinstance(module, nn.Dropout):  # changes no structure: its output stands for its input
                 if id(inp) in known:
                     known[id(out)] = known[id(inp)]
                 continue
@@ -170,7 +174,6 @@ def _main_path(events: list) -> list[Node]:
         main, skip = max(sources), min(sources)
         nodes.append(Node(branches=[main], skip_from=skip))
         known[id(out)] = len(nodes) - 1
-    del keep
     return nodes
 
 
