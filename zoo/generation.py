@@ -33,12 +33,11 @@ def prepare_for_decode(model) -> None:
     """
     if not isinstance(model, nn.Module):
         return
-    with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if (isinstance(module, nn.Linear) and weight.device.type == "cpu" and weight.dim() == 2
-                    and weight.stride() == (weight.shape[1], 1)):
-                module.weight.data = weight.data.t().contiguous().t()  # (out, in) view of (in, out) storage
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.data
+            if weight.device.type == "cpu" and weight.stride() == (weight.shape[1], 1):  # stored [out, in]
+                module.weight.data = weight.t().contiguous().t()  # (out, in) view of (in, out) storage
 
 
 def next_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,

@@ -7,7 +7,7 @@ Face layout (``config.json`` + ``model.safetensors``, sharded safetensors, or
 
 Loading a Hugging Face checkpoint checks ``config.json`` against the spec field by field
 before any tensor is read, then checks every key and shape against the name table below,
-and only then copies: tensors are memory-mapped views of the file and are assigned into a
+and only then reads: tensors are memory-mapped views of the file, assigned into a
 model assembled on the meta device, so a model needs about 1x its weight bytes.
 """
 
