@@ -123,6 +123,28 @@ def test_learned_positions_come_from_the_model_directory(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_learned_positions_from_hugging_face_weights(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from zoo.cli import model_from_args
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64))
+    hf.save_pretrained(tmp_path / "hf")
+    sizes = ["--set", "n_layers=1", "--set", "d_model=32", "--set", "attention.n_heads=2", "--set",
+             "context_length=64", "--set", "mlp.d_ff=128"]
+    out = tmp_path / "wpe.png"
+    result = run("show", "positional", "learned", "--model", "gpt2", *sizes, "--weights", tmp_path / "hf",
+                 "--length", 40, "--dpi", DPI, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == reported(result)
+    spec = load_spec("gpt2", {"n_layers": 1, "d_model": 32, "attention.n_heads": 2, "context_length": 64,
+                              "mlp.d_ff": 128})
+    model = model_from_args(spec, str(tmp_path / "hf"))
+    torch.testing.assert_close(positional_effects(model.positional, spec, 40).table,
+                               hf.transformer.wpe.weight[:40].detach())
+
+
 @pytest.mark.parametrize("args,message", [
     (["nowhere"], "unknown positional 'nowhere'; choose one of: alibi, learned"),
     (["alibi", "--d-model", 30, "--heads", 4], "--d-model 30 is not divisible by --heads 4"),
