@@ -370,3 +370,67 @@ def test_full_size_gpt2_small_with_external_data(tmp_path):
     prompt = torch.randint(0, 50257, (1, 7), generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():
         assert torch.equal(greedy(lm, prompt, 4, True), greedy(model, prompt, 4, True))
+
+
+# --------------------------------------------------------------------------- speed (benchmark)
+
+
+def per_token_seconds(step, rounds: int) -> list[float]:
+    """Seconds of ``rounds`` single decode steps."""
+    import time
+
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("opset", [23, 18], ids=["attention-op", "matmul-softmax"])
+def test_decode_latency_against_the_bandwidth_ceiling(tmp_path, opset):
+    """GPT-2 Small fp32, batch 1, 128-token past, 2 threads: ONNX Runtime vs the zoo's
+    PyTorch path vs weight bytes / read bandwidth, measured interleaved in one run."""
+    import statistics
+
+    torch.set_num_threads(2)
+    model = zoo.build("gpt2", seed=0)
+    export(model, tmp_path / "gpt2", kv_cache=True, opset=opset, validate=False)
+    lm = runtime.load(tmp_path / "gpt2", threads=2)
+    prompt = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(0))
+    token = torch.tensor([[464]])
+    with torch.inference_mode():
+        ort_cache, torch_cache = lm.new_cache(1, 129), model.new_cache(1, 129)
+        lm(prompt, cache=ort_cache, last_only=True)
+        model(prompt, cache=torch_cache, last_only=True)
+    past = (ort_cache.keys, ort_cache.values)
+
+    def ort_step():
+        ort_cache.keys, ort_cache.values, ort_cache.length = *past, 128
+        lm(token, cache=ort_cache, last_only=True)
+
+    def torch_step():
+        torch_cache.length = 128
+        with torch.inference_mode():
+            model(token, cache=torch_cache, last_only=True)
+
+    big = torch.ones(1 << 28)  # 1 GiB of fp32, far beyond the last-level cache
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    samples = {"bandwidth": [], "onnxruntime": [], "torch": []}
+    for step in (ort_step, torch_step):
+        per_token_seconds(step, 3)  # warm-up
+    for _ in range(8):
+        samples["bandwidth"] += [big.numel() * 4 / s for s in per_token_seconds(big.sum, 3)]
+        samples["onnxruntime"] += per_token_seconds(ort_step, 5)
+        samples["torch"] += per_token_seconds(torch_step, 5)
+    ceiling = weight_bytes / max(samples["bandwidth"])
+    print(f"\nGPT-2 Small fp32, opset {opset} ({json.loads((tmp_path / 'gpt2/manifest.json').read_text())['attention_operator']}),"
+          f" batch 1, past 128, 2 threads; {weight_bytes / 1e6:.1f} MB of weights, best read bandwidth "
+          f"{max(samples['bandwidth']) / 1e9:.2f} GB/s (median {statistics.median(samples['bandwidth']) / 1e9:.2f})")
+    print(f"  {'bandwidth ceiling':18s} {ceiling * 1e3:7.1f} ms/token")
+    for name in ("onnxruntime", "torch"):
+        median = statistics.median(samples[name])
+        print(f"  {name:18s} {median * 1e3:7.1f} ms/token median (min {min(samples[name]) * 1e3:.1f}), "
+              f"{median / ceiling:.2f}x the ceiling")
+    assert statistics.median(samples["onnxruntime"]) <= 1.25 * ceiling
