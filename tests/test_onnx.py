@@ -283,6 +283,8 @@ def test_runtime_rejects_bad_inputs_in_one_line(exported):
     lm(torch.tensor([[1, 2]]), cache=cache)
     with pytest.raises(ZooError, match=r"input attention_mask has shape \(1, 2\), expected \(1, 3\)"):
         lm(torch.tensor([[3]]), attention_mask=torch.ones(1, 2, dtype=torch.long), cache=cache)
+    with pytest.raises(ZooError, match=r"decoder.onnx: ONNX Runtime failed to run it: .*Gather.*out of data bounds"):
+        lm(torch.tensor([[97]]))  # beyond the tiny vocabulary
     with pytest.raises(ZooError, match="no manifest.json"):
         runtime.load(out.parent)
 

@@ -151,7 +151,11 @@ class GraphSession:
             shape = [dimension(d, sizes) for d in entry["shape"]]
             results[entry["name"]] = torch.empty(shape, dtype=TORCH_DTYPES[entry["dtype"]], device=self.device)
             self._bind(binding.bind_output, entry["name"], results[entry["name"]])
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ZooError(f"{self.path.name}: ONNX Runtime failed to run it: {message}") from None
         return results
 
     def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
