@@ -234,8 +234,8 @@ def run_bench(options: BenchOptions) -> dict:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     workdir = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
-    n_runtimes = len(options.runtimes)
-    total = 6 + 1 + n_runtimes * 2 * len(options.batches) + ("onnxruntime" in options.runtimes) + (0 if options.skip_xl else 3)
+    groups = ("torch" in options.runtimes or "hf" in options.runtimes) + ("onnxruntime" in options.runtimes)
+    total = 6 + 1 + 2 * len(options.batches) * groups + ("onnxruntime" in options.runtimes) + (0 if options.skip_xl else 3)
     steps = Steps(total)
     started = time.time()
     try:
@@ -334,42 +334,75 @@ def one_line(exc: BaseException) -> str:
 def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,
                      steps) -> list[dict]:
     """Prefill and decode rows for every contender, with their fractions of ``ceilings``
-    (``fp32_flop_per_s`` and ``read_bytes_per_s``)."""
-    sync = device_sync(options.device)
+    (``fp32_flop_per_s`` and ``read_bytes_per_s``).
+
+    PyTorch and Hugging Face take turns run by run (after each has had its warm-up), so
+    that a change in the machine's load falls on both alike. ONNX Runtime is measured
+    after them, on its own: its idle worker threads keep spinning for a while after each
+    run, and a PyTorch run right after one would be measured against a busy core.
+    """
     generator = torch.Generator().manual_seed(options.seed)
-    flop_ceiling = ceilings["fp32_flop_per_s"]
-    bandwidth = ceilings["read_bytes_per_s"]
-    element = next(model.parameters()).element_size()
-    weights = weight_bytes_per_step(model)
+    groups = [[c for c in contenders if c.name != "onnxruntime"], [c for c in contenders if c.name == "onnxruntime"]]
     rows = []
-    for contender in contenders:
-        for batch in options.batches:
-            steps(f"{contender.name}: prefill {batch}x{options.prompt_tokens}")
-            ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
-            ids = ids.to(options.device)  # (B, T)
-            with torch.inference_mode():
-                seconds = time_call(lambda: contender.prefill(ids), options.warmup, options.repeats, sync)
-            flops = prefill_flops(spec, model, batch, options.prompt_tokens)
-            flop_rate = rate(seconds, flops, "FLOP/s")
-            rows.append({"measure": "prefill", "runtime": contender.name, "batch": batch,
-                         "tokens": options.prompt_tokens, "latency_s": figure(seconds, "s"), "flops": flops,
-                         "flop_per_s": flop_rate, "fraction_of_flop_ceiling": flop_rate["median"] / flop_ceiling})
-        for batch in options.batches:
-            steps(f"{contender.name}: decode batch {batch}")
-            ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
-            ids = ids.to(options.device)  # (B, T)
-            speeds = [decode_speed(contender, ids, options.new_tokens, sync)
-                      for _ in range(options.warmup + options.repeats)][options.warmup:]
-            keys = options.prompt_tokens + options.new_tokens / 2  # mean keys read over the timed steps
-            step_bytes = weights + kv_bytes_per_step(spec, batch, keys, element)
-            ceiling = batch * bandwidth / step_bytes
-            tokens = figure(speeds, "tokens/s")
-            rows.append({"measure": "decode", "runtime": contender.name, "batch": batch,
-                         "past_tokens": options.prompt_tokens, "new_tokens": options.new_tokens,
-                         "tokens_per_s": tokens, "bytes_per_step": step_bytes, "ceiling_tokens_per_s": ceiling,
-                         "fraction_of_bandwidth_ceiling": tokens["median"] / ceiling})
+    for group in filter(None, groups):
+        for measure in ("prefill", "decode"):
+            for batch in options.batches:
+                label = f"{batch}x{options.prompt_tokens}" if measure == "prefill" else f"batch {batch}"
+                steps(f"{measure} {label}: {' and '.join(c.name for c in group)}")
+                ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
+                samples = take_turns(group, measure, ids.to(options.device), options)
+                for name, values in samples.items():
+                    if measure == "prefill":
+                        rows.append(prefill_row(spec, model, name, batch, options.prompt_tokens, values,
+                                                ceilings["fp32_flop_per_s"]))
+                    else:
+                        rows.append(decode_row(spec, model, name, batch, options, values, ceilings["read_bytes_per_s"]))
     add_hf_ratios(rows)
-    return rows
+    order = {name: i for i, name in enumerate(RUNTIMES)}
+    return sorted(rows, key=lambda r: (r["measure"] != "prefill", r["batch"], order[r["runtime"]]))
+
+
+def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions) -> dict[str, list[float]]:
+    """Seconds per prefill, or tokens/s per generation, of each contender in ``group``:
+    warm-up runs, then timed runs, the contenders taking turns."""
+    sync = device_sync(options.device)
+
+    def run(contender) -> float:
+        if measure == "decode":
+            return decode_speed(contender, ids, options.new_tokens, sync)
+        with torch.inference_mode():
+            return time_call(lambda: contender.prefill(ids), 0, 1, sync)[0]
+
+    samples = {c.name: [] for c in group}
+    for index in range(options.warmup + options.repeats):
+        for contender in group:
+            value = run(contender)
+            if index >= options.warmup:
+                samples[contender.name].append(value)
+    return samples
+
+
+def decode_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, options: BenchOptions,
+               speeds: list[float], bandwidth: float) -> dict:
+    """A decode row: tokens/s and its fraction of what the read bandwidth allows."""
+    keys = options.prompt_tokens + options.new_tokens / 2  # mean keys read over the timed steps
+    element = next(model.parameters()).element_size()
+    step_bytes = weight_bytes_per_step(model) + kv_bytes_per_step(spec, batch, keys, element)
+    ceiling = batch * bandwidth / step_bytes
+    tokens = figure(speeds, "tokens/s")
+    return {"measure": "decode", "runtime": runtime, "batch": batch, "past_tokens": options.prompt_tokens,
+            "new_tokens": options.new_tokens, "tokens_per_s": tokens, "bytes_per_step": step_bytes,
+            "ceiling_tokens_per_s": ceiling, "fraction_of_bandwidth_ceiling": tokens["median"] / ceiling}
+
+
+def prefill_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, tokens: int, seconds: list[float],
+                flop_ceiling: float) -> dict:
+    """A prefill row: latency, FLOP/s and its fraction of the fp32 ceiling."""
+    flops = prefill_flops(spec, model, batch, tokens)
+    flop_rate = rate(seconds, flops, "FLOP/s")
+    return {"measure": "prefill", "runtime": runtime, "batch": batch, "tokens": tokens,
+            "latency_s": figure(seconds, "s"), "flops": flops, "flop_per_s": flop_rate,
+            "fraction_of_flop_ceiling": flop_rate["median"] / flop_ceiling}
 
 
 def decode_speed(contender, ids: torch.Tensor, new_tokens: int, sync) -> float:
