@@ -402,7 +402,7 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     from zoo.tokenizer import TextStream, gpt2_tokenizer
 
     tokenizer = gpt2_tokenizer(tokenizer_dir)
-    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt")
     empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]
     if empty:
         raise ZooError(f"prompt {empty[0]} is empty; give each prompt some text")
@@ -412,11 +412,13 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
         from zoo.runtime import load
 
         net = load(model, device=device)
+        device = str(net.device)  # cpu when ONNX Runtime's CUDA provider does not load (it says so)
     else:
         spec = load_spec_arg(model, overrides)
         net = model_from_args(spec, weights, seed=seed, device=device, dtype=getattr(torch, dtype))
         if not weights:
             click.echo(f"note: {spec.name} has random weights (seed {seed}); pass --weights hf for trained ones", err=True)
+    batch = batch.to(device)
     eos = None if ignore_eos else tokenizer.eos_token_id
     stream = None
     if len(prompts) == 1:

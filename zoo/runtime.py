@@ -70,7 +70,7 @@ def cuda_unavailable_reason() -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         return f"onnxruntime could not start it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     if session.get_providers()[0] != "CUDAExecutionProvider":
-        return "onnxruntime could not load its CUDA libraries (CUDA 12 / cuDNN 9)"
+        return "onnxruntime could not load its CUDA libraries (CUDA runtime, cuBLAS or cuDNN missing)"
     return None
 
 
