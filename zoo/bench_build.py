@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from zoo.bench_timing import figure
 from zoo.errors import ZooError
 from zoo.spec import ModelSpec
 
@@ -77,6 +79,46 @@ def measure_build(contender: str, directory: Path, spec_path: Path, threads: int
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return {"not_available": f"{contender} build failed: {tail}"}
     return json.loads(lines[-1])
+
+
+def compare_builds(spec: ModelSpec, directory: Path, repeats: int, warmup: int, seed: int, threads: int,
+                   device: str, steps=lambda name: None) -> list[dict]:
+    """Write ``spec``'s checkpoint into ``directory``, build it ``warmup`` + ``repeats``
+    times with each loader (alternating, so both see the same page cache and load), one
+    process per build, delete the checkpoint, and return one row per loader."""
+    steps(f"write a {spec.name} checkpoint")
+    weight_bytes = write_hf_checkpoint(spec, directory / "hf", seed=seed)
+    spec_path = directory / "spec.yaml"
+    spec_path.write_text(spec.to_yaml(), encoding="utf-8")
+    runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
+    try:
+        for index in range(warmup + repeats):
+            if index in (0, warmup):
+                steps(f"build {spec.name}: " + ("warm-up" if index < warmup else f"{repeats} runs each"))
+            for contender in CONTENDERS:
+                result = measure_build(contender, directory / "hf", spec_path, threads, device)
+                if index >= warmup:
+                    runs[contender].append(result)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rows = []
+    for contender, results in runs.items():
+        failed = next((r for r in results if "not_available" in r), None)
+        if failed:
+            rows.append({"measure": "build", "runtime": contender, "model": spec.name, **failed})
+            continue
+        row = {"measure": "build", "runtime": contender, "model": spec.name, "weight_bytes": weight_bytes}
+        for key in ("build_s", "first_forward_s", "ready_s"):
+            row[key] = figure([r[key] for r in results], "s")
+        for key in ("peak_rss_bytes", "peak_rss_after_build_bytes", "baseline_rss_bytes", "rss_anon_bytes",
+                    "rss_file_bytes", "peak_cuda_bytes"):
+            if key in results[0]:
+                row[key] = figure([r[key] for r in results], "B")
+        row["peak_rss_over_weights"] = row["peak_rss_bytes"]["median"] / weight_bytes
+        row["peak_rss_increase_over_weights"] = (row["peak_rss_bytes"]["median"]
+                                                 - row["baseline_rss_bytes"]["median"]) / weight_bytes
+        rows.append(row)
+    return rows
 
 
 def _status() -> dict[str, int]:
