@@ -264,8 +264,8 @@ def _speed_panel(ax, results: list[dict], measure: str, runtimes: list[str], rep
             if row:
                 ax.hlines(row["ceiling_tokens_per_s"], g - 0.45, g + 0.45, colors="black", linestyles=":",
                           label="bandwidth ceiling" if g == 0 else None)
-                ax.text(g - 0.45, row["ceiling_tokens_per_s"], f"{row['ceiling_tokens_per_s']:.1f}", ha="right",
-                        va="center", fontsize=8)
+                ax.text(g - 0.45, row["ceiling_tokens_per_s"], f"ceiling {row['ceiling_tokens_per_s']:.1f}",
+                        ha="left", va="bottom", fontsize=8)
         ax.set_ylim(0, max([r["ceiling_tokens_per_s"] for r in ceilings if r] + [ax.get_ylim()[1]]) * 1.1)
         names = [f"batch {b}" for b in batches]
         title = f"decode after a {report['options']['prompt_tokens']}-token prompt"
