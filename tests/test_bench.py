@@ -105,6 +105,12 @@ def test_unknown_runtime_is_one_line_error():
         "error: --runtime torch,tensorrt: choose from torch, onnxruntime, hf (comma-separated)"]
 
 
+def test_encoder_decoder_is_refused_before_measuring():
+    result = CliRunner().invoke(cli, ["bench", "transformer-en-it", "--tiny"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: transformer-en-it is an encoder-decoder model; zoo bench measures")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_cuda_without_a_gpu_is_one_line_error():
     result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--device", "cuda"])

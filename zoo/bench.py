@@ -127,6 +127,9 @@ def run_bench(options: BenchOptions) -> dict:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ZooError("--device cuda: PyTorch sees no CUDA device here; use --device cpu")
     spec = bench_spec(options)
+    if spec.family != "decoder":
+        raise ZooError(f"{spec.name} is an {spec.family} model; zoo bench measures decoder-only language models "
+                       "(prefill and decode against GPT2LMHeadModel)")
     needed = options.prompt_tokens + options.new_tokens
     if needed > spec.context_length:
         raise ZooError(f"{spec.name}: a {options.prompt_tokens}-token prompt and {options.new_tokens} new tokens exceed "
