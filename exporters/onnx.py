@@ -41,7 +41,7 @@ from zoo.io import sha256_file
 from zoo.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
-MIN_OPSET = 18  # the oldest torch.onnx's exporter translates to
+OPSETS = range(18, 26)  # what torch.onnx's exporter and onnxscript's version converter support
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.target.json", "vocab.json", "merges.txt")
 MANIFEST = "manifest.json"
@@ -77,9 +77,9 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the onnx exporter; choose one of: {', '.join(DTYPES)}")
     opset = DEFAULT_OPSET if opset is None else opset
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is too old for torch's ONNX exporter; use {MIN_OPSET} or newer "
-                          f"({DEFAULT_OPSET} gives the fused Attention operator)")
+    if opset not in OPSETS:
+        raise ExportError(f"--opset {opset} is not supported by torch's ONNX exporter; choose {OPSETS[0]} to "
+                          f"{OPSETS[-1]} ({DEFAULT_OPSET} and newer give the fused Attention operator)")
     graph_model = model_in_dtype(model, spec, DTYPES[dtype])
     graphs = graphs_for(graph_model, kv_cache)
     was_training = model.training
