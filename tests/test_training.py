@@ -101,7 +101,7 @@ def test_train_command_resume_and_refusals(tmp_path):
             "--batch-tokens", "256", "--eval-sentences", "4", "--checkpoint-every", "3"]
     first = runner.invoke(cli, [*base, "-o", str(run), "--max-steps", "3"])
     assert first.exit_code == 0, first.output
-    assert f"trained transformer-en-it-small: 3 steps" in first.output
+    assert "trained transformer-en-it-small: 3 steps" in first.output
     again = runner.invoke(cli, [*base, "-o", str(run), "--max-steps", "3"])
     assert again.exit_code == 1 and f"already exists; continue it with --resume {run}" in again.output
     changed = runner.invoke(cli, [*base, "--resume", str(run), "--lr", "0.5"])
@@ -133,3 +133,14 @@ def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     assert checkpoints[0]["replica_digests"] != checkpoints[1]["replica_digests"]  # it did train
     assert records(run, "start")[0]["world"] == 2
     assert load_model(run).spec.vocab_size == Vocabulary.load(run).size
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_gpu_with_mixed_precision(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    summary = train(tiny_config(data, max_steps=20, device="cuda", amp="auto"), tmp_path / "run", progress=False)
+    losses = [r["loss"] for r in records(tmp_path / "run", "train")]
+    assert summary["steps"] == 20 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    assert load_model(tmp_path / "run", device="cuda").spec.vocab_size == Vocabulary.load(tmp_path / "run").size
