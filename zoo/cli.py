@@ -160,9 +160,22 @@ def _given(ctx, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
 
 
+def _interval(ctx, param, value):
+    """Check ``--checkpoint-every``/``--eval-every``: a step count or a time such as 5m."""
+    from zoo.training import parse_interval
+
+    try:
+        parse_interval(value)
+    except ZooError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 # Options of `zoo train` that decide the run's trajectory: fixed once a run starts.
 _TRAJECTORY = ("batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_norm", "weight_decay", "vocab_size",
-               "tokenizer", "vocabulary", "amp", "seed", "checkpoint_every", "eval_every", "eval_sentences")
+               "tokenizer", "vocabulary", "amp", "seed")
+# ... and those a resumed run may change: when to stop, checkpoint and validate.
+_ADJUSTABLE = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_every", "eval_sentences")
 
 
 @cli.command()
@@ -183,8 +196,10 @@ _TRAJECTORY = ("batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_no
 @click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default="bpe", show_default=True)
 @click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default="shared", show_default=True)
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True, help="Mixed precision; auto: on for CUDA.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True, help="Steps between checkpoints.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=500, show_default=True, help="Steps between validation runs.")
+@click.option("--checkpoint-every", default="5m", show_default=True, callback=_interval,
+              help="Between checkpoints: steps (200) or training time (90s, 5m).")
+@click.option("--eval-every", default="5m", show_default=True, callback=_interval,
+              help="Between validation runs: steps (500) or training time (5m).")
 @click.option("--eval-sentences", type=click.IntRange(min=0), default=200, show_default=True, help="Validation sources translated for BLEU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
@@ -214,7 +229,7 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
         if changed or (overrides and dict(overrides) != config.overrides):
             what = f"--{changed[0].replace('_', '-')}" if changed else "--set"
             raise ZooError(f"{what} differs from the run's setting; a resumed run keeps its settings (see {resume}/train.json)")
-        budget = {name: options[name] for name in ("max_minutes", "max_steps", "epochs") if _given(ctx, name)}
+        budget = {name: options[name] for name in _ADJUSTABLE if _given(ctx, name)}
         config = dataclasses.replace(config, **budget)
     else:
         config = TrainConfig(model=model, data=data, overrides=dict(overrides), **options)

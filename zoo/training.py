@@ -76,9 +76,9 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: int = 30
     # bookkeeping
-    checkpoint_every: int = 200
+    checkpoint_every: int | str = "5m"  # steps ("200") or minutes/seconds ("5m", "90s")
     keep_checkpoints: int = 2
-    eval_every: int = 500
+    eval_every: int | str = "5m"
     eval_sentences: int = 200
     eval_pairs: int = 2000
     log_every: int = 20
@@ -94,6 +94,35 @@ class TrainConfig:
         if not path.is_file():
             raise DataError(f"{run_dir}: no {CONFIG}; is it a run directory made by 'zoo train'?")
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def parse_interval(value: int | str) -> tuple[str, float]:
+    """``200`` or ``"200"`` → ("steps", 200); ``"5m"`` → ("seconds", 300); ``"90s"`` → ("seconds", 90)."""
+    text = str(value).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 0)
+    try:
+        amount = float(text[:-1]) if scale else int(text)
+    except ValueError:
+        amount = -1
+    if amount <= 0:
+        raise DataError(f"interval {value!r}: give a number of steps (200) or a time (90s, 5m, 1h)")
+    return ("seconds", amount * scale) if scale else ("steps", amount)
+
+
+class Every:
+    """Whether a step- or time-based interval has come round; time intervals count training seconds."""
+
+    def __init__(self, value: int | str, seconds: float) -> None:
+        self.unit, self.amount = parse_interval(value)
+        self.last_seconds = seconds
+
+    def due(self, step: int, seconds: float) -> bool:
+        if self.unit == "steps":
+            return step % self.amount == 0
+        if seconds - self.last_seconds >= self.amount:
+            self.last_seconds = seconds
+            return True
+        return False
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -311,6 +340,8 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                desc="training", file=sys.stderr, dynamic_ncols=True, disable=not (progress and dist.is_main))
     window = {"loss": 0.0, "tgt": 0, "tokens": 0, "seconds": 0.0}
     totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
+    evaluation_due = Every(config.eval_every, p.seconds)
+    checkpoint_due = Every(config.checkpoint_every, p.seconds)
     last_validation: dict = {}
     session_start, seconds_before = time.perf_counter(), p.seconds
 
@@ -391,11 +422,11 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
             else:
                 bar.update(1)
             stop = p.step >= total_steps or p.seconds >= budget
-            if dist.world > 1 and timed:
-                stop = dist.broadcast(stop)
-            if p.step % config.eval_every == 0 and not stop:
+            evaluate, save = evaluation_due.due(p.step, p.seconds), checkpoint_due.due(p.step, p.seconds)
+            stop, evaluate, save = dist.broadcast((stop, evaluate, save))  # rank 0's clock decides for all
+            if evaluate and not stop:
                 evaluate_now()
-            if p.step % config.checkpoint_every == 0 and not stop:
+            if save and not stop:
                 checkpoint()
             if on_step is not None:
                 on_step(p.step)
