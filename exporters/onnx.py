@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import onnx
+import onnxruntime
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -97,7 +98,8 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
             "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
             "graphs": entries, "tokenizer": tokenizer,
-            "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
+            "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
+                              "onnxruntime": onnxruntime.__version__},
         }
         write_manifest(out, manifest, files=False)  # what the runtime reads while validating
         if validate:

@@ -206,6 +206,15 @@ class EncoderGraph(ExportGraph):
         return model.encoder(x, Context(positions=positions, positional=model.positional, mask=mask))
 
 
+class CrossAttentionCacheMissing(Exception):
+    """A cross-attention plugin did not store its keys/values in ``ctx.memory_cache``."""
+
+    def __init__(self, cls: type) -> None:
+        super().__init__(f"{cls.__qualname__} does not keep the encoder's keys and values in "
+                         "ctx.memory_cache, which --kv-cache needs; export without --kv-cache")
+        self.component_class = cls
+
+
 class CrossAttentionKVGraph(ExportGraph):
     """``memory`` → ``memory_key_{i}``/``memory_value_{i}`` for every decoder layer.
 
@@ -235,14 +244,6 @@ class CrossAttentionKVGraph(ExportGraph):
         if len(stored) != len(model.decoder.h):
             raise CrossAttentionCacheMissing(type(model.decoder.h[0].crossattention))
         return tuple(t for i in sorted(stored) for t in stored[i])
-
-
-class CrossAttentionCacheMissing(Exception):
-    """A cross-attention plugin did not store its keys/values in ``ctx.memory_cache``."""
-
-    def __init__(self, cls: type) -> None:
-        super().__init__(f"{cls.__qualname__} does not store its keys and values in ctx.memory_cache")
-        self.component_class = cls
 
 
 class Seq2SeqDecoderGraph(ExportGraph):

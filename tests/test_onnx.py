@@ -182,6 +182,7 @@ BAD_PLUGINS = textwrap.dedent('''
     import torch
     import zoo
     from zoo.plugins.attention.multi_head import MultiHeadAttention
+    from zoo.plugins.attention.cross import CrossAttention
     from zoo.plugins.mlp import FeedForward
 
 
@@ -207,8 +208,20 @@ BAD_PLUGINS = textwrap.dedent('''
             return h * 1.01 if torch.compiler.is_exporting() else h
 
 
+    class UncachedCrossAttention(CrossAttention):
+        """Recomputes the encoder's keys and values at every step, bypassing ctx.memory_cache."""
+
+        def forward(self, x, ctx):
+            B, T, D = x.shape
+            q = self.q_attn(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k, v = self.memory_kv(ctx.memory)
+            y = self.attend(q, k, v, ctx.memory_mask, False)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
     @zoo.hookimpl
     def zoo_register_components(registry):
+        registry.add("attention", "uncached_cross", UncachedCrossAttention)
         registry.add("attention", "branchy", BranchyAttention)
         registry.add("mlp", "kth", KthMLP)
         registry.add("mlp", "trace_only", TraceOnlyMLP)
@@ -227,14 +240,17 @@ def leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"attention": "branchy"}, r"cannot export attention plugin 'branchy' \(.*BranchyAttention at stack\.h\.0\.attn\)"
+@pytest.mark.parametrize("name,overrides,message", [
+    ("gpt2", {"attention": "branchy"}, r"cannot export attention plugin 'branchy' \(.*BranchyAttention at stack\.h\.0\.attn\)"
                                r" to ONNX: its Python code branches on tensor values"),
-    ({"mlp": "kth"}, r"cannot export mlp plugin 'kth' \(.*KthMLP at stack\.h\.0\.mlp\) to ONNX: No ONNX function "
-                     r"found for .*aten\.kthvalue"),
-], ids=["trace-failure", "no-onnx-operator"])
-def test_unexportable_component_is_named_and_nothing_is_left(bad_plugins, tmp_path, overrides, message):
-    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", **overrides))
+    ("gpt2", {"mlp": "kth"}, r"cannot export mlp plugin 'kth' \(.*KthMLP at stack\.h\.0\.mlp\) to ONNX: No ONNX "
+                             r"function found for .*aten\.kthvalue"),
+    ("transformer-en-it", {"cross_attention": "uncached_cross"},
+     r"cannot export attention plugin 'uncached_cross' \(.*UncachedCrossAttention\) to ONNX: .* ctx\.memory_cache, "
+     r"which --kv-cache needs; export without --kv-cache"),
+], ids=["trace-failure", "no-onnx-operator", "cross-attention-without-cache"])
+def test_unexportable_component_is_named_and_nothing_is_left(bad_plugins, tmp_path, name, overrides, message):
+    model = zoo.build(name, seed=0, **loop_overrides(name), **overrides)
     with pytest.raises(ExportError, match=message) as failure:
         export(model, tmp_path / "out", kv_cache=True)
     assert "\n" not in str(failure.value)
