@@ -318,3 +318,13 @@ def test_spec_that_is_not_gpt2_shaped_is_refused(tmp_path):
     hf_model = hf_checkpoint(tmp_path)
     with pytest.raises(WeightsError, match="positional 'rotary'; a GPT-2 checkpoint needs 'learned'"):
         load_weights(spec_for(hf_model, positional="rotary"), str(tmp_path))
+
+
+def test_truncated_pytorch_model_bin_is_one_line(tmp_path):
+    hf_model = hf_checkpoint(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(hf_model.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    path = tmp_path / "hf" / "pytorch_model.bin"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    message = build_error(tmp_path, tmp_path / "hf", spec_overrides(hf_model))
+    assert "cannot read PyTorch checkpoint" in message

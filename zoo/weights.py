@@ -236,6 +236,12 @@ PYTORCH_BIN = "pytorch_model.bin"
 CONFIG = "config.json"
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (the CLI prints errors on one line)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CheckpointReader:
     """Names, shapes and tensors of a Hugging Face checkpoint, without reading data up front.
 
@@ -272,7 +278,8 @@ class CheckpointReader:
                 handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
             except (SafetensorError, OSError) as exc:
                 self.close()
-                raise WeightsError(f"{path}: cannot read safetensors file ({exc}); it may be truncated or corrupt") from None
+                raise WeightsError(f"{path}: cannot read safetensors file ({first_line(exc)}); "
+                                   "it may be truncated or corrupt") from None
             for name in handle.keys():
                 self._files[name] = handle
 
@@ -289,10 +296,10 @@ class CheckpointReader:
                     raise
                 tensors = load(mmap=False)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise WeightsError(f"{path}: refused to unpickle ({first}); convert it to safetensors") from None
+            raise WeightsError(f"{path}: refused to unpickle ({first_line(exc)}); convert it to safetensors") from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({exc}); it may be truncated or corrupt") from None
+            raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({first_line(exc)}); "
+                               "it may be truncated or corrupt") from None
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise WeightsError(f"{path}: not a state dict of tensors")
         return tensors
@@ -310,7 +317,7 @@ class CheckpointReader:
         try:
             return self._files[name].get_tensor(name)
         except SafetensorError as exc:
-            raise WeightsError(f"{self.directory}: cannot read {name} ({exc})") from None
+            raise WeightsError(f"{self.directory}: cannot read {name} ({first_line(exc)})") from None
 
     def close(self) -> None:
         self._stack.close()
@@ -330,7 +337,7 @@ def read_config(directory: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: not valid JSON ({exc})") from None
+        raise WeightsError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: expected a JSON object")
     return config
@@ -410,8 +417,7 @@ def hub_directory(repo_id: str) -> Path:
             f"download it where the hub is reachable ('hf download {repo_id}') or pass a local directory"
         ) from None
     except (HfHubHTTPError, HFValidationError, EntryNotFoundError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{repo_id}: cannot fetch from the Hugging Face hub ({first})") from None
+        raise WeightsError(f"{repo_id}: cannot fetch from the Hugging Face hub ({first_line(exc)})") from None
 
 
 def is_zoo_directory(path: Path) -> bool:
