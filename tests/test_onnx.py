@@ -307,6 +307,14 @@ def test_runtime_rejects_bad_inputs_in_one_line(exported):
         runtime.load(out.parent)
 
 
+def test_the_cuda_probe_graph_loads_in_onnxruntime():
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(runtime.probe_model(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.ones(1, np.float32)})[0].tolist() == [1.0]
+
+
 def test_cuda_request_without_cuda_falls_back_with_one_notice(exported, monkeypatch, capsys):
     if runtime.cuda_unavailable_reason() is None:
         pytest.skip("CUDA execution provider loads here")

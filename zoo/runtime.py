@@ -45,6 +45,18 @@ def session_options(threads: int | None = None):
     return options
 
 
+def probe_model() -> bytes:
+    """A one-node ONNX model (``y = x``) for trying whether an execution provider loads."""
+    import onnx
+
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    probe.ir_version = 8  # onnx writes newer IR versions than an onnxruntime may read
+    return probe.SerializeToString()
+
+
 @functools.lru_cache(maxsize=None)
 def cuda_unavailable_reason() -> str | None:
     """Why the CUDA execution provider cannot be used here, or None if it loads.
@@ -52,21 +64,16 @@ def cuda_unavailable_reason() -> str | None:
     Loading is tried once per process on a one-node graph, so a missing CUDA or cuDNN
     library shows up here rather than as ONNX Runtime's multi-line log.
     """
-    import onnx
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "this onnxruntime build has no CUDA execution provider"
     if not torch.cuda.is_available():
         return "PyTorch sees no CUDA device"
-    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+        session = ort.InferenceSession(probe_model(), options, providers=["CUDAExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         return f"onnxruntime could not start it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     if session.get_providers()[0] != "CUDAExecutionProvider":
