@@ -86,6 +86,15 @@ class Steps:
         self.bar.close()
 
 
+def command_line(options: BenchOptions, threads: int) -> str:
+    """The ``zoo bench`` command that repeats this run."""
+    parts = ["zoo", "bench", options.model, *(f"--set {k}={v}" for k, v in options.overrides.items()),
+             f"--runtime {','.join(options.runtimes)}", f"--device {options.device}", f"--threads {threads}",
+             f"--repeats {options.repeats}", f"--warmup {options.warmup}", f"--new-tokens {options.new_tokens}"]
+    parts += [flag for flag, on in (("--tiny", options.tiny), ("--skip-xl", options.skip_xl)) if on]
+    return " ".join(parts)
+
+
 def bench_spec(options: BenchOptions) -> ModelSpec:
     overrides = {**(TINY_OVERRIDES if options.tiny else {}), **options.overrides}
     return load_spec(options.model, overrides or None)
@@ -148,6 +157,7 @@ def run_bench(options: BenchOptions) -> dict:
             "model": spec.name,
             "tiny": options.tiny,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command_line(options, threads),
             "options": {**asdict(options), "threads": threads},
             "machine": machine(options, threads),
             "ceilings": measure_ceilings(device, options.warmup, options.repeats, threads, options.tiny, steps),

@@ -100,6 +100,7 @@ def render(report: dict) -> str:
     m = report["machine"]
     lines = [f"zoo bench {report['model']}: {report['parameters']:,} parameters "
              f"({report['weight_bytes'] / 1e6:.0f} MB fp32) on {m['device']} ({m['processor']}, {m['threads']} threads)",
+             f"command: {report['command']}",
              f"median [min-max] of {report['options']['repeats']} runs after {report['options']['warmup']} warm-up; "
              f"1-minute load average {m['load_average_at_start'][0]:.1f} at start, "
              f"{m.get('load_average_at_end', [float('nan')])[0]:.1f} at end", ""]
