@@ -462,3 +462,46 @@ def test_decode_latency_against_the_bandwidth_ceiling(tmp_path, opset):
         print(f"  {name:18s} {median * 1e3:7.1f} ms/token median (min {min(samples[name]) * 1e3:.1f}), "
               f"{median / ceiling:.2f}x the ceiling")
     assert statistics.median(samples["onnxruntime"]) <= 1.25 * ceiling
+
+
+@pytest.mark.benchmark
+@pytest.mark.gpu
+def test_gpu_fp16_decode_latency_gpt2_medium(tmp_path):
+    """gpt2-medium fp16 on the GPU, batch 1, 128-token past: ONNX Runtime with I/O binding
+    next to PyTorch CUDA (printed; runs only where the CUDA execution provider loads)."""
+    import statistics
+
+    if runtime.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no CUDA execution provider: {runtime.cuda_unavailable_reason()}")
+    model = zoo.build("gpt2-medium", seed=0, device="cuda", dtype=torch.float16)
+    export(model, tmp_path / "medium", kv_cache=True, dtype="fp16", validate=False)
+    lm = runtime.load(tmp_path / "medium", device="cuda")
+    prompt = torch.randint(0, 50257, (1, 128), device="cuda")
+    token = torch.tensor([[464]], device="cuda")
+    with torch.inference_mode():
+        ort_cache, torch_cache = lm.new_cache(1, 129), model.new_cache(1, 129)
+        lm(prompt, cache=ort_cache, last_only=True)
+        model(prompt, cache=torch_cache, last_only=True)
+    past = (ort_cache.keys, ort_cache.values)
+
+    def ort_step():
+        ort_cache.keys, ort_cache.values, ort_cache.length = *past, 128
+        lm(token, cache=ort_cache, last_only=True)
+        torch.cuda.synchronize()
+
+    def torch_step():
+        torch_cache.length = 128
+        with torch.inference_mode():
+            model(token, cache=torch_cache, last_only=True)
+        torch.cuda.synchronize()
+
+    samples = {"onnxruntime": [], "torch": []}
+    for step in (ort_step, torch_step):
+        per_token_seconds(step, 10)  # warm-up
+    for _ in range(10):
+        samples["onnxruntime"] += per_token_seconds(ort_step, 10)
+        samples["torch"] += per_token_seconds(torch_step, 10)
+    print(f"\ngpt2-medium fp16 on {torch.cuda.get_device_name()}, batch 1, past 128")
+    for name, times in samples.items():
+        print(f"  {name:12s} {statistics.median(times) * 1e3:6.2f} ms/token median (min {min(times) * 1e3:.2f})")
+    assert all(t > 0 for times in samples.values() for t in times)
