@@ -105,6 +105,10 @@ class ExportGraph(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def inputs(self) -> list[tuple[str, tuple]]:
         raise NotImplementedError
 
@@ -117,13 +121,13 @@ class ExportGraph(nn.Module):
         for name, dims in self.inputs():
             shape = [example_size(d) for d in dims]
             if name.endswith("_ids"):
-                examples.append(torch.randint(0, self.spec.vocab_size, shape))
+                examples.append(torch.randint(0, self.spec.vocab_size, shape, device=self.device))
             elif name.endswith("_mask"):
-                examples.append(torch.ones(shape, dtype=torch.int64))
+                examples.append(torch.ones(shape, dtype=torch.int64, device=self.device))
             elif name == "logit_index":
-                examples.append(torch.arange(shape[0]))
+                examples.append(torch.arange(shape[0], device=self.device))
             else:
-                examples.append(torch.randn(shape, dtype=self.dtype))
+                examples.append(torch.randn(shape, dtype=self.dtype, device=self.device))
         return tuple(examples)
 
     def dynamic_shapes(self) -> dict:
