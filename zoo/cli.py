@@ -405,13 +405,18 @@ def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, at
               help="onnxruntime: MODEL is a directory written by 'zoo export --format onnx'.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="PyTorch CPU threads (default: PyTorch's choice; 1 decodes faster on a busy machine).")
 def generate(model, overrides, prompts, weights, max_new_tokens, temperature, top_k, top_p, seed, no_cache,
-             ignore_eos, tokenizer_dir, runtime, device, dtype):
+             ignore_eos, tokenizer_dir, runtime, device, dtype, threads):
     """Continue each PROMPT with MODEL; one prompt is streamed as it is generated, several
     run as one left-padded batch."""
     import time
 
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from zoo.generation import generate as generate_tokens
     from zoo.tokenizer import TextStream, gpt2_tokenizer
