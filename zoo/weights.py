@@ -396,7 +396,7 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
 
 # --------------------------------------------------------------------------- sources
 
-HUB_PATTERNS = ["config.json", "*.safetensors", SAFETENSORS_INDEX]
+HUB_PATTERNS = [CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*-of-*.safetensors"]
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -407,7 +407,7 @@ def hub_directory(repo_id: str) -> Path:
 
     try:
         directory = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-        if not any(directory.glob("*.safetensors")) and not (directory / PYTORCH_BIN).exists():
+        if not any(directory.glob("model*.safetensors")) and not (directory / PYTORCH_BIN).exists():
             hf_hub_download(repo_id, PYTORCH_BIN)
         return directory
     except LocalEntryNotFoundError:
@@ -425,7 +425,9 @@ def is_zoo_directory(path: Path) -> bool:
     return (path / SPEC).is_file() and not (path / CONFIG).is_file()
 
 
-ARCHITECTURE_IGNORED = {"name", "description", "weights", "dropout", "tokenizer"}
+# Spec fields that do not change which weights fit.
+ARCHITECTURE_IGNORED = {"name", "description", "weights", "dropout", "tokenizer", "init",
+                        "bos_token_id", "eos_token_id", "pad_token_id"}
 
 
 def load_zoo_directory(spec: ModelSpec, path: Path, device="cpu", dtype=torch.float32) -> nn.Module:
