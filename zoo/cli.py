@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from zoo.errors import ZooError
+from zoo.train_config import TrainConfig, parse_interval
 
 
 class ZooGroup(click.Group):
@@ -162,14 +163,14 @@ def _given(ctx, name: str) -> bool:
 
 def _interval(ctx, param, value):
     """Check ``--checkpoint-every``/``--eval-every``: a step count or a time such as 5m."""
-    from zoo.training import parse_interval
-
     try:
         parse_interval(value)
     except ZooError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
 
+
+_TRAIN = TrainConfig()  # zoo train's defaults
 
 # Options of `zoo train` that decide the run's trajectory: fixed once a run starts.
 _TRAJECTORY = ("batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_norm", "weight_decay", "vocab_size",
@@ -185,23 +186,23 @@ _ADJUSTABLE = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_e
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None, help="Continue this run directory from its newest checkpoint.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this much training time (over all sessions).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Stop after this many passes over the data.")
-@click.option("--batch-tokens", type=click.IntRange(min=16), default=4096, show_default=True, help="Padded tokens per batch and process.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate, reached after --warmup steps, then decayed as 1/sqrt(step).")
-@click.option("--warmup", "warmup_steps", type=click.IntRange(min=1), default=400, show_default=True)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
-@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Clip the gradient norm to this.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
-@click.option("--vocab-size", type=click.IntRange(min=64), default=8000, show_default=True, help="Subword vocabulary size (both languages together).")
-@click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default="bpe", show_default=True)
-@click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default="shared", show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True, help="Mixed precision; auto: on for CUDA.")
-@click.option("--checkpoint-every", default="5m", show_default=True, callback=_interval,
+@click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True, help="Stop after this many passes over the data.")
+@click.option("--batch-tokens", type=click.IntRange(min=16), default=_TRAIN.batch_tokens, show_default=True, help="Padded tokens per batch and process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_TRAIN.lr, show_default=True, help="Peak learning rate, reached after --warmup steps, then decayed as 1/sqrt(step).")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=1), default=_TRAIN.warmup_steps, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_TRAIN.label_smoothing, show_default=True)
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=_TRAIN.clip_norm, show_default=True, help="Clip the gradient norm to this.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(min=64), default=_TRAIN.vocab_size, show_default=True, help="Subword vocabulary size (both languages together).")
+@click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default=_TRAIN.tokenizer, show_default=True)
+@click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default=_TRAIN.vocabulary, show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=_TRAIN.amp, show_default=True, help="Mixed precision; auto: on for CUDA.")
+@click.option("--checkpoint-every", default=_TRAIN.checkpoint_every, show_default=True, callback=_interval,
               help="Between checkpoints: steps (200) or training time (90s, 5m).")
-@click.option("--eval-every", default="5m", show_default=True, callback=_interval,
+@click.option("--eval-every", default=_TRAIN.eval_every, show_default=True, callback=_interval,
               help="Between validation runs: steps (500) or training time (5m).")
-@click.option("--eval-sentences", type=click.IntRange(min=0), default=200, show_default=True, help="Validation sources translated for BLEU.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-sentences", type=click.IntRange(min=0), default=_TRAIN.eval_sentences, show_default=True, help="Validation sources translated for BLEU.")
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed data lines (reported) instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace an existing -o directory.")
@@ -213,7 +214,7 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
     """
     import dataclasses
 
-    from zoo.training import TrainConfig, train as train_run
+    from zoo.training import train as train_run
 
     if (output is None) == (resume is None):
         raise click.UsageError("give -o RUN_DIR to start a run or --resume RUN_DIR to continue one")
@@ -260,7 +261,6 @@ def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, sampl
     """
     from zoo.data import group_references, read_pairs, split_pairs
     from zoo.evaluate import evaluate as evaluate_split, write_evaluation
-    from zoo.training import TrainConfig
     from zoo.translate import load_translator
 
     translator = load_translator(run_dir, "torch", device)
