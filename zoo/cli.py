@@ -196,7 +196,7 @@ _ADJUSTABLE = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_e
 @click.option("--vocab-size", type=click.IntRange(min=64), default=_TRAIN.vocab_size, show_default=True, help="Subword vocabulary size (both languages together).")
 @click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default=_TRAIN.tokenizer, show_default=True)
 @click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default=_TRAIN.vocabulary, show_default=True)
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=_TRAIN.amp, show_default=True, help="Mixed precision; auto: on for CUDA.")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=_TRAIN.amp, show_default=True, help="Mixed precision; auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else off.")
 @click.option("--checkpoint-every", default=_TRAIN.checkpoint_every, show_default=True, callback=_interval,
               help="Between checkpoints: steps (200) or training time (90s, 5m).")
 @click.option("--eval-every", default=_TRAIN.eval_every, show_default=True, callback=_interval,

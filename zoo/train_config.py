@@ -40,7 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    amp: str = "auto"  # auto (on for CUDA) | off | bf16 | fp16
+    amp: str = "auto"  # auto (CUDA; CPUs with native bf16) | off | bf16 | fp16
     seed: int = 0
     # budget: the first limit reached stops training
     max_minutes: float | None = None
