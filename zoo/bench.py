@@ -110,7 +110,7 @@ def machine(options: BenchOptions, threads: int) -> dict:
     import onnxruntime
     import transformers
 
-    out = {"platform": platform.platform(), "processor": cpu_name(), "cpus_usable": len(os.sched_getaffinity(0)),
+    out = {"platform": platform.platform(), **cpu_info(), "cpus_usable": len(os.sched_getaffinity(0)),
            "threads": threads, "device": options.device, "python": platform.python_version(),
            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
            "load_average_at_start": list(os.getloadavg())}
@@ -119,15 +119,25 @@ def machine(options: BenchOptions, threads: int) -> dict:
     return out
 
 
-def cpu_name() -> str:
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def cpu_info() -> dict:
+    """The CPU's name, family/model and the vector extensions a matmul may use (Linux)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    flags = fields.get("flags", "").split()
+    return {"processor": fields.get("model name") or platform.processor() or "unknown",
+            "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+            "vector_extensions": [f for f in VECTOR_FLAGS if f in flags]}
 
 
 def run_bench(options: BenchOptions) -> dict:

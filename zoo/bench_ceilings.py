@@ -128,9 +128,15 @@ def fp32_flop_ceiling(ceilings: dict) -> tuple[str, float]:
 
 def measure_ceilings(device: str, warmup: int, repeats: int, threads: int, tiny: bool = False,
                      step=lambda name: None) -> dict:
-    """Every ceiling, keyed by name; ``step(name)`` is called before each measurement."""
-    size = 512 if tiny else (8192 if torch.device(device).type == "cuda" else 4096)
+    """Every ceiling, keyed by name; ``step(name)`` is called before each measurement.
+
+    A ceiling takes at least 10 runs (``repeats`` if more), each short (2048² products on
+    a CPU, a fraction of a second), so that the best run finds the machine free even
+    when it is shared.
+    """
+    size = 512 if tiny else (8192 if torch.device(device).type == "cuda" else 2048)
     nbytes = (64 << 20) if tiny else GiB
+    repeats = repeats if tiny else max(repeats, 10)
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         name = f"matmul_{str(dtype).removeprefix('torch.')}"

@@ -100,6 +100,9 @@ def render(report: dict) -> str:
     m = report["machine"]
     lines = [f"zoo bench {report['model']}: {report['parameters']:,} parameters "
              f"({report['weight_bytes'] / 1e6:.0f} MB fp32) on {m['device']} ({m['processor']}, {m['threads']} threads)",
+             f"cpu: {m['cpus_usable']} usable, family/model {m.get('cpu_family_model', '?')}, "
+             f"{' '.join(m.get('vector_extensions', [])) or 'vector extensions unknown'}; "
+             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, transformers {m['transformers']}",
              f"command: {report['command']}",
              f"median [min-max] of {report['options']['repeats']} runs after {report['options']['warmup']} warm-up; "
              f"1-minute load average {m['load_average_at_start'][0]:.1f} at start, "
