@@ -297,10 +297,11 @@ def _build_panel(ax, results: list[dict]) -> None:
     ax.bar(xs, forward, 0.35, bottom=build, label="first forward", color="#c7c7c7")
     for x, b, f in zip(xs, build, forward):
         ax.text(x, b + f, f"{b + f:.1f} s", ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, max(b + f for b, f in zip(build, forward)) * 1.3)
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("seconds (build + first forward)")
     ax.set_title(f"build {builds[0]['model']} from safetensors ({builds[0]['weight_bytes'] / 1e9:.2f} GB)")
-    ax.legend(fontsize=9, loc="upper left")
+    ax.legend(fontsize=9, loc="upper left", ncols=2)
     twin = ax.twinx()
     peaks = [r["peak_rss_bytes"]["median"] / 1e9 for r in builds]
     twin.plot([x + 0.3 for x in xs], peaks, "D", color="black", label="peak RSS")
