@@ -1,6 +1,6 @@
-"""zoo's built-in export formats, registered as plugins (see ``zoo.hookspecs``)."""
+"""zoo's built-in export formats, registered as plugins (see ``zoo.core.hookspecs``)."""
 
-from zoo.hookspecs import hookimpl
+from zoo.core.hookspecs import hookimpl
 
 
 def onnx_exporter(model, spec, out_dir, **options):

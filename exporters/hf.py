@@ -4,7 +4,7 @@
     GPT2LMHeadModel.from_pretrained("out/gpt2-hf")      # same logits as the zoo model
 
 Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (names and
-Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.weights`), the
+Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.hf.checkpoint`), the
 GPT-2 tokenizer files and ``manifest.json``. Validation loads the directory back with
 both ``transformers`` and the zoo's loader and compares their logits; an fp32 export
 must also come back bit-identical.
@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from zoo.errors import ExportError, ZooError
-from zoo.io import sha256_file
-from zoo.spec import ModelSpec
-from zoo.weights import SAFETENSORS, gpt2_config, gpt2_layout_problem, load_weights, to_hf_state_dict
+from zoo.core.files import sha256_file
+from zoo.core.spec import ModelSpec
+from zoo.hf.checkpoint import SAFETENSORS, gpt2_config, gpt2_layout_problem, load_weights, to_hf_state_dict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MANIFEST = "manifest.json"
@@ -71,7 +71,7 @@ def write_generation_config(config, out: Path) -> None:
 
 def write_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:
     """The GPT-2 tokenizer files (and their licence) for a spec whose tokenizer is ``gpt2``."""
-    from zoo.tokenizer import ASSETS, gpt2_tokenizer
+    from zoo.generation.tokenizer import ASSETS, gpt2_tokenizer
 
     if spec.tokenizer != "gpt2" and tokenizer_dir is None:
         return []

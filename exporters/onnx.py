@@ -3,7 +3,7 @@
     import zoo
     from zoo.exporters.onnx import export
     export(zoo.build("gpt2"), "out/gpt2-onnx", kv_cache=True)   # written atomically
-    lm = zoo.runtime.load("out/gpt2-onnx")
+    lm = zoo.exporters.onnx_runtime.load("out/gpt2-onnx")
 
 Each graph of :func:`zoo.exporters.onnx_graphs.graphs_for` is traced with
 ``torch.export`` (dynamic batch and sequence dimensions), translated by
@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoo.checkpoint import load_state, state_dict_for_saving
+from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError
 from zoo.exporters.onnx_errors import export_failure, first_line
 from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
-from zoo.io import sha256_file
-from zoo.spec import ModelSpec
+from zoo.core.files import sha256_file
+from zoo.core.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
 OPSETS = range(18, 26)  # what torch.onnx's exporter and onnxscript's version converter support
@@ -63,7 +63,7 @@ def export(model: nn.Module, out_dir: str | Path, *, spec: ModelSpec | None = No
     fails the export on a mismatch; ``tokenizer_dir`` is a directory whose
     ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along.
     """
-    from zoo.export import export_model
+    from zoo.core.export import export_model
 
     return export_model(model, spec or model.spec, out_dir, "onnx", overwrite=overwrite, kv_cache=kv_cache,
                         dtype=dtype, opset=opset, validate=validate, tokenizer_dir=tokenizer_dir)
@@ -73,7 +73,7 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
                   dtype: str = "fp32", opset: int | None = None, validate: bool = True,
                   tokenizer_dir: str | Path | None = None) -> dict:
     """The registered ``onnx`` exporter: write every file into ``out_dir`` (a fresh
-    temporary directory that :func:`zoo.export.export_model` renames into place)."""
+    temporary directory that :func:`zoo.core.export.export_model` renames into place)."""
     out = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the onnx exporter; choose one of: {', '.join(DTYPES)}")
@@ -116,7 +116,7 @@ def model_in_dtype(model: nn.Module, spec: ModelSpec, dtype: torch.dtype) -> nn.
     """``model`` itself, or a copy in ``dtype`` (the caller's model is left untouched)."""
     if next(model.parameters()).dtype == dtype:
         return model
-    from zoo.builder import assemble
+    from zoo.core.builder import assemble
 
     tensors = {name: t.to(dtype) for name, t in state_dict_for_saving(model).items()}
     return load_state(assemble(spec), tensors, f"{spec.name} in {dtype}").eval()

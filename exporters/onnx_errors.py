@@ -14,7 +14,7 @@ import re
 from torch import nn
 
 from zoo.errors import ExportError
-from zoo.registry import get_registry
+from zoo.core.registry import get_registry
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE = re.compile(r"%(\w+) : ")

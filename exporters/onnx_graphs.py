@@ -19,7 +19,7 @@ import inspect
 import torch
 from torch import nn
 
-from zoo.components import Context
+from zoo.core.components import Context
 
 # Example sizes for tracing: all different, and none 0 or 1, so that no dynamic
 # dimension is specialised or merged with another that happens to share its size.
@@ -49,7 +49,7 @@ class PastKeyValues:
 
 def attention_mask_for_graph(key_padding: torch.Tensor, q_len: int, causal: bool, bias: torch.Tensor | None,
                              dtype: torch.dtype) -> torch.Tensor:
-    """The mask :func:`zoo.components.build_mask` gives, always materialised.
+    """The mask :func:`zoo.core.components.build_mask` gives, always materialised.
 
     ``key_padding`` (B, past + q_len) is 1 for real tokens. Returns a bool "allowed"
     mask (B, 1, Tq, Tk), or an additive float mask when the positional scheme has a bias.

@@ -2,7 +2,7 @@
 
 Batch 1 and 3 (rows of batch 3 left-padded by 0, 2 and 5 tokens), new sequence 1 and
 17, and with a key/value cache a past of 0 and 9 tokens that the runtime itself filled.
-The export goes through :func:`zoo.runtime.load`, the same path users take, and every
+The export goes through :func:`zoo.exporters.onnx_runtime.load`, the same path users take, and every
 logit is compared: ``|onnx - torch| <= atol + rtol * |torch|``.
 """
 
@@ -103,7 +103,7 @@ def compare(output: str, onnx_out: torch.Tensor, torch_out: torch.Tensor, shape:
 
 def validate_export(model: nn.Module, directory, device: str | None = None, seed: int = 0):
     """Compare the export in ``directory`` with ``model`` (in the export's dtype)."""
-    from zoo.runtime import load
+    from zoo.exporters.onnx_runtime import load
 
     device = device or next(model.parameters()).device.type
     runtime = load(directory, device=device)

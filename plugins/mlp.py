@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 
 
 @dataclass

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 
 
 class LayerNorm(nn.LayerNorm):

@@ -1,7 +1,7 @@
 """Built-in pictures of positional schemes, drawn through the ``zoo_positional_picture`` hook.
 
 A scheme is drawn from what it does through the three
-:class:`~zoo.components.PositionalScheme` methods, so learned, sinusoidal, rotary, ALiBi
+:class:`~zoo.core.components.PositionalScheme` methods, so learned, sinusoidal, rotary, ALiBi
 and none — and any third-party scheme that brings no picture of its own — are shown the
 way the literature draws them:
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 
 WIDTH = 13.0  # inches; every row of the picture spans the full width
 ROW_HEIGHT = 4.2  # an embedding or rotation row

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo import registry
+from zoo.core import registry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zoo.bench_report import TARGETS, evaluate_targets
-from zoo.cli import cli
+from zoo.bench.report import TARGETS, evaluate_targets
+from zoo.cli.main import cli
 
 FIGURE_KEYS = {"median", "min", "max", "runs", "unit"}
 

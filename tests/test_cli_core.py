@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 from click.testing import CliRunner
 
-from zoo.checkpoint import load_model
-from zoo.cli import cli
-from zoo.io import sha256_file
+from zoo.core.model_dir import load_model
+from zoo.cli.main import cli
+from zoo.core.files import sha256_file
 
 
 def run(*args):
@@ -100,12 +100,12 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path, make_args, message):
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
-    import zoo.checkpoint
+    import zoo.core.model_dir
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zoo.checkpoint, "save_file", explode)
+    monkeypatch.setattr(zoo.core.model_dir, "save_file", explode)
     result = run("build", "gpt2", "--set", "n_layers=1", "-o", tmp_path / "out")
     assert result.exit_code == 130
     assert list(tmp_path.iterdir()) == []

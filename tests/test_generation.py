@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from zoo.cli import cli
+from zoo.cli.main import cli
 from zoo.errors import DataError
-from zoo.generation import generate, next_tokens, prepare_for_decode
-from zoo.weights import to_hf_model
+from zoo.generation.sampling import generate, next_tokens, prepare_for_decode
+from zoo.hf.checkpoint import to_hf_model
 
 # The registry's gpt2 cut to 2 layers of width 64; GPT-2's vocabulary, so real text tokenizes.
 SMALL = {"n_layers": 2, "d_model": 64, "attention.n_heads": 4, "mlp.d_ff": 128, "context_length": 96}
@@ -177,7 +177,7 @@ def test_cli_streams_one_prompt_and_matches_the_api():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Once upon a time") and len(lines[0]) > len("Once upon a time")
     assert "tokens in" in result.stderr and "random weights" in result.stderr
-    tokenizer = zoo.tokenizer.gpt2_tokenizer()
+    tokenizer = zoo.generation.tokenizer.gpt2_tokenizer()
     ids = torch.tensor([tokenizer("Once upon a time").input_ids])
     expected = generate(zoo.build("gpt2", seed=0, **SMALL), ids, max_new_tokens=12, eos_token_id=EOS)
     assert result.stdout == "Once upon a time" + tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True) + "\n"

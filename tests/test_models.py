@@ -7,8 +7,8 @@ import torch
 
 import zoo
 from conftest import tiny_overrides
-from zoo.builder import build
-from zoo.spec import load_spec
+from zoo.core.builder import build
+from zoo.core.spec import load_spec
 
 POSITIONAL = ["learned", "sinusoidal", "rotary", "alibi", "none"]
 ATTENTION = {"mha": {}, "gqa": {"attention.n_kv_heads": 2}, "mqa": {"attention.n_kv_heads": 1}}

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 
 import zoo
 from conftest import REPO, tiny_overrides
-from zoo import registry, runtime
-from zoo.cli import cli
+from zoo.core import registry
+from zoo.exporters import onnx_runtime as runtime
+from zoo.cli.main import cli
 from zoo.errors import ExportError, ZooError
 from zoo.exporters.onnx import export
-from zoo.io import sha256_file
+from zoo.core.files import sha256_file
 
 # one layer per stack keeps the registry loop fast; the full-size GPT-2 test covers depth
 LOOP = {"n_layers": 1}
@@ -121,7 +122,7 @@ def test_greedy_tokens_match_pytorch(exported, kv_cache):
 
 
 def test_generate_drives_the_runtime_like_pytorch(exported):
-    from zoo.generation import generate
+    from zoo.generation.sampling import generate
 
     model, out = exported("gpt2", True)
     lm = runtime.load(out)
@@ -136,7 +137,7 @@ def test_generate_drives_the_runtime_like_pytorch(exported):
 
 @pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
 def test_translation_search_matches_pytorch(exported, kv_cache):
-    from zoo.translate import beam_search, greedy_search
+    from zoo.translation.search import beam_search, greedy_search
 
     model, out = exported("transformer-en-it", kv_cache)
     seq2seq = runtime.load(out)
@@ -364,7 +365,7 @@ TINY_SET = ["--set", "n_layers=1", "--set", "d_model=32", "--set", "attention.n_
 
 
 def test_cli_export_of_a_weights_directory_then_generate_with_onnxruntime(tmp_path):
-    from zoo.tokenizer import gpt2_tokenizer
+    from zoo.generation.tokenizer import gpt2_tokenizer
 
     runner = CliRunner()
     weights, out = tmp_path / "built", tmp_path / "gpt2-onnx"

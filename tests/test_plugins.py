@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import zoo
 from conftest import REPO, tiny_overrides
-from zoo import registry
-from zoo.cli import cli
+from zoo.core import registry
+from zoo.cli.main import cli
 from zoo.errors import PluginError, RegistryError
 
 

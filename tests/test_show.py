@@ -13,17 +13,17 @@ from PIL import Image
 
 import zoo
 from conftest import tiny_overrides
-from zoo import registry
-from zoo.checkpoint import load_model, save_model
-from zoo.cli import cli
+from zoo.core import registry
+from zoo.core.model_dir import load_model, save_model
+from zoo.cli.main import cli
 from zoo.errors import PluginError
 from zoo.plugins.pictures import positional_effects
 from zoo.plugins.positional.alibi import alibi_slopes
 from zoo.plugins.positional.sinusoidal import sinusoid_table
-from zoo.show_attention import attention_figure, attention_maps, capture_attention
-from zoo.show_model import model_figure, trace_blocks
-from zoo.show_positional import fresh_scheme, positional_figure, positional_spec
-from zoo.spec import load_spec
+from zoo.show.attention import attention_figure, attention_maps, capture_attention
+from zoo.show.model import model_figure, trace_blocks
+from zoo.show.positional import fresh_scheme, positional_figure, positional_spec
+from zoo.core.spec import load_spec
 
 DPI = 40
 TINY_GPT2 = ["--set", "n_layers=2", "--set", "d_model=32", "--set", "attention.n_heads=4", "--set", "mlp.d_ff=64"]
@@ -126,7 +126,7 @@ def test_learned_positions_come_from_the_model_directory(tmp_path):
 def test_learned_positions_from_hugging_face_weights(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from zoo.cli import model_from_args
+    from zoo.cli.main import model_from_args
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64))
@@ -168,7 +168,7 @@ def test_unknown_picture_format_is_refused(name, tmp_path):
 ZIGZAG_PLUGIN = textwrap.dedent('''
     import torch
     import zoo
-    from zoo.components import PositionalScheme
+    from zoo.core.components import PositionalScheme
 
 
     class ZigzagPositions(PositionalScheme):
@@ -353,7 +353,7 @@ SENTENCES = [("the cat sat on the mat", "il gatto era sul tappeto"), ("the dog s
 @pytest.fixture(scope="module")
 def translation_run(tmp_path_factory):
     """A run directory as 'zoo train' writes it: a tiny model, its spec and tokenizer.json."""
-    from zoo.subword import Vocabulary
+    from zoo.translation.vocabulary import Vocabulary
 
     english, italian = zip(*SENTENCES)
     vocabulary = Vocabulary.train(english, italian, vocab_size=60)
@@ -397,11 +397,11 @@ def test_translation_attention_command(translation_run, tmp_path):
 
 
 def test_model_diagram_svg_allocates_no_weights(tmp_path, monkeypatch):
-    import zoo.show_model
+    import zoo.show.model
 
     assembled = []
-    real = zoo.show_model.assemble
-    monkeypatch.setattr(zoo.show_model, "assemble", lambda spec: assembled.append(real(spec)) or assembled[-1])
+    real = zoo.show.model.assemble
+    monkeypatch.setattr(zoo.show.model, "assemble", lambda spec: assembled.append(real(spec)) or assembled[-1])
     out = tmp_path / "model.svg"
     result = run("show", "model", "gpt2-medium", "-o", out)
     assert result.exit_code == 0, result.output
@@ -427,7 +427,7 @@ def test_encoder_decoder_diagram_png(tmp_path):
 
 def layout(block: str) -> list:
     spec = load_spec("gpt2", tiny_overrides("gpt2", block=block))
-    nodes = trace_blocks(zoo.builder.assemble(spec), spec)["decoder"]
+    nodes = trace_blocks(zoo.core.builder.assemble(spec), spec)["decoder"]
     return [("add", n.skip_from) if n.is_add else tuple(s.attr for s in n.sublayers) for n in nodes]
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 import zoo
-from zoo.builder import assemble, count_parameters, parameter_table
+from zoo.core.builder import assemble, count_parameters, parameter_table
 from zoo.errors import SpecError
-from zoo.spec import load_spec
+from zoo.core.spec import load_spec
 
 EXPECTED = {
     "gpt2": 124_439_808,

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 import zoo
 from synthetic_pairs import TINY_OVERRIDES, one_thread, synthetic_pairs, write_tsv
-from zoo.checkpoint import save_model
-from zoo.cli import cli
-from zoo.evaluate import edit_distance, score
-from zoo.subword import EOS_ID, PAD_ID, Vocabulary
-from zoo.training import TrainConfig
-from zoo.translate import Translator, beam_search, greedy_search, load_translator
+from zoo.core.model_dir import save_model
+from zoo.cli.main import cli
+from zoo.translation.evaluate import edit_distance, score
+from zoo.translation.vocabulary import EOS_ID, PAD_ID, Vocabulary
+from zoo.translation.training import TrainConfig
+from zoo.translation.search import Translator, beam_search, greedy_search, load_translator
 
 single_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -172,9 +172,9 @@ def test_evaluate_command_reports_scores_and_writes_samples(run_dir):
 
 def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
     pytest.importorskip("onnxruntime")
-    runtime = pytest.importorskip("zoo.runtime")
-    from zoo.checkpoint import load_model
-    from zoo.export import export_model
+    runtime = pytest.importorskip("zoo.exporters.onnx_runtime")
+    from zoo.core.model_dir import load_model
+    from zoo.core.export import export_model
 
     model = load_model(run_dir)
     exported = tmp_path / "onnx"

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from synthetic_pairs import TINY_MODEL, one_thread, synthetic_pairs, write_tsv
-from zoo.cli import cli
-from zoo.data import SentencePair, TokenBatches, group_references, read_pairs, split_key, split_pairs
+from zoo.cli.main import cli
+from zoo.translation.data import SentencePair, TokenBatches, group_references, read_pairs, split_key, split_pairs
 from zoo.errors import DataError
-from zoo.subword import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
+from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
 TATOEBA = Path(__file__).resolve().parents[2] / "shared/data/en-it/tatoeba-eng-ita.tsv"
 

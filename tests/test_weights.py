@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from zoo.checkpoint import load_model
-from zoo.cli import cli
+from zoo.core.model_dir import load_model
+from zoo.cli.main import cli
 from zoo.errors import WeightsError
-from zoo.generation import generate
-from zoo.spec import load_spec
-from zoo.weights import gpt2_names, load_weights
+from zoo.generation.sampling import generate
+from zoo.core.spec import load_spec
+from zoo.hf.checkpoint import gpt2_names, load_weights
 
 # A tiny GPT-2; initializer_range 0.2 spreads the logits so greedy choices are never near-ties.
 TINY = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,

@@ -1,20 +1,70 @@
 """zoo: a plugin-based transformer model zoo.
 
-The public API mirrors the command line::
+The public API mirrors the command line; names are imported on first use, so
+``import zoo`` stays light and the rooms behind it can move without breaking users::
 
     import zoo
-    zoo.list_models()                        # names in registry.yaml
+    zoo.list_models()                              # names in registry.yaml
     spec = zoo.load_spec("gpt2", {"attention.n_kv_heads": 4})
-    model = zoo.build("gpt2-medium")        # random init, GPT-2's scheme
+    model = zoo.build("gpt2-medium")              # random init, GPT-2's scheme
+    model = zoo.load("out/gpt2")                  # a zoo or Hugging Face directory, or a hub id
+    tokens = zoo.generate(model, input_ids, max_new_tokens=20)
+    zoo.export(model, "out/gpt2-onnx", "onnx", kv_cache=True)
+    report = zoo.verify(model, "hf")
+
+Plugin authors find the hook marker and every component base class here too
+(``zoo.hookimpl``, ``zoo.PositionalScheme``, ``zoo.Attention``, ``zoo.Block``, ...).
 """
 
-from zoo.builder import build, count_parameters, parameter_table
-from zoo.errors import ZooError
-from zoo.hookspecs import hookimpl
-from zoo.registry import get_registry
-from zoo.spec import ModelSpec, list_models, load_spec
+from __future__ import annotations
 
-__all__ = [
-    "build", "count_parameters", "parameter_table", "ZooError", "hookimpl", "get_registry",
-    "ModelSpec", "list_models", "load_spec",
-]
+import importlib
+
+# public name -> "module:attribute"
+_API = {
+    # specs and the model catalog
+    "ModelSpec": "zoo.core.spec:ModelSpec",
+    "list_models": "zoo.core.spec:list_models",
+    "load_spec": "zoo.core.spec:load_spec",
+    # building and loading
+    "build": "zoo.core.builder:build",
+    "count_parameters": "zoo.core.builder:count_parameters",
+    "parameter_table": "zoo.core.builder:parameter_table",
+    "save": "zoo.core.model_dir:save_model",
+    "load": "zoo.hf.checkpoint:load",
+    "load_weights": "zoo.hf.checkpoint:load_weights",
+    # using a model
+    "generate": "zoo.generation.sampling:generate",
+    "verify": "zoo.hf.verify:verify",
+    "export": "zoo.core.export:export_model",
+    # plugins
+    "hookimpl": "zoo.core.hookspecs:hookimpl",
+    "get_registry": "zoo.core.registry:get_registry",
+    "NoOptions": "zoo.core.components:NoOptions",
+    "PositionalScheme": "zoo.core.components:PositionalScheme",
+    "Attention": "zoo.core.components:Attention",
+    "Block": "zoo.core.components:Block",
+    "BlockParts": "zoo.core.components:BlockParts",
+    "Norm": "zoo.core.components:Norm",
+    "MLP": "zoo.core.components:MLP",
+    "Exporter": "zoo.core.components:Exporter",
+    "Context": "zoo.core.components:Context",
+    # errors
+    "ZooError": "zoo.errors:ZooError",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -1,6 +1,6 @@
 """Built-in attention: multi-head self-attention (with grouped/multi-query) and cross-attention."""
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 from zoo.plugins.attention.cross import CrossAttention
 from zoo.plugins.attention.multi_head import MultiHeadAttention
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.components import Context
+from zoo.core.components import Context
 
 
 class CrossAttention(nn.Module):

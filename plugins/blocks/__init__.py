@@ -1,6 +1,6 @@
 """Built-in block layouts: pre-norm (GPT-2), post-norm (2017 Transformer), parallel (GPT-J)."""
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 from zoo.plugins.blocks.parallel import ParallelBlock
 from zoo.plugins.blocks.post_norm import PostNormBlock
 from zoo.plugins.blocks.pre_norm import PreNormBlock

@@ -1,6 +1,6 @@
 """Post-norm residual block, as in the 2017 Transformer: norm(x + f(x))."""
 
-from zoo.plugins.blocks.base import Block
+from zoo.core.components import Block
 
 
 class PostNormBlock(Block):

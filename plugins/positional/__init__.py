@@ -1,6 +1,6 @@
 """Built-in positional schemes: learned, sinusoidal, rotary, ALiBi and none."""
 
-from zoo.hookspecs import hookimpl
+from zoo import hookimpl
 from zoo.plugins.positional.alibi import ALiBi
 from zoo.plugins.positional.learned import LearnedPositions
 from zoo.plugins.positional.none import NoPositions

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from zoo.components import PositionalScheme
+from zoo.core.components import PositionalScheme
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

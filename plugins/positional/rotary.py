@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.components import PositionalScheme
+from zoo.core.components import PositionalScheme
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,379 @@
+"""ONNX Runtime inference for directories written by ``zoo export --format onnx``.
+
+    lm = zoo.exporters.onnx_runtime.load("out/gpt2-onnx", device="cuda", threads=2)
+    cache = lm.new_cache(1, 64)
+    logits = lm(input_ids, cache=cache, last_only=True)   # (1, 1, V), a torch tensor
+
+:func:`load` returns an object with the call protocol of the PyTorch model it was
+exported from (:class:`OnnxDecoderLM` for ``DecoderLM``, :class:`OnnxEncoderDecoder`
+for ``EncoderDecoder``), so generation, translation and the benchmark drive either
+unchanged. The CUDA execution provider is used when it loads, otherwise the CPU one
+with a single notice on stderr. Inputs and outputs are bound to torch tensors on the
+session's device (I/O binding), so on a GPU the key/value cache never leaves it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import ZooError
+from zoo.core.spec import ModelSpec, load_spec
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
+
+_cpu_notice_shown = False
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: full graph optimisation, ``threads`` intra-op
+    threads (None: one per physical core); failures arrive as exceptions, not log lines."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def probe_model() -> bytes:
+    """A one-node ONNX model (``y = x``) for trying whether an execution provider loads."""
+    import onnx
+
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    probe.ir_version = 8  # onnx writes newer IR versions than an onnxruntime may read
+    return probe.SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA execution provider cannot be used here, or None if it loads.
+
+    Loading is tried once per process on a one-node graph, so a missing CUDA or cuDNN
+    library shows up here rather than as ONNX Runtime's multi-line log.
+    """
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA execution provider"
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(probe_model(), options, providers=["CUDAExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+        return f"onnxruntime could not start it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        return "onnxruntime could not load its CUDA libraries (CUDA runtime, cuBLAS or cuDNN missing)"
+    return None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cuda`` when ONNX Runtime's CUDA provider loads, else ``cpu`` with one notice."""
+    global _cpu_notice_shown
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ZooError(f"device {device.type!r} is not supported by the ONNX Runtime path; use cpu or cuda")
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return torch.device("cuda", device.index or 0)
+    if not _cpu_notice_shown:
+        print(f"notice: ONNX Runtime's CUDA execution provider is not available ({reason}); running on CPU",
+              file=sys.stderr)
+        _cpu_notice_shown = True
+    return torch.device("cpu")
+
+
+def providers_for(device: torch.device) -> list:
+    if device.type == "cuda":
+        # ONNX Runtime runs on PyTorch's stream, so tensors PyTorch wrote are ready
+        stream = torch.cuda.current_stream(device).cuda_stream
+        return [("CUDAExecutionProvider", {"device_id": device.index, "user_compute_stream": str(stream)}),
+                "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def dimension(dim: str | int, sizes: dict[str, int]) -> int:
+    """The size of a declared dimension: an int, a name or a ``+``-joined sum of names."""
+    if isinstance(dim, int):
+        return dim
+    return sum(sizes[part.strip()] for part in dim.split("+"))
+
+
+class GraphSession:
+    """One exported graph in an ONNX Runtime session, run on torch tensors.
+
+    Inputs and outputs are bound by pointer (I/O binding); output tensors are allocated
+    by torch on the session's device with the shapes the manifest declares.
+    """
+
+    def __init__(self, path: Path, entry: dict, device: torch.device, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        self.device = device
+        self.inputs = entry["inputs"]
+        self.outputs = entry["outputs"]
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
+        self.provider = self.session.get_providers()[0]
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        entry = next(e for e in self.inputs + self.outputs if e["name"] == name)
+        return TORCH_DTYPES[entry["dtype"]]
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the graph on ``feeds`` (every input by name); return every output by name."""
+        binding = self.session.io_binding()
+        sizes: dict[str, int] = {}
+        kept = []  # the bound tensors must live until the run ends
+        for entry in self.inputs:
+            tensor = feeds[entry["name"]].to(self.device, TORCH_DTYPES[entry["dtype"]]).contiguous()
+            for dim, size in zip(entry["shape"], tensor.shape):
+                if isinstance(dim, str) and "+" not in dim:
+                    sizes.setdefault(dim, size)
+            kept.append(tensor)
+        for entry, tensor in zip(self.inputs, kept):
+            expected = [dimension(d, sizes) for d in entry["shape"]]
+            if list(tensor.shape) != expected:
+                raise ZooError(f"{self.path.name}: input {entry['name']} has shape {tuple(tensor.shape)}, "
+                               f"expected {tuple(expected)} ({', '.join(map(str, entry['shape']))})")
+            self._bind(binding.bind_input, entry["name"], tensor)
+        results = {}
+        for entry in self.outputs:
+            shape = [dimension(d, sizes) for d in entry["shape"]]
+            results[entry["name"]] = torch.empty(shape, dtype=TORCH_DTYPES[entry["dtype"]], device=self.device)
+            self._bind(binding.bind_output, entry["name"], results[entry["name"]])
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ZooError(f"{self.path.name}: ONNX Runtime failed to run it: {message}") from None
+        return results
+
+    def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
+        bind(name, self.device.type, self.device.index or 0, NUMPY_DTYPES[tensor.dtype], list(tensor.shape),
+             tensor.data_ptr())
+
+
+class OnnxKVCache:
+    """Past keys and values of every layer as torch tensors on the session's device.
+
+    Each call feeds them to the graph and keeps its ``present`` outputs in their place;
+    ``memory`` holds the cross-attention keys and values of an encoder-decoder.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        empty = torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=device)  # (B, KV, 0, hd)
+        self.keys = [empty] * n_layers
+        self.values = [empty] * n_layers
+        self.memory: list[torch.Tensor] | None = None
+        self.length = 0
+
+    def feeds(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            out[f"past_key_{i}"], out[f"past_value_{i}"] = k, v
+        return out
+
+    def store(self, outputs: dict[str, torch.Tensor], new_tokens: int) -> None:
+        """Keep the graph's ``present_*`` outputs and advance ``length``."""
+        self.keys = [outputs[f"present_key_{i}"] for i in range(len(self.keys))]  # (B, KV, past + T, hd)
+        self.values = [outputs[f"present_value_{i}"] for i in range(len(self.values))]
+        self.length += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows ``index`` (beam search)."""
+        index = index.to(self.keys[0].device)
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        if self.memory is not None:
+            self.memory = [m.index_select(0, index) for m in self.memory]
+
+
+class TokenHistory:
+    """The cache of an export without ``--kv-cache``: the tokens seen so far, which
+    each call runs again in full (correct, but cost grows with the length)."""
+
+    def __init__(self, batch: int) -> None:
+        self.ids = torch.empty(batch, 0, dtype=torch.int64)
+        self.mask = torch.empty(batch, 0, dtype=torch.int64)
+        self.length = 0
+
+    def extend(self, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ids (B, length + T) and their mask after appending ``ids`` (B, T)."""
+        self.ids = torch.cat((self.ids, ids.cpu().long()), dim=1)
+        if mask is None:
+            mask = torch.cat((self.mask, torch.ones_like(ids, dtype=torch.int64, device="cpu")), dim=1)
+        self.mask = mask.cpu().long()
+        self.length = self.ids.shape[1]
+        return self.ids, self.mask
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.cpu()
+        self.ids, self.mask = self.ids.index_select(0, index), self.mask.index_select(0, index)
+
+
+def logit_index(length: int, count: int) -> torch.Tensor:
+    """The sequence indices of the last ``count`` of ``length`` positions."""
+    return torch.arange(length - count, length)
+
+
+def ones_mask(batch: int, length: int) -> torch.Tensor:
+    return torch.ones(batch, length, dtype=torch.int64)
+
+
+class OnnxModel:
+    """What both runtime models share: the spec, the sessions and the cache shape."""
+
+    def __init__(self, spec: ModelSpec, manifest: dict, graphs: dict[str, GraphSession], device: torch.device) -> None:
+        self.spec = spec
+        self.manifest = manifest
+        self.graphs = graphs
+        self.device = device
+        self.kv_cache = manifest["kv_cache"]
+        self.dtype = graphs["decoder"].dtype_of("logits")
+        self.provider = graphs["decoder"].provider
+
+    def new_cache(self, batch: int, capacity: int = 0, **_) -> OnnxKVCache | TokenHistory:
+        """A cache for ``batch`` sequences; ``capacity`` is accepted for the PyTorch
+        protocol, but the graph grows the cache itself."""
+        if not self.kv_cache:
+            return TokenHistory(batch)
+        spec = self.spec
+        layers = spec.n_decoder_layers if spec.is_encoder_decoder else spec.n_layers
+        return OnnxKVCache(layers, batch, spec.n_kv_heads, spec.head_dim, self.dtype, self.device)
+
+    def eval(self) -> "OnnxModel":
+        """For code written for ``nn.Module``: an ONNX model is always in inference mode."""
+        return self
+
+
+class OnnxDecoderLM(OnnxModel):
+    """A decoder-only export with :class:`zoo.core.model.DecoderLM`'s call protocol."""
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 positions: torch.Tensor | None = None, cache: OnnxKVCache | TokenHistory | None = None,
+                 last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for ``input_ids`` (B, T), or (B, 1, V) with ``last_only``.
+
+        ``attention_mask`` (B, past + T) is 1 for real tokens (left padding); with a
+        ``cache`` only the new tokens are given and the cache advances by T.
+        """
+        if positions is not None:
+            raise ZooError("the ONNX graph derives positions from attention_mask; pass attention_mask instead")
+        B, T = input_ids.shape
+        if isinstance(cache, TokenHistory):
+            ids, mask = cache.extend(input_ids, attention_mask)
+            return self._run(ids, mask, None, 1 if last_only else T)["logits"]
+        past = cache.length if cache is not None else 0
+        mask = attention_mask if attention_mask is not None else ones_mask(B, past + T)
+        feeds = (cache or self.new_cache(B)).feeds() if self.kv_cache else None
+        outputs = self._run(input_ids, mask, feeds, 1 if last_only else T)
+        if cache is not None:
+            cache.store(outputs, T)
+        return outputs["logits"]
+
+    forward = __call__
+
+    def _run(self, ids, mask, past: dict | None, count: int) -> dict[str, torch.Tensor]:
+        """Run the decoder graph on ``ids`` (B, T) for logits at the last ``count`` positions."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "logit_index": logit_index(ids.shape[1], count)}
+        return self.graphs["decoder"].run({**feeds, **(past or {})})
+
+
+class OnnxEncoderDecoder(OnnxModel):
+    """An encoder-decoder export with :class:`zoo.core.model.EncoderDecoder`'s protocol."""
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output (B, S, D); ``src_mask`` (B, S) is 1 for real tokens."""
+        if src_mask is None:
+            src_mask = ones_mask(*src_ids.shape)
+        return self.graphs["encoder"].run({"src_ids": src_ids, "src_mask": src_mask})["memory"]
+
+    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
+               tgt_mask: torch.Tensor | None = None, cache: OnnxKVCache | TokenHistory | None = None,
+               last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for target tokens given encoder ``memory``; with a ``cache``
+        only new tokens are given and the cross-attention keys/values are computed once."""
+        B, T = tgt_ids.shape
+        if src_mask is None:
+            src_mask = ones_mask(B, memory.shape[1])
+        if isinstance(cache, TokenHistory):
+            ids, mask = cache.extend(tgt_ids, tgt_mask)
+            return self._run(ids, mask, src_mask, {"memory": memory}, 1 if last_only else T)["logits"]
+        if not self.kv_cache:
+            mask = tgt_mask if tgt_mask is not None else ones_mask(B, T)
+            return self._run(tgt_ids, mask, src_mask, {"memory": memory}, 1 if last_only else T)["logits"]
+        work = cache if cache is not None else self.new_cache(B)
+        if work.memory is None:
+            kv = self.graphs["cross_attention_kv"].run({"memory": memory})
+            work.memory = [kv[e["name"]] for e in self.graphs["cross_attention_kv"].outputs]
+        memory_feeds = {e["name"]: t for e, t in zip(self.graphs["cross_attention_kv"].outputs, work.memory)}
+        mask = tgt_mask if tgt_mask is not None else ones_mask(B, work.length + T)
+        outputs = self._run(tgt_ids, mask, src_mask, {**work.feeds(), **memory_feeds}, 1 if last_only else T)
+        if cache is not None:
+            cache.store(outputs, T)
+        return outputs["logits"]
+
+    def __call__(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
+                 tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V)."""
+        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask, tgt_mask)
+
+    forward = __call__
+
+    def _run(self, ids, mask, src_mask, extra: dict, count: int) -> dict[str, torch.Tensor]:
+        """Run the decoder graph on ``ids`` (B, T) for logits at the last ``count`` positions."""
+        feeds = {"tgt_ids": ids, "tgt_mask": mask, "src_mask": src_mask,
+                 "logit_index": logit_index(ids.shape[1], count)}
+        return self.graphs["decoder"].run({**feeds, **extra})
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise ZooError(f"{directory}: no manifest.json; is it a directory written by 'zoo export --format onnx'?")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != "onnx":
+        raise ZooError(f"{directory}: holds a {manifest.get('format', 'zoo model')!r} export, not an ONNX one; "
+                       f"export it with 'zoo export MODEL --format onnx -o DIR'")
+    return manifest
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu",
+         threads: int | None = None) -> OnnxDecoderLM | OnnxEncoderDecoder:
+    """Open an ONNX export for inference on ``device`` with ``threads`` intra-op threads.
+
+    Returns :class:`OnnxDecoderLM` or :class:`OnnxEncoderDecoder` by the spec's family.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ZooError(f"{directory}: no such directory; create it with 'zoo export MODEL --format onnx -o {directory}'")
+    manifest = read_manifest(directory)
+    spec = load_spec(directory / "spec.yaml")
+    device = resolve_device(device)
+    graphs = {}
+    for name, entry in manifest["graphs"].items():
+        path = directory / entry["file"]
+        try:
+            graphs[name] = GraphSession(path, entry, device, threads)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ZooError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
+    cls = OnnxEncoderDecoder if spec.is_encoder_decoder else OnnxDecoderLM
+    return cls(spec, manifest, graphs, device)

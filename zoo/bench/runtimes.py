@@ -1,0 +1,279 @@
+"""The three runtimes side by side: prefill and decode on the same weights.
+
+``torch`` is the zoo's PyTorch model with :func:`zoo.generation.sampling.generate`;
+``onnxruntime`` is its ONNX export through :mod:`zoo.exporters.onnx_runtime`, driven by the same
+generate loop; ``hf`` is ``transformers.GPT2LMHeadModel`` with its own ``generate``. All
+three load one GPT-2 checkpoint in Hugging Face layout, so they compute the same thing.
+
+* Prefill: a prompt of B x 128 tokens into an empty cache, logits of the last position.
+  FLOP = 2·(linear weights)·B·T + causal attention 2·layers·B·d·T·(T+1) (QKᵀ and AV
+  over T(T+1)/2 query-key pairs) + 2·V·d·B for the LM head; layer norms, GELU and
+  biases are not counted.
+* Decode: greedy generation of N tokens after the prompt; each new token is
+  timestamped, and tokens/s = B·(N-1) / (last stamp - first stamp), so the prompt is
+  not in it. Bytes a step reads = every weight once (a tied head once, the position
+  table but one row) + the cached keys and values (2·layers·B·kv_heads·head_dim·keys·4).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from zoo.bench.ceilings import device_sync
+from zoo.bench.timing import figure, rate, time_call
+from zoo.errors import ZooError
+from zoo.core.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from zoo.bench.run import BenchOptions
+
+RUNTIMES = ("torch", "onnxruntime", "hf")
+
+
+class TokenClock:
+    """Timestamps each generated token: zoo's ``stream`` callback and a transformers streamer."""
+
+    def __init__(self, sync) -> None:
+        self.sync = sync
+        self.stamps: list[float] = []
+        self.prompt_seen = False
+
+    def __call__(self, tokens) -> None:
+        self.sync()
+        self.stamps.append(time.perf_counter())
+
+    def put(self, value) -> None:  # transformers hands over the prompt first
+        if self.prompt_seen:
+            self.stamps.append(time.perf_counter())  # value is already on the CPU: synchronised
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+class ZooContender:
+    """A model with :class:`zoo.core.model.DecoderLM`'s call protocol: PyTorch or ONNX Runtime."""
+
+    def __init__(self, name: str, model) -> None:
+        self.name = name
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        cache = self.model.new_cache(ids.shape[0], ids.shape[1])
+        return self.model(ids, cache=cache, last_only=True)  # (B, 1, V)
+
+    def generate(self, ids: torch.Tensor, new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        from zoo.generation.sampling import generate
+
+        return generate(self.model, ids, max_new_tokens=new_tokens, stream=clock)
+
+
+class HFContender:
+    """``transformers.GPT2LMHeadModel``: its forward with ``logits_to_keep=1``, and ``generate``."""
+
+    name = "hf"
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, use_cache=True, logits_to_keep=1).logits  # (B, 1, V)
+
+    def generate(self, ids: torch.Tensor, new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        eos = self.model.config.eos_token_id
+        return self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=False, streamer=clock,
+                                   pad_token_id=eos if eos is not None else 0)
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Weights of every linear layer but the LM head (one multiply-add each per token)."""
+    return sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head")
+
+
+def prefill_flops(spec: ModelSpec, model: nn.Module, batch: int, tokens: int) -> int:
+    """FLOP of a prefill that returns the last position's logits: 2 per multiply-add in
+    the linear layers, causal attention (QKᵀ and AV over T(T+1)/2 pairs) and the head."""
+    layers = spec.n_layers
+    attention = 2 * layers * batch * spec.n_heads * spec.head_dim * tokens * (tokens + 1)
+    head = 2 * spec.vocab_size * spec.d_model * batch
+    return 2 * matmul_parameters(model) * batch * tokens + attention + head
+
+
+def weight_bytes_per_step(model: nn.Module) -> int:
+    """Bytes of weights a decode step reads: every parameter once (a tied head once),
+    less the position table, of which a step reads one row."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    positional = getattr(model, "positional", None)
+    if positional is not None:
+        total -= sum(p.numel() * p.element_size() for p in positional.parameters())
+    return total
+
+
+def kv_bytes_per_step(spec: ModelSpec, batch: int, keys: float, element_size: int) -> float:
+    """Bytes of cached keys and values attention reads in one decode step over ``keys`` positions."""
+    return 2 * spec.n_layers * batch * spec.n_kv_heads * spec.head_dim * keys * element_size
+
+
+def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threads: int, steps):
+    """The runtimes to measure, the PyTorch model they share weights with, rows for the
+    runtimes that cannot run, and the ONNX export row."""
+    from zoo.bench.build import write_hf_checkpoint
+    from zoo.hf.checkpoint import gpt2_layout_problem, load_weights
+
+    device = options.device
+    unavailable, contenders, export = [], [], None
+    problem = gpt2_layout_problem(spec)
+    if problem is None:
+        write_hf_checkpoint(spec, workdir / "hf", seed=options.seed)
+        model = load_weights(spec, str(workdir / "hf"), device=device, dtype=torch.float32)
+    else:  # no Hugging Face twin: the zoo runtimes still run on a seeded random init
+        from zoo.core.builder import build
+
+        model = build(spec, seed=options.seed, device=device)
+    if "torch" in options.runtimes:
+        contenders.append(ZooContender("torch", model))
+    if "onnxruntime" in options.runtimes:
+        steps("export to ONNX")
+        try:
+            export, runtime_model = export_onnx(spec, model, workdir / "onnx", device, threads)
+            contenders.append(ZooContender("onnxruntime", runtime_model))
+        except (ZooError, ImportError) as exc:
+            unavailable.append({"measure": "onnx_export", "runtime": "onnxruntime", "not_available": one_line(exc)})
+    if "hf" in options.runtimes:
+        if problem is not None:
+            unavailable.append({"measure": "all", "runtime": "hf",
+                                "not_available": f"no Hugging Face GPT2LMHeadModel for this spec: {problem}"})
+        else:
+            from transformers import GPT2LMHeadModel
+
+            hf = GPT2LMHeadModel.from_pretrained(workdir / "hf", dtype=torch.float32).to(device).eval()
+            contenders.append(HFContender(hf))
+    return contenders, unavailable, model, export
+
+
+def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threads: int):
+    """Export with a key/value cache (fp32, no validation), timed once; then load it."""
+    from zoo.core.export import export_model
+    from zoo.exporters.onnx_runtime import load
+
+    start = time.perf_counter()
+    manifest = export_model(model, spec, out, "onnx", kv_cache=True, dtype="fp32", validate=False)
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    row = {"measure": "onnx_export", "runtime": "onnxruntime", "opset": manifest.get("opset"),
+           "seconds": figure([seconds], "s"), "bytes": size,
+           "note": "one export (kv_cache, fp32, validate=False), timed cold"}
+    runtime_model = load(out, device=device, threads=threads)
+    if getattr(runtime_model, "device", torch.device(device)).type != torch.device(device).type:
+        raise ZooError(f"ONNX Runtime cannot run on {device} here")
+    return row, runtime_model
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,
+                     steps) -> list[dict]:
+    """Prefill and decode rows for every contender, with their fractions of ``ceilings``
+    (``fp32_flop_per_s`` and ``read_bytes_per_s``).
+
+    PyTorch and Hugging Face take turns run by run (after each has had its warm-up), so
+    that a change in the machine's load falls on both alike. ONNX Runtime is measured
+    after them, on its own: its idle worker threads keep spinning for a while after each
+    run, and a PyTorch run right after one would be measured against a busy core.
+    """
+    generator = torch.Generator().manual_seed(options.seed)
+    groups = [[c for c in contenders if c.name != "onnxruntime"], [c for c in contenders if c.name == "onnxruntime"]]
+    rows = []
+    for group in filter(None, groups):
+        for measure in ("prefill", "decode"):
+            for batch in options.batches:
+                label = f"{batch}x{options.prompt_tokens}" if measure == "prefill" else f"batch {batch}"
+                steps(f"{measure} {label}: {' and '.join(c.name for c in group)}")
+                ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
+                samples = take_turns(group, measure, ids.to(options.device), options)
+                for name, values in samples.items():
+                    if measure == "prefill":
+                        rows.append(prefill_row(spec, model, name, batch, options.prompt_tokens, values,
+                                                ceilings["fp32_flop_per_s"]))
+                    else:
+                        rows.append(decode_row(spec, model, name, batch, options, values, ceilings["read_bytes_per_s"]))
+    add_hf_ratios(rows)
+    order = {name: i for i, name in enumerate(RUNTIMES)}
+    return sorted(rows, key=lambda r: (r["measure"] != "prefill", r["batch"], order[r["runtime"]]))
+
+
+def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions) -> dict[str, list[float]]:
+    """Seconds per prefill, or tokens/s per generation, of each contender in ``group``:
+    warm-up runs, then timed runs, the contenders taking turns."""
+    sync = device_sync(options.device)
+
+    def run(contender) -> float:
+        if measure == "decode":
+            return decode_speed(contender, ids, options.new_tokens, sync)
+        with torch.inference_mode():
+            return time_call(lambda: contender.prefill(ids), 0, 1, sync)[0]
+
+    samples = {c.name: [] for c in group}
+    for index in range(options.warmup + options.repeats):
+        for contender in group:
+            value = run(contender)
+            if index >= options.warmup:
+                samples[contender.name].append(value)
+    return samples
+
+
+def decode_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, options: BenchOptions,
+               speeds: list[float], bandwidth: float) -> dict:
+    """A decode row: tokens/s and its fraction of what the read bandwidth allows."""
+    keys = options.prompt_tokens + options.new_tokens / 2  # mean keys read over the timed steps
+    element = next(model.parameters()).element_size()
+    step_bytes = weight_bytes_per_step(model) + kv_bytes_per_step(spec, batch, keys, element)
+    ceiling = batch * bandwidth / step_bytes
+    tokens = figure(speeds, "tokens/s")
+    return {"measure": "decode", "runtime": runtime, "batch": batch, "past_tokens": options.prompt_tokens,
+            "new_tokens": options.new_tokens, "tokens_per_s": tokens, "bytes_per_step": step_bytes,
+            "ceiling_tokens_per_s": ceiling, "fraction_of_bandwidth_ceiling": tokens["median"] / ceiling}
+
+
+def prefill_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, tokens: int, seconds: list[float],
+                flop_ceiling: float) -> dict:
+    """A prefill row: latency, FLOP/s and its fraction of the fp32 ceiling."""
+    flops = prefill_flops(spec, model, batch, tokens)
+    flop_rate = rate(seconds, flops, "FLOP/s")
+    return {"measure": "prefill", "runtime": runtime, "batch": batch, "tokens": tokens,
+            "latency_s": figure(seconds, "s"), "flops": flops, "flop_per_s": flop_rate,
+            "fraction_of_flop_ceiling": flop_rate["median"] / flop_ceiling}
+
+
+def decode_speed(contender, ids: torch.Tensor, new_tokens: int, sync) -> float:
+    """Tokens/s of one greedy generation after the prompt: (B · (N - 1)) / (last - first stamp)."""
+    clock = TokenClock(sync)
+    contender.generate(ids, new_tokens, clock)
+    if len(clock.stamps) != new_tokens:
+        raise ZooError(f"{contender.name}: generate produced {len(clock.stamps)} tokens, expected {new_tokens}")
+    return ids.shape[0] * (new_tokens - 1) / (clock.stamps[-1] - clock.stamps[0])
+
+
+def add_hf_ratios(rows: list[dict]) -> None:
+    """``vs_hf`` on every non-HF row: its speed over Hugging Face's (above 1: faster)."""
+    hf = {(r["measure"], r["batch"]): r for r in rows if r["runtime"] == "hf"}
+    for row in rows:
+        theirs = hf.get((row["measure"], row["batch"]))
+        if theirs is None or row["runtime"] == "hf":
+            continue
+        if row["measure"] == "prefill":
+            row["vs_hf"] = theirs["latency_s"]["median"] / row["latency_s"]["median"]
+        else:
+            row["vs_hf"] = row["tokens_per_s"]["median"] / theirs["tokens_per_s"]["median"]

@@ -1,0 +1,3 @@
+from zoo.cli.main import main
+
+main()

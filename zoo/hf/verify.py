@@ -1,0 +1,139 @@
+"""Parity of a zoo GPT-2 with Hugging Face ``GPT2LMHeadModel`` on the same weights.
+
+Four checks, each on text through the real GPT-2 tokenizer: logits of each prompt alone,
+logits of the prompts as one left-padded batch (real positions only), greedy decoding
+(the zoo's :func:`zoo.generation.sampling.generate` against ``GPT2LMHeadModel.generate``: tokens
+must be identical), and the zoo's greedy tokens with and without its key/value cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.generation.sampling import generate
+
+PROMPTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "In 1869, the Suez Canal opened, linking the Mediterranean",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Once upon a time",
+)
+DEFAULT_ATOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+@dataclass
+class Check:
+    """One parity check: logit differences (None for token checks) and whether it passed."""
+
+    name: str
+    passed: bool
+    max_abs: float | None = None
+    max_rel: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class ParityReport:
+    """Every check of one :func:`verify_against_hf` run."""
+
+    model: str
+    weights: str
+    dtype: str
+    atol: float
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def lines(self) -> list[str]:
+        """The report as printed by ``zoo verify``."""
+        rows = [(c.name, _num(c.max_abs), _num(c.max_rel), "ok" if c.passed else "FAIL", c.detail) for c in self.checks]
+        header = ("check", "max abs", "max rel", "result", "")
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(4)]
+        out = [f"{self.model} vs transformers GPT2LMHeadModel; weights: {self.weights}; {self.dtype}; "
+               f"logits within {self.atol:g} absolute"]
+        for row in (header, *rows):
+            out.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else ""))
+        out.append("PASS" if self.passed else "FAIL")
+        return [line.rstrip() for line in out]
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def logit_difference(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
+    """Max absolute difference, and that relative to the largest reference logit."""
+    diff = (ours.double() - theirs.double()).abs().max().item()
+    scale = theirs.double().abs().max().item()
+    return diff, diff / scale if scale else diff
+
+
+def hf_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, T) of a left-padded batch, as the zoo derives them from the mask."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def verify_against_hf(model: nn.Module, hf_model: nn.Module, tokenizer, prompts=PROMPTS, steps: int = 20,
+                      atol: float | None = None, weights: str = "") -> ParityReport:
+    """Run the four parity checks of zoo ``model`` against ``hf_model`` (same weights)."""
+    param = model.wte.weight
+    atol = atol if atol is not None else DEFAULT_ATOL.get(param.dtype, 1e-2)
+    report = ParityReport(model.spec.name, weights, str(param.dtype).removeprefix("torch."), atol)
+    device = param.device
+
+    for i, text in enumerate(prompts, 1):
+        ids = torch.tensor([tokenizer(text).input_ids], device=device)  # (1, T)
+        diff, rel = logit_difference(model(ids), hf_model(ids).logits)
+        report.checks.append(Check(f"prompt {i} ({ids.shape[1]} tokens)", diff <= atol, diff, rel))
+
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
+    ids, mask = batch.input_ids, batch.attention_mask  # (B, T), left padding
+    ours = model(ids, attention_mask=mask)
+    theirs = hf_model(ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    real = mask.bool()
+    diff, rel = logit_difference(ours[real], theirs[real])
+    report.checks.append(Check(f"padded batch ({ids.shape[0]}x{ids.shape[1]}, left)", diff <= atol, diff, rel))
+
+    eos = tokenizer.eos_token_id
+    zoo_tokens = generate(model, ids, mask, max_new_tokens=steps, eos_token_id=eos)
+    hf_tokens = hf_model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=eos)
+    same = torch.equal(zoo_tokens, hf_tokens)
+    report.checks.append(Check(f"greedy {steps} steps vs generate()", same,
+                               detail="tokens identical" if same else first_difference(zoo_tokens, hf_tokens)))
+    uncached = generate(model, ids, mask, max_new_tokens=steps, eos_token_id=eos, use_cache=False)
+    same = torch.equal(zoo_tokens, uncached)
+    report.checks.append(Check(f"greedy {steps} steps, cache vs none", same,
+                               detail="tokens identical" if same else first_difference(zoo_tokens, uncached)))
+    return report
+
+
+def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Where two token tensors (B, T) first differ, in words."""
+    if a.shape != b.shape:
+        return f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    row, col = (a != b).nonzero()[0].tolist()
+    return f"row {row} differs from position {col}: {a[row, col].item()} vs {b[row, col].item()}"
+
+
+def hf_reference(model: nn.Module, source: str | None):
+    """The Hugging Face model to compare with: loaded by transformers itself from ``source``
+    when that is a Hugging Face checkpoint (hub id, "hf", or directory), else built from
+    ``model``'s own weights."""
+    from zoo.hf.checkpoint import hf_source_directory, to_hf_model
+
+    directory = hf_source_directory(model.spec, source) if source else None
+    if directory is None:
+        return to_hf_model(model)
+    from transformers import GPT2LMHeadModel
+
+    param = model.wte.weight
+    hf_model = GPT2LMHeadModel.from_pretrained(Path(directory), dtype=param.dtype)
+    return hf_model.to(param.device).eval()

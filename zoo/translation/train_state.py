@@ -1,0 +1,140 @@
+"""Training checkpoints: weights, optimizer state, data-loader position and random state.
+
+A checkpoint is a directory ``checkpoints/step-NNNNNNNN/`` written atomically (it
+appears complete or not at all) holding ``model.safetensors``, ``optimizer.safetensors``
+(AdamW moments and every rank's random-number state) and ``state.json`` (step, epoch,
+position in the epoch's batch plan, training seconds so far). Resuming from it replays
+the same batches with the same dropout masks, so the run ends where it would have.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from zoo.core.model_dir import state_dict_for_saving
+from zoo.errors import WeightsError
+from zoo.core.files import atomic_directory
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # index of the next batch in this epoch's plan
+    seconds: float = 0.0  # training wall time over all sessions
+    tokens: int = 0  # source + target tokens seen, all ranks
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The optimizer's per-parameter state as flat named tensors, and its param groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"state.{index}.{key}"] = value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random-number state (dropout masks come from it)."""
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+                    random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
+                    keep: int = 2) -> Path:
+    """Write ``checkpoints/step-N`` atomically and delete all but the newest ``keep``."""
+    target = Path(run_dir) / CHECKPOINTS / f"step-{progress.step:08d}"
+    tensors, groups = optimizer_tensors(optimizer)
+    for rank, states in enumerate(random_states):
+        for kind, value in states.items():
+            tensors[f"rng.{rank}.{kind}"] = value.cpu()
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"progress": asdict(progress), "param_groups": groups, "scaler": scaler, "world": len(random_states)}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` into the model's existing tensors, so an optimizer built on them stays valid."""
+    target = model.state_dict()
+    tied = {"lm_head.weight"} if model.spec.tie_embeddings else set()
+    missing = sorted(set(target) - set(weights) - tied)
+    unexpected = sorted(set(weights) - set(target))
+    if missing or unexpected:
+        raise WeightsError(f"{source}: checkpoint does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            if value.shape != target[name].shape:
+                raise WeightsError(f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
+            target[name].copy_(value)
+
+
+@dataclass
+class Restored:
+    progress: Progress
+    random_states: list[dict[str, torch.Tensor]]
+    scaler: dict | None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    device: torch.device = torch.device("cpu")) -> Restored:
+    """Load weights into ``model`` (and state into ``optimizer``) from a checkpoint directory."""
+    try:
+        weights = load_file(str(path / "model.safetensors"), device=str(device))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: unreadable checkpoint ({exc}); delete it to resume from the one before") from None
+    copy_weights(model, weights, str(path / "model.safetensors"))
+    if optimizer is not None:
+        restore_optimizer(optimizer, tensors, state["param_groups"])
+    randoms: list[dict[str, torch.Tensor]] = [{} for _ in range(state["world"])]
+    for name, value in tensors.items():
+        if name.startswith("rng."):
+            _, rank, kind = name.split(".", 2)
+            randoms[int(rank)][kind] = value
+    return Restored(Progress(**state["progress"]), randoms, state.get("scaler"))

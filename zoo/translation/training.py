@@ -1,0 +1,387 @@
+"""Training an encoder-decoder translation model: the loop behind ``zoo train``.
+
+Label-smoothed cross-entropy, AdamW with warm-up then inverse-square-root decay
+(Vaswani et al., 2017), gradient clipping, length-bucketed token-count batches, mixed
+precision (bf16 or fp16 on GPU, bf16 on CPUs that have it), checkpoints written atomically and resumable,
+DistributedDataParallel when launched by ``torchrun``. A run directory holds::
+
+    spec.yaml model.safetensors manifest.json   the latest weights, a zoo model directory
+    tokenizer.json                              the subword vocabulary (see zoo.translation.vocabulary)
+    train.json                                  this run's TrainConfig
+    checkpoints/step-N/                         resumable training state (zoo.translation.train_state)
+    metrics.jsonl curves.png                    loss, tokens/s, validation loss and BLEU
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.core.model_dir import MANIFEST, SPEC, WEIGHTS, write_model_files
+from zoo.translation.data import TokenBatches, group_references, read_pairs, split_pairs
+from zoo.translation.distributed import Distributed
+from zoo.errors import DataError, ZooError
+from zoo.core.files import atomic_directory
+from zoo.translation.run_log import RunLog
+from zoo.core.spec import ModelSpec, load_spec
+from zoo.translation.vocabulary import PAD_ID, Vocabulary
+from zoo.translation.train_config import CONFIG, TrainConfig, parse_interval  # noqa: F401 (public here too)
+from zoo.translation.train_state import Progress, checkpoints, load_checkpoint, random_state, save_checkpoint, set_random_state
+
+class Every:
+    """Whether a step- or time-based interval has come round; time intervals count training seconds."""
+
+    def __init__(self, value: int | str, seconds: float) -> None:
+        self.unit, self.amount = parse_interval(value)
+        self.last_seconds = seconds
+
+    def due(self, step: int, seconds: float) -> bool:
+        if self.unit == "steps":
+            return step % self.amount == 0
+        if seconds - self.last_seconds >= self.amount:
+            self.last_seconds = seconds
+            return True
+        return False
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``config.lr`` over ``warmup_steps``, then decay as 1/√step.
+
+    With ``lr = d_model^-0.5 · warmup^-0.5`` this is the 2017 paper's schedule.
+    """
+    step = max(step, 1)
+    return config.lr * min(step / config.warmup_steps, math.sqrt(config.warmup_steps / step))
+
+
+def translation_loss(model: nn.Module, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+                     smoothing: float) -> torch.Tensor:
+    """Summed label-smoothed cross-entropy over the non-padding target tokens."""
+    logits = model(src, tgt_in, (src != PAD_ID).long())  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=smoothing, reduction="sum")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels for this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(config: TrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The mixed-precision context for ``config.amp`` and whether fp16 gradient scaling is needed."""
+    mode = config.amp
+    if mode == "auto" and device.type == "cuda":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif mode == "auto":  # bf16 only where the CPU computes it natively (AVX512-BF16, AMX): 1.5x faster here
+        mode = "bf16" if cpu_has_bf16() else "off"
+    if mode == "off":
+        return contextlib.nullcontext(), False
+    if mode not in ("bf16", "fp16"):
+        raise DataError(f"--amp {mode}: choose auto, off, bf16 or fp16")
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), mode == "fp16" and device.type == "cuda"
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for param in model.parameters():
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Corpus:
+    """The split, tokenised; what the loop and validation need."""
+
+    splits: dict
+    batches: TokenBatches
+    val_src: list[np.ndarray]
+    val_tgt: list[np.ndarray]
+    dropped: int
+
+
+def tokenize_corpus(splits: dict, vocabulary: Vocabulary, config: TrainConfig, spec: ModelSpec,
+                    dist: Distributed) -> Corpus:
+    """Encode the training and validation splits and plan the training batches."""
+    limit = spec.context_length
+
+    def encode(pairs):
+        src = vocabulary.encode_source([p.en for p in pairs])
+        tgt = vocabulary.encode_target([p.it for p in pairs])
+        keep = [i for i in range(len(pairs)) if len(src[i]) <= limit and len(tgt[i]) - 1 <= limit]
+        arrays = ([np.asarray(src[i], dtype=np.int32) for i in keep], [np.asarray(tgt[i], dtype=np.int32) for i in keep])
+        return arrays, len(pairs) - len(keep)
+
+    (train_src, train_tgt), dropped = encode(splits["train"])
+    if not train_src:
+        raise DataError(f"{config.data}: the training split is empty; use a larger file")
+    (val_src, val_tgt), _ = encode(splits["validation"][: config.eval_pairs])
+    batches = TokenBatches(train_src, train_tgt, config.batch_tokens, PAD_ID, seed=config.seed,
+                           rank=dist.rank, world=dist.world)
+    return Corpus(splits, batches, val_src, val_tgt, dropped)
+
+
+def read_split(config: TrainConfig, warn: Callable[[str], None]) -> dict:
+    pairs = read_pairs(config.data, config.skip_bad_lines, warn)
+    return split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)
+
+
+def create_run(config: TrainConfig, run_dir: Path, splits: dict, force: bool) -> None:
+    """Train the vocabulary on the training split and write the new run directory atomically."""
+    from zoo.core.builder import build
+
+    train_pairs = splits["train"]
+    vocabulary = Vocabulary.train([p.en for p in train_pairs], [p.it for p in train_pairs],
+                                  config.vocab_size, config.tokenizer, config.vocabulary)
+    spec = load_spec(config.model, {**config.overrides, "vocab_size": vocabulary.size})
+    model = build(spec, seed=config.seed)
+    with atomic_directory(run_dir, overwrite=force) as tmp:
+        vocabulary.save(tmp)
+        write_model_files(model, spec, tmp, {"training": {"step": 0}})
+        config.save(tmp)
+
+
+def publish_weights(run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict) -> None:
+    """Replace the run directory's ``model.safetensors`` and ``manifest.json``, each atomically."""
+    tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
+    try:
+        write_model_files(model, spec, tmp, extra)
+        for name in (WEIGHTS, SPEC, MANIFEST):
+            os.replace(tmp / name, run_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: TrainConfig,
+             device: torch.device, autocast) -> dict:
+    """Validation NLL per target token and greedy multi-reference BLEU on the first sources."""
+    from zoo.translation.evaluate import score
+    from zoo.translation.search import Translator
+
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    val = TokenBatches(corpus.val_src, corpus.val_tgt, config.batch_tokens, PAD_ID) if corpus.val_src else None
+    for batch in (val.iterate(0) if val else []):
+        batch = batch.to(device)
+        with autocast:
+            loss_sum += translation_loss(model, batch.src, batch.tgt_in, batch.tgt_out, 0.0).item()
+        tokens += batch.n_tgt_tokens
+    sources, references = group_references(corpus.splits["validation"])
+    sources, references = sources[: config.eval_sentences], references[: config.eval_sentences]
+    bleu = None
+    if sources:
+        with autocast:
+            hypotheses = Translator(model, vocabulary, device).translate(sources, batch_size=100)
+        bleu = score(hypotheses, references)[0].bleu
+    model.train()
+    return {"loss": loss_sum / max(tokens, 1), "bleu": bleu, "sentences": len(sources)}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, force: bool = False,
+          progress: bool = True, warn: Callable[[str], None] | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
+    """Train into ``run_dir`` (new, or continued from its newest checkpoint with ``resume``).
+
+    Returns a summary (steps, tokens, seconds, tokens/s, last validation BLEU). ``on_step``
+    is called with the step number after every optimizer step.
+    """
+    warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    run_dir = Path(run_dir)
+    dist = Distributed.start(config.device)
+    try:
+        return _train(config, run_dir, resume, force, progress, warn, on_step, dist)
+    finally:
+        dist.stop()
+
+
+def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distributed) -> dict:
+    from tqdm import tqdm
+
+    from zoo.core.builder import build
+
+    device = dist.device
+    if not resume and run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ZooError(f"{run_dir} already exists; continue it with --resume {run_dir} or replace it with --force")
+    if resume and not (run_dir / CONFIG).is_file():
+        raise DataError(f"{run_dir}: no training run to resume (no {CONFIG}); start one with -o {run_dir}")
+    spec_check = load_spec(config.model, config.overrides or None)
+    if not spec_check.is_encoder_decoder:
+        raise DataError(f"{config.model} is a {spec_check.family} model; zoo train trains encoder-decoder translation models")
+    splits = read_split(config, warn if dist.is_main else (lambda _: None))
+    if not resume and dist.is_main:
+        create_run(config, run_dir, splits, force)
+    dist.barrier()
+    vocabulary = Vocabulary.load(run_dir)
+    spec = load_spec(run_dir / SPEC)
+    corpus = tokenize_corpus(splits, vocabulary, config, spec, dist)
+    if corpus.dropped and dist.is_main:
+        warn(f"left out {corpus.dropped} training pairs longer than the context length ({spec.context_length} tokens)")
+
+    model = build(spec, seed=config.seed, device=device).train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config.lr, betas=(0.9, 0.98), eps=1e-9)
+    autocast, needs_scaling = autocast_for(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaling)
+    torch.manual_seed(config.seed * 1000 + dist.rank)  # dropout
+    progress_state = Progress()
+    found = checkpoints(run_dir) if resume else []
+    if found:
+        restored = load_checkpoint(found[-1], model, optimizer, device)
+        progress_state = restored.progress
+        if len(restored.random_states) == dist.world:
+            set_random_state(restored.random_states[dist.rank], device)
+        if restored.scaler:
+            scaler.load_state_dict(restored.scaler)
+    log = RunLog(run_dir, resume_step=progress_state.step) if dist.is_main else None
+    net = model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    p = progress_state
+    steps_per_epoch = len(corpus.batches)
+    total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
+    timed = config.max_minutes is not None
+    budget = config.max_minutes * 60 if timed else math.inf
+    if dist.is_main and p.step == 0:
+        log.append({"event": "start", "step": 0, "pairs": {k: len(v) for k, v in splits.items()},
+                    "train_pairs_used": sum(len(b) for b in corpus.batches.plan(0)) * dist.world,
+                    "steps_per_epoch": steps_per_epoch, "vocab_size": vocabulary.size, "world": dist.world,
+                    "device": str(device), "threads": torch.get_num_threads(),
+                    "parameters": sum(t.numel() for t in model.parameters())})
+    bar = tqdm(total=int(budget) if timed else int(total_steps) if total_steps < math.inf else None,
+               initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
+               desc="training", file=sys.stderr, dynamic_ncols=True, disable=not (progress and dist.is_main))
+    window = {"loss": 0.0, "tgt": 0, "tokens": 0, "seconds": 0.0}
+    totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
+    evaluation_due = Every(config.eval_every, p.seconds)
+    checkpoint_due = Every(config.checkpoint_every, p.seconds)
+    last_validation: dict = {}
+    session_start, seconds_before = time.perf_counter(), p.seconds
+
+    def flush_window(lr: float) -> None:
+        """Log the loss and throughput of the steps since the last record."""
+        nonlocal window
+        tokens = int(dist.sum(window["tokens"]))
+        loss = dist.sum(window["loss"]) / max(dist.sum(window["tgt"]), 1)
+        rate = tokens / max(window["seconds"], 1e-9)
+        p.tokens += tokens
+        totals["tokens"] += tokens
+        totals["seconds"] += window["seconds"]
+        if dist.is_main:
+            log.append({"event": "train", "step": p.step, "epoch": round(p.epoch + p.batch / steps_per_epoch, 4),
+                        "loss": round(loss, 4), "lr": lr, "tokens_per_second": round(rate, 1),
+                        "seconds": round(p.seconds, 1)})
+        bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        window = dict.fromkeys(window, 0)
+
+    def checkpoint() -> None:
+        randoms = dist.gather(random_state(device))
+        digests = dist.gather(parameter_digest(model))
+        if dist.is_main:
+            save_checkpoint(run_dir, model, optimizer, p, randoms, scaler.state_dict() if needs_scaling else None,
+                            keep=config.keep_checkpoints)
+            publish_weights(run_dir, model, spec, {"training": {"step": p.step, "tokens": p.tokens,
+                                                                "seconds": round(p.seconds, 1),
+                                                                "validation_bleu": last_validation.get("bleu")}})
+            log.append({"event": "checkpoint", "step": p.step, "replica_digests": digests,
+                        "replicas_identical": len(set(digests)) == 1})
+            if len(set(digests)) > 1:
+                warn(f"step {p.step}: the {dist.world} replicas' weights differ")
+        dist.barrier()
+
+    def evaluate_now() -> None:
+        nonlocal last_validation
+        if dist.is_main:
+            result = validate(model, vocabulary, corpus, config, device, autocast)
+            last_validation = {"event": "validation", "step": p.step, "seconds": round(p.seconds, 1), **result}
+            log.append(last_validation)
+            log.plot()
+            bar.write(f"step {p.step}: validation loss {result['loss']:.3f}, BLEU {result['bleu'] or 0:.2f} "
+                      f"({result['sentences']} sentences, greedy)", file=sys.stderr)
+        dist.barrier()
+
+    try:
+        stop = p.step >= total_steps or p.seconds >= budget
+        while not stop:
+            index = corpus.batches.plan(p.epoch)[p.batch]
+            batch = corpus.batches.collate(index).to(device)
+            tick = time.perf_counter()
+            lr = learning_rate(p.step + 1, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss_sum = translation_loss(net, batch.src, batch.tgt_in, batch.tgt_out, config.label_smoothing)
+            scaler.scale(loss_sum / batch.n_tgt_tokens).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            window["loss"] += loss_sum.item()
+            window["tgt"] += batch.n_tgt_tokens
+            window["tokens"] += batch.n_src_tokens + batch.n_tgt_tokens
+            window["seconds"] += time.perf_counter() - tick
+            p.step += 1
+            p.batch += 1
+            if p.batch >= steps_per_epoch:
+                p.epoch, p.batch = p.epoch + 1, 0
+            p.seconds = seconds_before + time.perf_counter() - session_start
+
+            if p.step % config.log_every == 0:
+                flush_window(lr)
+            if timed:
+                bar.update(int(p.seconds) - bar.n)
+            else:
+                bar.update(1)
+            stop = p.step >= total_steps or p.seconds >= budget
+            evaluate, save = evaluation_due.due(p.step, p.seconds), checkpoint_due.due(p.step, p.seconds)
+            stop, evaluate, save = dist.broadcast((stop, evaluate, save))  # rank 0's clock decides for all
+            if evaluate and not stop:
+                evaluate_now()
+            if save and not stop:
+                checkpoint()
+            if on_step is not None:
+                on_step(p.step)
+        if window["seconds"]:
+            flush_window(learning_rate(p.step, config))
+        evaluate_now()
+        checkpoint()
+    finally:
+        bar.close()
+    session_seconds = time.perf_counter() - session_start
+    return {"run_dir": str(run_dir), "steps": p.step, "epochs": round(p.epoch + p.batch / steps_per_epoch, 3),
+            "tokens": p.tokens, "seconds": round(p.seconds, 1), "session_seconds": round(session_seconds, 1),
+            "tokens_per_second": round(totals["tokens"] / totals["seconds"], 1) if totals["seconds"] else None,
+            "validation_bleu": last_validation.get("bleu"), "validation_loss": last_validation.get("loss"),
+            "world": dist.world}
