@@ -15,7 +15,9 @@ import math
 import torch
 from torch import nn
 
-from zoo.core.components import BlockParts, Context, KVCache, build_mask
+from zoo.core.cache import KVCache
+from zoo.core.components import BlockParts, Context
+from zoo.core.masks import build_mask, positions_from_mask
 from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
 
@@ -56,14 +58,6 @@ class Stack(nn.Module):
 def _causal(spec: ModelSpec, default: bool) -> bool:
     causal = getattr(spec.attention.options, "causal", None)
     return default if causal is None else causal
-
-
-def positions_from_mask(attention_mask: torch.Tensor | None, past: int, length: int, batch: int, device) -> torch.Tensor:
-    """Positions of the current tokens (B, T); left padding shifts each row's positions."""
-    if attention_mask is None:
-        return torch.arange(past, past + length, device=device).expand(batch, length)
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.clamp(min=0)[:, past : past + length]
 
 
 class DecoderLM(nn.Module):
