@@ -4,7 +4,7 @@
     GPT2LMHeadModel.from_pretrained("out/gpt2-hf")      # same logits as the zoo model
 
 Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (names and
-Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.hf.checkpoint`), the
+Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.hf.gpt2`), the
 GPT-2 tokenizer files and ``manifest.json``. Validation loads the directory back with
 both ``transformers`` and the zoo's loader and compares their logits; an fp32 export
 must also come back bit-identical.
@@ -20,13 +20,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from zoo.errors import ExportError, ZooError
-from zoo.core.files import sha256_file
+from zoo.core.files import MANIFEST, WEIGHTS, sha256_file
+from zoo.errors import ExportError, ZooError, first_line
 from zoo.core.spec import ModelSpec
-from zoo.hf.checkpoint import SAFETENSORS, gpt2_config, gpt2_layout_problem, load_weights, to_hf_state_dict
+from zoo.hf.checkpoint import load_weights
+from zoo.hf.gpt2 import gpt2_config, gpt2_layout_problem, to_hf_state_dict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-MANIFEST = "manifest.json"
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
 
 
@@ -48,7 +48,7 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     torch_dtype = DTYPES[dtype]
 
     tensors = {name: t.detach().to("cpu", torch_dtype).contiguous() for name, t in to_hf_state_dict(model).items()}
-    save_file(tensors, str(out / SAFETENSORS), metadata={"format": "pt"})
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
     config = gpt2_config(spec, torch_dtype)
     config.save_pretrained(out)
     write_generation_config(config, out)
@@ -92,7 +92,7 @@ def validate_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -
     try:
         theirs = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32).eval()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ExportError(f"transformers cannot load the export of {spec.name}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"transformers cannot load the export of {spec.name}: {first_line(exc)}") from None
     try:
         ours = load_weights(spec, str(out), dtype=torch.float32)
     except ZooError as exc:

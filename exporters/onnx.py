@@ -34,20 +34,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from zoo.core.files import MANIFEST, SPEC, TOKENIZER_FILES, VALIDATION, sha256_file
 from zoo.core.model_dir import load_state, state_dict_for_saving
-from zoo.errors import ExportError, ZooError
-from zoo.exporters.onnx_errors import export_failure, first_line
+from zoo.errors import ExportError, ZooError, first_line
+from zoo.exporters.onnx_errors import export_failure
 from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
-from zoo.core.files import sha256_file
 from zoo.core.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
 OPSETS = range(18, 26)  # what torch.onnx's exporter and onnxscript's version converter support
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.target.json", "vocab.json", "merges.txt")
-MANIFEST = "manifest.json"
-VALIDATION = "validation.json"
-SPEC = "spec.yaml"
 ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
               onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
 

@@ -13,21 +13,11 @@ import re
 
 from torch import nn
 
-from zoo.errors import ExportError
+from zoo.errors import ANSI_COLOUR, ExportError, first_line
 from zoo.core.registry import get_registry
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE = re.compile(r"%(\w+) : ")
 _TARGET = re.compile(r"target=torch\.ops\.([\w.]+)")
-
-
-def first_line(exc: BaseException, limit: int = 240) -> str:
-    """The first non-empty line of the innermost cause's message, without colour codes."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def registered_component(cls: type) -> tuple[str, str] | None:
@@ -70,7 +60,7 @@ def module_in_program(exc: BaseException, program, root: nn.Module) -> nn.Module
     """The component that produced the graph node the ONNX translation failed on."""
     if program is None:
         return None
-    text = " ".join(_ANSI.sub("", str(e)) for e in _chain(exc))
+    text = " ".join(ANSI_COLOUR.sub("", str(e)) for e in _chain(exc))
     names = set(_NODE.findall(text))
     targets = set(_TARGET.findall(text))
     for node in program.graph.nodes:

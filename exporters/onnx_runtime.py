@@ -15,14 +15,14 @@ session's device (I/O binding), so on a GPU the key/value cache never leaves it.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zoo.errors import ZooError
+from zoo.core.files import MANIFEST, SPEC, read_json
+from zoo.errors import ZooError, first_line
 from zoo.core.spec import ModelSpec, load_spec
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
@@ -75,7 +75,7 @@ def cuda_unavailable_reason() -> str | None:
     try:
         session = ort.InferenceSession(probe_model(), options, providers=["CUDAExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
-        return f"onnxruntime could not start it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return f"onnxruntime could not start it ({first_line(exc)})"
     if session.get_providers()[0] != "CUDAExecutionProvider":
         return "onnxruntime could not load its CUDA libraries (CUDA runtime, cuBLAS or cuDNN missing)"
     return None
@@ -161,8 +161,7 @@ class GraphSession:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime raises its own exception types
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ZooError(f"{self.path.name}: ONNX Runtime failed to run it: {message}") from None
+            raise ZooError(f"{self.path.name}: ONNX Runtime failed to run it: {first_line(exc)}") from None
         return results
 
     def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
@@ -346,10 +345,10 @@ class OnnxEncoderDecoder(OnnxModel):
 
 
 def read_manifest(directory: Path) -> dict:
-    path = directory / "manifest.json"
+    path = directory / MANIFEST
     if not path.is_file():
-        raise ZooError(f"{directory}: no manifest.json; is it a directory written by 'zoo export --format onnx'?")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+        raise ZooError(f"{directory}: no {MANIFEST}; is it a directory written by 'zoo export --format onnx'?")
+    manifest = read_json(path)
     if manifest.get("format") != "onnx":
         raise ZooError(f"{directory}: holds a {manifest.get('format', 'zoo model')!r} export, not an ONNX one; "
                        f"export it with 'zoo export MODEL --format onnx -o DIR'")
@@ -366,7 +365,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu",
     if not directory.is_dir():
         raise ZooError(f"{directory}: no such directory; create it with 'zoo export MODEL --format onnx -o {directory}'")
     manifest = read_manifest(directory)
-    spec = load_spec(directory / "spec.yaml")
+    spec = load_spec(directory / SPEC)
     device = resolve_device(device)
     graphs = {}
     for name, entry in manifest["graphs"].items():
@@ -374,6 +373,6 @@ def load(directory: str | Path, device: str | torch.device = "cpu",
         try:
             graphs[name] = GraphSession(path, entry, device, threads)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ZooError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
+            raise ZooError(f"{path}: ONNX Runtime cannot load it: {first_line(exc)}") from None
     cls = OnnxEncoderDecoder if spec.is_encoder_decoder else OnnxDecoderLM
     return cls(spec, manifest, graphs, device)

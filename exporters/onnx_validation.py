@@ -120,30 +120,42 @@ def _ids(generator, vocab: int, batch: int, length: int) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=generator)
 
 
-def validate_decoder(model, runtime, generator, tolerance) -> list[Case]:
+def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, runtime_step,
+                 padded: bool = False) -> list[Case]:
+    """Logits cases at each sequence and past length: both sides fill their cache with the
+    past tokens, then run the rest; ``*_step(ids, mask, cache)`` runs one side."""
     cases = []
-    device = next(model.parameters()).device
-    pasts = PASTS if runtime.kv_cache else (0,)
-    for batch in BATCHES:
-        for sequence in SEQUENCES:
-            for past in pasts:
-                ids = _ids(generator, model.spec.vocab_size, batch, past + sequence)
-                mask = padded_mask(batch, past + sequence)
-                cache = model.new_cache(batch, past + sequence)
-                ort_cache = runtime.new_cache(batch, past + sequence)
-                if past:
-                    model(ids[:, :past].to(device), attention_mask=mask[:, :past].to(device), cache=cache)
-                    runtime(ids[:, :past], attention_mask=mask[:, :past], cache=ort_cache)
-                want = model(ids[:, past:].to(device), attention_mask=mask.to(device), cache=cache)
-                got = runtime(ids[:, past:], attention_mask=mask, cache=ort_cache)
-                cases.append(compare("logits", got, want, (batch, sequence, past), bool((mask == 0).any()), tolerance))
+    for sequence in SEQUENCES:
+        for past in PASTS if runtime.kv_cache else (0,):
+            ids = _ids(generator, model.spec.vocab_size, batch, past + sequence)
+            mask = padded_mask(batch, past + sequence)
+            cache, ort_cache = model.new_cache(batch, past + sequence), runtime.new_cache(batch, past + sequence)
+            if past:
+                model_step(ids[:, :past], mask[:, :past], cache)
+                runtime_step(ids[:, :past], mask[:, :past], ort_cache)
+            want = model_step(ids[:, past:], mask, cache)
+            got = runtime_step(ids[:, past:], mask, ort_cache)
+            cases.append(compare("logits", got, want, (batch, sequence, past), padded or bool((mask == 0).any()),
+                                 tolerance))
     return cases
+
+
+def validate_decoder(model, runtime, generator, tolerance) -> list[Case]:
+    device = next(model.parameters()).device
+
+    def model_step(ids, mask, cache):
+        return model(ids.to(device), attention_mask=mask.to(device), cache=cache)
+
+    def runtime_step(ids, mask, cache):
+        return runtime(ids, attention_mask=mask, cache=cache)
+
+    return [case for batch in BATCHES
+            for case in cached_cases(model, runtime, generator, tolerance, batch, model_step, runtime_step)]
 
 
 def validate_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]:
     cases = []
     device = next(model.parameters()).device
-    pasts = PASTS if runtime.kv_cache else (0,)
     for batch in BATCHES:
         src = _ids(generator, model.spec.vocab_size, batch, SOURCE)
         src_mask = padded_mask(batch, SOURCE, left=False)
@@ -151,19 +163,12 @@ def validate_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]
         ort_memory = runtime.encode(src, src_mask)
         padded = bool((src_mask == 0).any())
         cases.append(compare("memory", ort_memory, memory, (batch, SOURCE, 0), padded, tolerance))
-        for sequence in SEQUENCES:
-            for past in pasts:
-                tgt = _ids(generator, model.spec.vocab_size, batch, past + sequence)
-                tgt_mask = padded_mask(batch, past + sequence)
-                cache = model.new_cache(batch, past + sequence)
-                ort_cache = runtime.new_cache(batch, past + sequence)
-                if past:
-                    model.decode(tgt[:, :past].to(device), memory, src_mask.to(device), tgt_mask[:, :past].to(device),
-                                 cache=cache)
-                    runtime.decode(tgt[:, :past], ort_memory, src_mask, tgt_mask[:, :past], cache=ort_cache)
-                want = model.decode(tgt[:, past:].to(device), memory, src_mask.to(device), tgt_mask.to(device),
-                                    cache=cache)
-                got = runtime.decode(tgt[:, past:], ort_memory, src_mask, tgt_mask, cache=ort_cache)
-                padded = bool((tgt_mask == 0).any() or (src_mask == 0).any())
-                cases.append(compare("logits", got, want, (batch, sequence, past), padded, tolerance))
+
+        def model_step(tgt, tgt_mask, cache, memory=memory, src_mask=src_mask):
+            return model.decode(tgt.to(device), memory, src_mask.to(device), tgt_mask.to(device), cache=cache)
+
+        def runtime_step(tgt, tgt_mask, cache, memory=ort_memory, src_mask=src_mask):
+            return runtime.decode(tgt, memory, src_mask, tgt_mask, cache=cache)
+
+        cases += cached_cases(model, runtime, generator, tolerance, batch, model_step, runtime_step, padded)
     return cases

@@ -15,7 +15,8 @@ from zoo.cli.main import cli
 from zoo.errors import WeightsError
 from zoo.generation.sampling import generate
 from zoo.core.spec import load_spec
-from zoo.hf.checkpoint import gpt2_names, load_weights
+from zoo.hf.checkpoint import load_weights
+from zoo.hf.gpt2 import gpt2_names
 
 # A tiny GPT-2; initializer_range 0.2 spreads the logits so greedy choices are never near-ties.
 TINY = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,

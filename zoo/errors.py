@@ -3,6 +3,10 @@
 The CLI prints ``str(error)`` on stderr with no traceback and exits non-zero.
 """
 
+from __future__ import annotations
+
+import re
+
 
 class ZooError(Exception):
     """Base class of every error the zoo reports to a user."""
@@ -24,7 +28,8 @@ class RegistryError(ZooError, KeyError):
 
 
 class WeightsError(ZooError):
-    """A checkpoint cannot be read or does not fit the model."""
+    """Weights cannot be read or do not fit the model: a Hugging Face checkpoint, a zoo
+    model directory or a training snapshot."""
 
 
 class ExportError(ZooError):
@@ -33,3 +38,20 @@ class ExportError(ZooError):
 
 class DataError(ZooError):
     """Training or evaluation data is missing or malformed."""
+
+
+class PictureError(ZooError):
+    """A picture cannot be drawn: bad output path, layer or head out of range, text too long."""
+
+
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in a library's messages
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first non-empty line of the innermost cause's message, without colour codes,
+    cut to ``limit`` characters: a library's error as part of one of ours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in ANSI_COLOUR.sub("", str(exc)).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

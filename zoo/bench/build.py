@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from zoo.bench.timing import figure
-from zoo.errors import ZooError
+from zoo.core.files import HF_SAFETENSORS, SPEC
 from zoo.core.spec import ModelSpec
+from zoo.errors import ZooError
 
 CONTENDERS = ("zoo", "hf")
 STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
@@ -41,7 +42,7 @@ def write_hf_checkpoint(spec: ModelSpec, directory: Path, seed: int = 0) -> int:
     from safetensors.torch import save_file
 
     from zoo.core.builder import assemble
-    from zoo.hf.checkpoint import HF_PREFIX, GPT2_LM_HEAD, gpt2_config, gpt2_layout_problem, gpt2_names
+    from zoo.hf.gpt2 import GPT2_LM_HEAD, HF_PREFIX, gpt2_config, gpt2_layout_problem, gpt2_names
 
     problem = gpt2_layout_problem(spec)
     if problem:
@@ -60,7 +61,7 @@ def write_hf_checkpoint(spec: ModelSpec, directory: Path, seed: int = 0) -> int:
         tensors[hf_name if hf_name == GPT2_LM_HEAD else HF_PREFIX + hf_name] = tensor
     directory.mkdir(parents=True, exist_ok=True)
     gpt2_config(spec).save_pretrained(directory)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, str(directory / HF_SAFETENSORS), metadata={"format": "pt"})
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -86,9 +87,9 @@ def compare_builds(spec: ModelSpec, directory: Path, repeats: int, warmup: int, 
     """Write ``spec``'s checkpoint into ``directory``, build it ``warmup`` + ``repeats``
     times with each loader (alternating, so both see the same page cache and load), one
     process per build, delete the checkpoint, and return one row per loader."""
-    steps(f"write a {spec.name} checkpoint")
+    steps(f"write a {spec.name} Hugging Face checkpoint")
     weight_bytes = write_hf_checkpoint(spec, directory / "hf", seed=seed)
-    spec_path = directory / "spec.yaml"
+    spec_path = directory / SPEC
     spec_path.write_text(spec.to_yaml(), encoding="utf-8")
     runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
     try:

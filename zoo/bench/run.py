@@ -23,48 +23,21 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from zoo.bench.ceilings import best, fp32_flop_ceiling, measure_ceilings
-from zoo.bench.runtimes import RUNTIMES, load_contenders, measure_runtimes
-from zoo.errors import ZooError
+from zoo.bench.options import BenchOptions
+from zoo.bench.runtimes import load_contenders, measure_runtimes
 from zoo.core.spec import ModelSpec, load_spec
+from zoo.errors import ZooError
 
 BUILD_MODEL = "gpt2-xl"
 TINY_OVERRIDES = {"vocab_size": 512, "context_length": 256, "d_model": 64, "n_layers": 2, "attention.n_heads": 4,
                   "mlp.d_ff": 256, "dropout": 0.0, "bos_token_id": 511, "eos_token_id": 511}
-
-
-@dataclass
-class BenchOptions:
-    """What ``zoo bench`` measures and how often."""
-
-    model: str = "gpt2"
-    overrides: dict = field(default_factory=dict)
-    runtimes: tuple[str, ...] = RUNTIMES
-    device: str = "cpu"
-    threads: int | None = None  # None: every core this process may run on
-    repeats: int = 5
-    warmup: int = 1
-    tiny: bool = False  # a tiny model and small ceilings, for the smoke test
-    skip_xl: bool = False
-    prompt_tokens: int = 128
-    new_tokens: int = 32
-    batches: tuple[int, ...] = (1, 4)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = [r for r in self.runtimes if r not in RUNTIMES]
-        if unknown or not self.runtimes:
-            raise ZooError(f"--runtime {','.join(self.runtimes)}: choose from {', '.join(RUNTIMES)} (comma-separated)")
-        if self.repeats < 1 or self.warmup < 0:
-            raise ZooError(f"--repeats must be >= 1 and --warmup >= 0 (got {self.repeats} and {self.warmup})")
-        if self.new_tokens < 2:
-            raise ZooError(f"--new-tokens must be >= 2 to time a decode step (got {self.new_tokens})")
 
 
 # --------------------------------------------------------------------------- the run

@@ -19,20 +19,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from zoo.bench.ceilings import device_sync
+from zoo.bench.options import RUNTIMES, BenchOptions
 from zoo.bench.timing import figure, rate, time_call
-from zoo.errors import ZooError
 from zoo.core.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from zoo.bench.run import BenchOptions
-
-RUNTIMES = ("torch", "onnxruntime", "hf")
+from zoo.errors import ZooError, first_line
 
 
 class TokenClock:
@@ -127,7 +122,8 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
     """The runtimes to measure, the PyTorch model they share weights with, rows for the
     runtimes that cannot run, and the ONNX export row."""
     from zoo.bench.build import write_hf_checkpoint
-    from zoo.hf.checkpoint import gpt2_layout_problem, load_weights
+    from zoo.hf.checkpoint import load_weights
+    from zoo.hf.gpt2 import gpt2_layout_problem
 
     device = options.device
     unavailable, contenders, export = [], [], None
@@ -147,7 +143,7 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
             export, runtime_model = export_onnx(spec, model, workdir / "onnx", device, threads)
             contenders.append(ZooContender("onnxruntime", runtime_model))
         except (ZooError, ImportError) as exc:
-            unavailable.append({"measure": "onnx_export", "runtime": "onnxruntime", "not_available": one_line(exc)})
+            unavailable.append({"measure": "onnx_export", "runtime": "onnxruntime", "not_available": first_line(exc)})
     if "hf" in options.runtimes:
         if problem is not None:
             unavailable.append({"measure": "all", "runtime": "hf",
@@ -176,11 +172,6 @@ def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threa
     if getattr(runtime_model, "device", torch.device(device)).type != torch.device(device).type:
         raise ZooError(f"ONNX Runtime cannot run on {device} here")
     return row, runtime_model
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,

@@ -332,7 +332,8 @@ def translate(directory, sentences, beam, alpha, batch_size, runtime, device):
               help="Where to write the PNG chart (default: the JSON path with .png).")
 def bench(model, overrides, runtimes, device, threads, repeats, warmup, new_tokens, tiny, skip_xl, output, chart):
     """Measure MODEL's prefill, decode, ONNX export and gpt2-xl build against Hugging Face and the machine's ceilings."""
-    from zoo.bench.run import BenchOptions, run_bench
+    from zoo.bench.options import BenchOptions
+    from zoo.bench.run import run_bench
     from zoo.bench.report import render, write_chart, write_json
 
     options = BenchOptions(model=model, overrides=dict(overrides), device=device, threads=threads,
@@ -372,7 +373,7 @@ def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, at
     report; exit 0 only when logits are within tolerance and greedy tokens identical."""
     from zoo.generation.tokenizer import gpt2_tokenizer
     from zoo.hf.verify import PROMPTS, hf_reference, verify_against_hf
-    from zoo.hf.checkpoint import gpt2_layout_problem
+    from zoo.hf.gpt2 import gpt2_layout_problem
 
     spec = load_spec_arg(model, overrides)
     problem = gpt2_layout_problem(spec)
@@ -476,7 +477,7 @@ def picture_output(default: str):
 def _picture_model(model: str, overrides, weights: str | None, seed: int):
     """The model a picture shows and its directory (None for a registry name or spec file):
     a model directory's own weights, ``--weights``, or a seeded random init."""
-    from zoo.show.figures import PictureError
+    from zoo.errors import PictureError
 
     directory = Path(model) if Path(model).is_dir() else None
     if directory is not None and not weights and (directory / "model.safetensors").is_file():
@@ -508,7 +509,8 @@ def _wrote(output: Path, size: tuple[int, int]) -> None:
 @picture_output("SCHEME.png")
 def show_positional(scheme, model_name, weights, d_model, heads, length, overrides, seed, output, dpi):
     """Draw positional scheme SCHEME and its effect on attention."""
-    from zoo.show.figures import PictureError, check_output, save_figure
+    from zoo.errors import PictureError
+    from zoo.show.figures import check_output, save_figure
     from zoo.show.positional import fresh_scheme, positional_figure, positional_spec, trained_scheme
 
     output = check_output(output or f"{scheme}.png")

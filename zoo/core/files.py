@@ -1,16 +1,45 @@
-"""Writing outputs so that a failure or an interrupt never leaves half a result behind."""
+"""File names the zoo shares, and writing outputs so that a failure or an interrupt
+never leaves half a result behind."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, first_line
+
+# ---------------------------------------------------------------- shared file names
+# A zoo model directory (zoo.core.model_dir), and the same names inside exports and run directories.
+WEIGHTS = "model.safetensors"
+SPEC = "spec.yaml"
+MANIFEST = "manifest.json"
+# An exported directory's record of its check against PyTorch.
+VALIDATION = "validation.json"
+# A Hugging Face checkpoint (zoo.hf.checkpoint): config and weights in one of three layouts.
+HF_CONFIG = "config.json"
+HF_SAFETENSORS = WEIGHTS
+HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
+HF_SAFETENSORS_SHARDS = "model-*-of-*.safetensors"
+HF_PYTORCH_BIN = "pytorch_model.bin"
+# Tokenizers: GPT-2's byte-level BPE files, and the translation vocabularies (one, or one per language).
+GPT2_VOCAB = "vocab.json"
+GPT2_MERGES = "merges.txt"
+TOKENIZER = "tokenizer.json"
+TARGET_TOKENIZER = "tokenizer.target.json"
+TOKENIZER_FILES = (TOKENIZER, TARGET_TOKENIZER, GPT2_VOCAB, GPT2_MERGES)
+# A training run directory (zoo.translation): its settings, its log and its training snapshots.
+TRAIN_CONFIG = "train.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+SNAPSHOTS = "checkpoints"  # the folder of training snapshots (its name on disk predates the word)
+SNAPSHOT_STATE = "state.json"
+OPTIMIZER_STATE = "optimizer.safetensors"
 
 
 def _umask() -> int:
@@ -25,7 +54,19 @@ def _normal_permissions(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def read_json(path: str | os.PathLike, error: type[ZooError] = ZooError) -> dict:
+    """The JSON object in file ``path``; ``error`` when it is unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: not valid JSON ({first_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object")
+    return value
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -67,23 +108,6 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file beside ``target`` and rename it over ``target`` on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        _normal_permissions(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` for a library that writes by name
     (matplotlib, safetensors); rename it over ``target`` on success."""
@@ -99,3 +123,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside ``target`` and rename it over ``target`` on success."""
+    with atomic_path(target) as tmp, open(tmp, mode) as f:
+        yield f

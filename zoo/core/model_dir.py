@@ -1,4 +1,5 @@
-"""A built model on disk: ``model.safetensors`` + ``spec.yaml`` + ``manifest.json``."""
+"""A zoo model directory: a built model on disk as ``model.safetensors`` + ``spec.yaml`` +
+``manifest.json``, written atomically by :func:`save_model` and read by :func:`load_model`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.errors import WeightsError
-from zoo.core.files import atomic_directory, sha256_file
+from zoo.core.files import HF_CONFIG, MANIFEST, SPEC, WEIGHTS, atomic_directory, sha256_file
 from zoo.core.spec import ModelSpec, load_spec
+from zoo.errors import WeightsError, first_line
 
-WEIGHTS = "model.safetensors"
-SPEC = "spec.yaml"
-MANIFEST = "manifest.json"
+# Spec fields that do not change which weights fit.
+ARCHITECTURE_IGNORED = {"name", "description", "weights", "dropout", "tokenizer", "init",
+                        "bos_token_id", "eos_token_id", "pad_token_id"}
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -51,30 +52,41 @@ def write_model_files(model: nn.Module, spec: ModelSpec, out: Path, extra: dict 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | os.PathLike, overwrite: bool = False,
                extra: dict | None = None) -> dict:
-    """Write a model directory atomically: all three files appear together or none does."""
+    """Write a model directory atomically: all three files appear together or none does.
+    Returns the manifest."""
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         return write_model_files(model, spec, tmp, extra)
 
 
-def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Copy ``tensors`` into ``model`` (which may be on the meta device), checking every
-    key and shape; a tied LM head may be absent."""
+def name_mismatch(missing: list[str], unexpected: list[str], shown: int = 5) -> str:
+    """``"missing a, b and 3 more; unexpected c"``: the tensor names that keep weights from fitting."""
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected)):
+        if names:
+            more = f" and {len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{label} {', '.join(names[:shown])}{more}")
+    return "; ".join(parts)
+
+
+def check_fit(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`WeightsError` unless ``tensors`` has every name and shape of ``model``'s
+    state (a tied LM head may be absent) and nothing else."""
     names = model.state_dict()
     tied = {"lm_head.weight"} if getattr(model.spec, "tie_embeddings", False) else set()
     missing = sorted(set(names) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(names))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:5])}" + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-        raise WeightsError(f"{source}: weights do not fit model {model.spec.name}: {'; '.join(parts)}")
+        raise WeightsError(f"{source}: weights do not fit model {model.spec.name}: {name_mismatch(missing, unexpected)}")
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(names[name].shape):
             raise WeightsError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, model {model.spec.name} expects {tuple(names[name].shape)}"
             )
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Put ``tensors`` into ``model`` (which may be on the meta device) after :func:`check_fit`."""
+    check_fit(model, tensors, source)
     model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     return model
@@ -93,8 +105,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     try:
         tensors = load_file(str(path / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path / WEIGHTS}: cannot read safetensors file ({exc}); it may be truncated") from None
+        raise WeightsError(f"{path / WEIGHTS}: cannot read safetensors file ({first_line(exc)}); it may be truncated") from None
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     model = load_state(assemble(spec), tensors, str(path / WEIGHTS))
     return model.eval()
+
+
+def is_model_directory(path: Path) -> bool:
+    """A zoo model directory has a spec.yaml; a Hugging Face one has a config.json instead."""
+    return (path / SPEC).is_file() and not (path / HF_CONFIG).is_file()
+
+
+def load_model_for_spec(spec: ModelSpec, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> nn.Module:
+    """The model in directory ``path``, refused unless its architecture is ``spec``'s."""
+    model = load_model(path, device=device, dtype=dtype)
+    ours = {k: v for k, v in spec.to_dict().items() if k not in ARCHITECTURE_IGNORED}
+    theirs = {k: v for k, v in model.spec.to_dict().items() if k not in ARCHITECTURE_IGNORED}
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            raise WeightsError(
+                f"{path}: holds {model.spec.name} with {key} {theirs.get(key)!r}, but {spec.name} has {ours.get(key)!r}; "
+                "pick the matching model or --set the field"
+            )
+    return model

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zoo.core.files import GPT2_MERGES, GPT2_VOCAB, TOKENIZER
 from zoo.errors import DataError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "gpt2"
-VOCAB = "vocab.json"
-MERGES = "merges.txt"
-TOKENIZER_JSON = "tokenizer.json"
 
 
 def gpt2_tokenizer(path: str | os.PathLike | None = None):
@@ -23,19 +21,19 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None):
 
     directory = Path(path).expanduser() if path is not None else ASSETS
     if not directory.is_dir():
-        raise DataError(f"{directory}: no such tokenizer directory; give one holding {VOCAB} and {MERGES}")
-    has_bpe = (directory / VOCAB).is_file() and (directory / MERGES).is_file()
-    if not has_bpe and not (directory / TOKENIZER_JSON).is_file():
-        raise DataError(f"{directory}: no {VOCAB} + {MERGES} (or {TOKENIZER_JSON}); is it a GPT-2 tokenizer directory?")
+        raise DataError(f"{directory}: no such tokenizer directory; give one holding {GPT2_VOCAB} and {GPT2_MERGES}")
+    has_bpe = (directory / GPT2_VOCAB).is_file() and (directory / GPT2_MERGES).is_file()
+    if not has_bpe and not (directory / TOKENIZER).is_file():
+        raise DataError(f"{directory}: no {GPT2_VOCAB} + {GPT2_MERGES} (or {TOKENIZER}); is it a GPT-2 tokenizer directory?")
     try:
         if has_bpe:  # vocab_file=/merges_file= would silently give an empty tokenizer in transformers 5
-            tokenizer = GPT2TokenizerFast(vocab=str(directory / VOCAB), merges=str(directory / MERGES))
+            tokenizer = GPT2TokenizerFast(vocab=str(directory / GPT2_VOCAB), merges=str(directory / GPT2_MERGES))
         else:
-            tokenizer = GPT2TokenizerFast(tokenizer_file=str(directory / TOKENIZER_JSON))
+            tokenizer = GPT2TokenizerFast(tokenizer_file=str(directory / TOKENIZER))
     except (OSError, ValueError, TypeError) as exc:
         raise DataError(f"{directory}: cannot read the tokenizer ({exc})") from None
     if len(tokenizer) <= 1:
-        raise DataError(f"{directory}: the tokenizer came out empty; check {VOCAB} and {MERGES}")
+        raise DataError(f"{directory}: the tokenizer came out empty; check {GPT2_VOCAB} and {GPT2_MERGES}")
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer

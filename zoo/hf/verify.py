@@ -1,4 +1,5 @@
-"""Parity of a zoo GPT-2 with Hugging Face ``GPT2LMHeadModel`` on the same weights.
+"""Parity of a zoo GPT-2 with Hugging Face ``GPT2LMHeadModel`` on the same weights:
+:func:`verify` (``zoo.verify``) runs the checks the ``zoo verify`` command reports.
 
 Four checks, each on text through the real GPT-2 tokenizer: logits of each prompt alone,
 logits of the prompts as one left-padded batch (real positions only), greedy decoding
@@ -14,7 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zoo.errors import ZooError
 from zoo.generation.sampling import generate
+from zoo.generation.tokenizer import gpt2_tokenizer
+from zoo.hf.checkpoint import hf_source_directory
+from zoo.hf.gpt2 import gpt2_layout_problem, to_hf_model
 
 PROMPTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -127,8 +132,6 @@ def hf_reference(model: nn.Module, source: str | None):
     """The Hugging Face model to compare with: loaded by transformers itself from ``source``
     when that is a Hugging Face checkpoint (hub id, "hf", or directory), else built from
     ``model``'s own weights."""
-    from zoo.hf.checkpoint import hf_source_directory, to_hf_model
-
     directory = hf_source_directory(model.spec, source) if source else None
     if directory is None:
         return to_hf_model(model)
@@ -137,3 +140,28 @@ def hf_reference(model: nn.Module, source: str | None):
     param = model.wte.weight
     hf_model = GPT2LMHeadModel.from_pretrained(Path(directory), dtype=param.dtype)
     return hf_model.to(param.device).eval()
+
+
+REFERENCES = ("hf",)  # what a model can be verified against
+
+
+def verify(model: nn.Module, against: str = "hf", weights: str | None = None, tokenizer=None,
+           prompts=PROMPTS, steps: int = 20, atol: float | None = None, label: str | None = None) -> ParityReport:
+    """Check zoo GPT-2 ``model`` against Hugging Face's ``GPT2LMHeadModel`` and return the report
+    (``report.passed``, ``report.lines()``).
+
+    ``weights``: where ``model``'s weights came from; a Hugging Face checkpoint there ("hf",
+    a hub id or a directory) is loaded by transformers itself, anything else (None, a zoo
+    model directory) gives the reference ``model``'s own weights. ``tokenizer``: a GPT-2
+    tokenizer or its directory (default: the copy shipped with zoo). ``label`` names the
+    weights in the report (default: ``weights``).
+    """
+    if against not in REFERENCES:
+        raise ZooError(f"cannot verify against {against!r}; choose one of: {', '.join(REFERENCES)}")
+    problem = gpt2_layout_problem(model.spec)
+    if problem:
+        raise ZooError(f"cannot verify against {against}: {problem}")
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = gpt2_tokenizer(tokenizer)
+    return verify_against_hf(model, hf_reference(model, weights), tokenizer, prompts, steps, atol,
+                             weights=label or weights or "the model's own")

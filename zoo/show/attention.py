@@ -25,7 +25,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from zoo.show.figures import PictureError, new_figure
+from zoo.core.files import TOKENIZER
+from zoo.errors import PictureError, first_line
+from zoo.show.figures import new_figure
 
 KINDS = ("decoder", "encoder", "cross")  # decoder self-attention, encoder self-attention, cross-attention
 MAX_PANELS = 256  # more maps than this are unreadable in one picture; pick --layer or --head
@@ -94,19 +96,19 @@ def tokenizer_for(spec, directory: str | Path | None = None):
     directory, else GPT-2's (the copy shipped with the zoo) for a spec whose tokenizer is ``gpt2``."""
     from tokenizers import Tokenizer
 
-    if directory is not None and (Path(directory) / "tokenizer.json").is_file():
-        path = Path(directory) / "tokenizer.json"
+    if directory is not None and (Path(directory) / TOKENIZER).is_file():
+        path = Path(directory) / TOKENIZER
         try:
             return Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises a plain Exception for any parse error
-            raise PictureError(f"{path}: not a valid tokenizers JSON file ({exc})") from None
+            raise PictureError(f"{path}: not a valid tokenizers JSON file ({first_line(exc)})") from None
     if spec.tokenizer == "gpt2":
         from zoo.generation.tokenizer import gpt2_tokenizer
 
         return gpt2_tokenizer().backend_tokenizer
     where = directory if directory is not None else spec.name
-    raise PictureError(f"{where}: no tokenizer.json here and tokenizer {spec.tokenizer!r} is not gpt2; "
-                       "give a model directory that holds its tokenizer.json")
+    raise PictureError(f"{where}: no {TOKENIZER} here and tokenizer {spec.tokenizer!r} is not gpt2; "
+                       f"give a model directory that holds its {TOKENIZER}")
 
 
 def token_label(tokenizer, token_id: int) -> str:
@@ -246,8 +248,8 @@ def attention_maps(model: nn.Module, text: str, directory: str | Path | None = N
         kind = kind or "cross"
         if kind not in KINDS:
             raise PictureError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
-        if directory is None or not (Path(directory) / "tokenizer.json").is_file():
-            raise PictureError(f"{spec.name} is a translation model: give its run directory (with tokenizer.json) "
+        if directory is None or not (Path(directory) / TOKENIZER).is_file():
+            raise PictureError(f"{spec.name} is a translation model: give its run directory (with {TOKENIZER}) "
                                "as MODEL, e.g. the one 'zoo train' wrote")
         return translation_attention(model, Vocabulary.load(directory), text, target, kind, max_tokens)
     if kind not in (None, "decoder"):

@@ -12,15 +12,11 @@ import os
 import re
 from pathlib import Path
 
-from zoo.errors import ZooError
 from zoo.core.files import atomic_path
+from zoo.errors import PictureError
 
 FORMATS = (".png", ".svg")
 DPI = 100
-
-
-class PictureError(ZooError):
-    """A picture cannot be drawn: bad output path, layer or head out of range, text too long."""
 
 
 def new_figure(width: float, height: float):
@@ -74,7 +70,7 @@ def picture_size(path: str | os.PathLike) -> tuple[int, int]:
     return round(float(match.group(1))), round(float(match.group(2)))
 
 
-def first_line(text: str | None) -> str:
+def docstring_summary(text: str | None) -> str:
     """The first line of a docstring without reST markup, or ''."""
     return (text or "").strip().split("\n")[0].strip().replace("``", "")
 

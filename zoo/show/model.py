@@ -22,8 +22,9 @@ from torch.overrides import TorchFunctionMode
 from zoo.core.builder import assemble, parameter_table
 from zoo.core.components import PositionalScheme
 from zoo.core.registry import get_registry
-from zoo.show.figures import PictureError, compact, first_line, new_figure
 from zoo.core.spec import ModelSpec
+from zoo.errors import PictureError
+from zoo.show.figures import compact, docstring_summary, new_figure
 
 COLORS = {  # the Transformer paper's palette
     "embedding": "#f4c7c3", "positional": "#e1d5f0", "attention": "#fcd9a8", "cross-attention": "#f9c784",
@@ -310,7 +311,7 @@ def _draw_column(d: Diagram, x: float, spec: ModelSpec, model: nn.Module, nodes:
     top, cross = _draw_block(d, x, spec, nodes, entry_y)
     # caption: "N × layout block" on the left, the layout's docstring on the right
     block = stack.h[0]
-    doc = textwrap.wrap(first_line(sys.modules[type(block).__module__].__doc__), 34)
+    doc = textwrap.wrap(docstring_summary(sys.modules[type(block).__module__].__doc__), 34)
     caption_h = max(0.55, 0.17 * len(doc) + 0.2)
     frame_top = top + GAP / 2 + caption_h
     left = x - COLUMN_W / 2 + 0.1

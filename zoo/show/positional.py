@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.errors import PluginError, ZooError
 from zoo.core.registry import get_plugin_manager, get_registry
-from zoo.show.figures import PictureError, first_line, new_figure
 from zoo.core.spec import ModelSpec, load_spec, merge, overrides_to_dict, validate
+from zoo.errors import PictureError, PluginError, ZooError
+from zoo.show.figures import docstring_summary, new_figure
 
 D_MODEL = 128  # the size drawn when no model is named
 N_HEADS = 8
@@ -99,7 +99,7 @@ def positional_figure(scheme: nn.Module, spec: ModelSpec, length: int, source: s
     if not drawn:
         raise PictureError(f"no plugin draws positional scheme {name!r}; "
                            "its plugin can provide one through the zoo_positional_picture hook")
-    about = first_line(sys.modules[type(scheme).__module__].__doc__) or first_line(type(scheme).__doc__)
+    about = docstring_summary(sys.modules[type(scheme).__module__].__doc__) or docstring_summary(type(scheme).__doc__)
     size = f"d_model {spec.d_model} · {spec.n_heads} heads of {spec.head_dim} · {length} positions"
     if any(True for _ in scheme.parameters()) and source:
         size += f" · {source}"

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zoo.core.files import atomic_file, atomic_path
-
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
+from zoo.core.files import CURVES, METRICS, atomic_file, atomic_path
 
 
 class RunLog:
-    """Appends one JSON record per line; on resume, records past the checkpoint are dropped."""
+    """Appends one JSON record per line; on resume, records past the training snapshot resumed from are dropped."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS

@@ -11,10 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zoo.core.files import TRAIN_CONFIG, atomic_file, read_json
 from zoo.errors import DataError
-from zoo.core.files import atomic_file
-
-CONFIG = "train.json"
 
 
 @dataclass
@@ -48,8 +46,9 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: int = 30
     # bookkeeping
+    # training snapshots (the field names are those train.json has always had)
     checkpoint_every: int | str = "5m"  # steps ("200") or minutes/seconds ("5m", "90s")
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # snapshots kept
     eval_every: int | str = "5m"
     eval_sentences: int = 200
     eval_pairs: int = 2000
@@ -57,15 +56,15 @@ class TrainConfig:
     device: str | None = None  # None: CUDA when available
 
     def save(self, run_dir: Path) -> None:
-        with atomic_file(Path(run_dir) / CONFIG) as f:
+        with atomic_file(Path(run_dir) / TRAIN_CONFIG) as f:
             f.write((json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, run_dir: Path) -> "TrainConfig":
-        path = Path(run_dir) / CONFIG
+        path = Path(run_dir) / TRAIN_CONFIG
         if not path.is_file():
-            raise DataError(f"{run_dir}: no {CONFIG}; is it a run directory made by 'zoo train'?")
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+            raise DataError(f"{run_dir}: no {TRAIN_CONFIG}; is it a run directory made by 'zoo train'?")
+        return cls(**read_json(path, DataError))
 
 
 def parse_interval(value: int | str) -> tuple[str, float]:

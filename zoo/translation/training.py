@@ -2,13 +2,13 @@
 
 Label-smoothed cross-entropy, AdamW with warm-up then inverse-square-root decay
 (Vaswani et al., 2017), gradient clipping, length-bucketed token-count batches, mixed
-precision (bf16 or fp16 on GPU, bf16 on CPUs that have it), checkpoints written atomically and resumable,
+precision (bf16 or fp16 on GPU, bf16 on CPUs that have it), training snapshots written atomically and resumable,
 DistributedDataParallel when launched by ``torchrun``. A run directory holds::
 
     spec.yaml model.safetensors manifest.json   the latest weights, a zoo model directory
     tokenizer.json                              the subword vocabulary (see zoo.translation.vocabulary)
     train.json                                  this run's TrainConfig
-    checkpoints/step-N/                         resumable training state (zoo.translation.train_state)
+    checkpoints/step-N/                         training snapshots to resume from (zoo.translation.snapshots)
     metrics.jsonl curves.png                    loss, tokens/s, validation loss and BLEU
 """
 
@@ -31,16 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.core.model_dir import MANIFEST, SPEC, WEIGHTS, write_model_files
+from zoo.core.files import MANIFEST, SPEC, TRAIN_CONFIG, WEIGHTS, atomic_directory
+from zoo.core.model_dir import write_model_files
+from zoo.core.spec import ModelSpec, load_spec
+from zoo.errors import DataError, ZooError
 from zoo.translation.data import TokenBatches, group_references, read_pairs, split_pairs
 from zoo.translation.distributed import Distributed
-from zoo.errors import DataError, ZooError
-from zoo.core.files import atomic_directory
 from zoo.translation.run_log import RunLog
-from zoo.core.spec import ModelSpec, load_spec
+from zoo.translation.snapshots import Progress, load_snapshot, random_state, save_snapshot, set_random_state, snapshots
+from zoo.translation.train_config import TrainConfig, parse_interval  # noqa: F401 (public here too)
 from zoo.translation.vocabulary import PAD_ID, Vocabulary
-from zoo.translation.train_config import CONFIG, TrainConfig, parse_interval  # noqa: F401 (public here too)
-from zoo.translation.train_state import Progress, checkpoints, load_checkpoint, random_state, save_checkpoint, set_random_state
+
 
 class Every:
     """Whether a step- or time-based interval has come round; time intervals count training seconds."""
@@ -207,7 +208,7 @@ def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: T
 def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, force: bool = False,
           progress: bool = True, warn: Callable[[str], None] | None = None,
           on_step: Callable[[int], None] | None = None) -> dict:
-    """Train into ``run_dir`` (new, or continued from its newest checkpoint with ``resume``).
+    """Train into ``run_dir`` (new, or continued from its newest training snapshot with ``resume``).
 
     Returns a summary (steps, tokens, seconds, tokens/s, last validation BLEU). ``on_step``
     is called with the step number after every optimizer step.
@@ -229,8 +230,8 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     device = dist.device
     if not resume and run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise ZooError(f"{run_dir} already exists; continue it with --resume {run_dir} or replace it with --force")
-    if resume and not (run_dir / CONFIG).is_file():
-        raise DataError(f"{run_dir}: no training run to resume (no {CONFIG}); start one with -o {run_dir}")
+    if resume and not (run_dir / TRAIN_CONFIG).is_file():
+        raise DataError(f"{run_dir}: no training run to resume (no {TRAIN_CONFIG}); start one with -o {run_dir}")
     spec_check = load_spec(config.model, config.overrides or None)
     if not spec_check.is_encoder_decoder:
         raise DataError(f"{config.model} is a {spec_check.family} model; zoo train trains encoder-decoder translation models")
@@ -254,9 +255,9 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaling)
     torch.manual_seed(config.seed * 1000 + dist.rank)  # dropout
     progress_state = Progress()
-    found = checkpoints(run_dir) if resume else []
+    found = snapshots(run_dir) if resume else []
     if found:
-        restored = load_checkpoint(found[-1], model, optimizer, device)
+        restored = load_snapshot(found[-1], model, optimizer, device)
         progress_state = restored.progress
         if len(restored.random_states) == dist.world:
             set_random_state(restored.random_states[dist.rank], device)
@@ -284,7 +285,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     window = {"loss": 0.0, "tgt": 0, "tokens": 0, "seconds": 0.0}
     totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
     evaluation_due = Every(config.eval_every, p.seconds)
-    checkpoint_due = Every(config.checkpoint_every, p.seconds)
+    snapshot_due = Every(config.checkpoint_every, p.seconds)
     last_validation: dict = {}
     session_start, seconds_before = time.perf_counter(), p.seconds
 
@@ -304,15 +305,16 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
         bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
         window = dict.fromkeys(window, 0)
 
-    def checkpoint() -> None:
+    def snapshot() -> None:
         randoms = dist.gather(random_state(device))
         digests = dist.gather(parameter_digest(model))
         if dist.is_main:
-            save_checkpoint(run_dir, model, optimizer, p, randoms, scaler.state_dict() if needs_scaling else None,
-                            keep=config.keep_checkpoints)
+            save_snapshot(run_dir, model, optimizer, p, randoms, scaler.state_dict() if needs_scaling else None,
+                          keep=config.keep_checkpoints)
             publish_weights(run_dir, model, spec, {"training": {"step": p.step, "tokens": p.tokens,
                                                                 "seconds": round(p.seconds, 1),
                                                                 "validation_bleu": last_validation.get("bleu")}})
+            # "checkpoint": the event's name in metrics.jsonl, kept for existing runs and their readers
             log.append({"event": "checkpoint", "step": p.step, "replica_digests": digests,
                         "replicas_identical": len(set(digests)) == 1})
             if len(set(digests)) > 1:
@@ -365,18 +367,18 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
             else:
                 bar.update(1)
             stop = p.step >= total_steps or p.seconds >= budget
-            evaluate, save = evaluation_due.due(p.step, p.seconds), checkpoint_due.due(p.step, p.seconds)
+            evaluate, save = evaluation_due.due(p.step, p.seconds), snapshot_due.due(p.step, p.seconds)
             stop, evaluate, save = dist.broadcast((stop, evaluate, save))  # rank 0's clock decides for all
             if evaluate and not stop:
                 evaluate_now()
             if save and not stop:
-                checkpoint()
+                snapshot()
             if on_step is not None:
                 on_step(p.step)
         if window["seconds"]:
             flush_window(learning_rate(p.step, config))
         evaluate_now()
-        checkpoint()
+        snapshot()
     finally:
         bar.close()
     session_seconds = time.perf_counter() - session_start

@@ -17,15 +17,13 @@ from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from zoo.core.files import TARGET_TOKENIZER, TOKENIZER, atomic_path
 from zoo.errors import DataError
-from zoo.core.files import atomic_path
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 ALGORITHMS = ("bpe", "unigram")
 LAYOUTS = ("shared", "per-language")
-SOURCE_FILE = "tokenizer.json"
-TARGET_FILE = "tokenizer.target.json"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, algorithm: str = "bpe") -> Tokenizer:
@@ -111,18 +109,18 @@ class Vocabulary:
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` (and ``tokenizer.target.json`` when per-language)."""
         directory = Path(directory)
-        with atomic_path(directory / SOURCE_FILE) as tmp:
+        with atomic_path(directory / TOKENIZER) as tmp:
             self.source.save(str(tmp))
         if not self.shared:
-            with atomic_path(directory / TARGET_FILE) as tmp:
+            with atomic_path(directory / TARGET_TOKENIZER) as tmp:
                 self.target.save(str(tmp))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Vocabulary":
         """Load the vocabulary saved in a run (or exported) directory."""
         directory = Path(directory)
-        source = load_tokenizer(directory / SOURCE_FILE)
-        target = load_tokenizer(directory / TARGET_FILE) if (directory / TARGET_FILE).is_file() else None
+        source = load_tokenizer(directory / TOKENIZER)
+        target = load_tokenizer(directory / TARGET_TOKENIZER) if (directory / TARGET_TOKENIZER).is_file() else None
         return cls(source, target)
 
     def encode_source(self, texts: Sequence[str]) -> list[list[int]]:

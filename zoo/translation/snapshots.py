@@ -1,6 +1,6 @@
-"""Training checkpoints: weights, optimizer state, data-loader position and random state.
+"""Training snapshots: weights, optimizer state, data-loader position and random state.
 
-A checkpoint is a directory ``checkpoints/step-NNNNNNNN/`` written atomically (it
+A snapshot is a directory ``checkpoints/step-NNNNNNNN/`` written atomically (it
 appears complete or not at all) holding ``model.safetensors``, ``optimizer.safetensors``
 (AdamW moments and every rank's random-number state) and ``state.json`` (step, epoch,
 position in the epoch's batch plan, training seconds so far). Resuming from it replays
@@ -19,16 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.core.model_dir import state_dict_for_saving
-from zoo.errors import WeightsError
-from zoo.core.files import atomic_directory
-
-CHECKPOINTS = "checkpoints"
+from zoo.core.files import OPTIMIZER_STATE, SNAPSHOT_STATE, SNAPSHOTS, WEIGHTS, atomic_directory
+from zoo.core.model_dir import check_fit, state_dict_for_saving
+from zoo.errors import WeightsError, first_line
 
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint."""
+    """Where training stands; saved in every snapshot."""
 
     step: int = 0
     epoch: int = 0
@@ -70,46 +68,40 @@ def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> No
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+def save_snapshot(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
                     random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
                     keep: int = 2) -> Path:
     """Write ``checkpoints/step-N`` atomically and delete all but the newest ``keep``."""
-    target = Path(run_dir) / CHECKPOINTS / f"step-{progress.step:08d}"
+    target = Path(run_dir) / SNAPSHOTS / f"step-{progress.step:08d}"
     tensors, groups = optimizer_tensors(optimizer)
     for rank, states in enumerate(random_states):
         for kind, value in states.items():
             tensors[f"rng.{rank}.{kind}"] = value.cpu()
     with atomic_directory(target, overwrite=True) as tmp:
-        save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS))
+        save_file(tensors, str(tmp / OPTIMIZER_STATE))
         state = {"progress": asdict(progress), "param_groups": groups, "scaler": scaler, "world": len(random_states)}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    for old in checkpoints(run_dir)[:-keep]:
+        (tmp / SNAPSHOT_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    for old in snapshots(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    folder = Path(run_dir) / CHECKPOINTS
+def snapshots(run_dir: Path) -> list[Path]:
+    """Complete training snapshots of a run, oldest first."""
+    folder = Path(run_dir) / SNAPSHOTS
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob("step-*") if (p / "state.json").is_file()]
+    found = [p for p in folder.glob("step-*") if (p / SNAPSHOT_STATE).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``weights`` into the model's existing tensors, so an optimizer built on them stays valid."""
+    check_fit(model, weights, source)
     target = model.state_dict()
-    tied = {"lm_head.weight"} if model.spec.tie_embeddings else set()
-    missing = sorted(set(target) - set(weights) - tied)
-    unexpected = sorted(set(weights) - set(target))
-    if missing or unexpected:
-        raise WeightsError(f"{source}: checkpoint does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
         for name, value in weights.items():
-            if value.shape != target[name].shape:
-                raise WeightsError(f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
             target[name].copy_(value)
 
 
@@ -120,16 +112,16 @@ class Restored:
     scaler: dict | None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+def load_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     device: torch.device = torch.device("cpu")) -> Restored:
-    """Load weights into ``model`` (and state into ``optimizer``) from a checkpoint directory."""
+    """Load weights into ``model`` (and state into ``optimizer``) from a training snapshot directory."""
     try:
-        weights = load_file(str(path / "model.safetensors"), device=str(device))
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        weights = load_file(str(path / WEIGHTS), device=str(device))
+        tensors = load_file(str(path / OPTIMIZER_STATE))
+        state = json.loads((path / SNAPSHOT_STATE).read_text(encoding="utf-8"))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: unreadable checkpoint ({exc}); delete it to resume from the one before") from None
-    copy_weights(model, weights, str(path / "model.safetensors"))
+        raise WeightsError(f"{path}: unreadable training snapshot ({first_line(exc)}); delete it to resume from the one before") from None
+    copy_weights(model, weights, str(path / WEIGHTS))
     if optimizer is not None:
         restore_optimizer(optimizer, tensors, state["param_groups"])
     randoms: list[dict[str, torch.Tensor]] = [{} for _ in range(state["world"])]
