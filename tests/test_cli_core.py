@@ -207,3 +207,14 @@ def test_extrapolated_table_equals_the_assembled_one(monkeypatch, name, override
     assert not is_exact
     assert rows == exact
     assert limits.model_size(spec).parameters == count_parameters(assemble(spec)) == sum(r.count for r in rows)
+
+
+@pytest.mark.parametrize("command", [["build", "--weights", "hf"], ["export", "-o", "out"], ["generate", "--", "Hi"],
+                                     ["verify", "--weights", "hf"]])
+def test_every_command_that_allocates_refuses_first(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    name, *rest = command
+    result = run(name, "gpt2", "--set", "n_layers=1000000000", *rest)
+    assert result.exit_code == 1, result.output
+    assert "gpt2 with n_layers=1000000000 needs 25.2 PiB of float32 weights" in result.output
+    assert list(tmp_path.iterdir()) == []
