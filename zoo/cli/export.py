@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
 
 
 @click.command()
 @spec_options
 @click.option("--format", "fmt", default="onnx", show_default=True, help="Export format (a registered exporter: onnx, hf).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
-@click.option("--weights", default=None, help="'hf' (the spec's hub id), a hub id, a Hugging Face directory or a zoo model directory; default: random init.")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--kv-cache", is_flag=True, help="Export past key/values as inputs and present ones as outputs.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's choice).")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
 
 MODELS_HOME = "ZOO_HOME"  # zoo build writes to $ZOO_HOME/models/NAME, else ./models/NAME
 
@@ -68,7 +68,7 @@ def describe(model, overrides):
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write model.safetensors, spec.yaml and manifest.json into "
                    f"(default: ./models/NAME, or ${MODELS_HOME}/models/NAME when {MODELS_HOME} is set).")
-@click.option("--weights", default=None, help="'hf' (the spec's hub id), a hub id, a Hugging Face directory or a zoo model directory; default: random init.")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for initialisation.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
