@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from zoo.bench.report import TARGETS, evaluate_targets
-from zoo.cli.main import cli
+from zoo.cli import cli
 
 FIGURE_KEYS = {"median", "min", "max", "runs", "unit"}
 

@@ -1,14 +1,18 @@
 """The core commands through click's CliRunner: list, plugins, describe, build, errors."""
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from click.testing import CliRunner
 
+from zoo.core.builder import assemble, count_parameters, parameter_table
 from zoo.core.model_dir import load_model
-from zoo.cli.main import cli
+from zoo.core.spec import load_spec
+from zoo.cli import cli
 from zoo.core.files import sha256_file
 
 
@@ -17,10 +21,12 @@ def run(*args):
 
 
 def test_list_shows_every_model_with_parameters():
-    result = run("list")
+    result = run("list", "--parameters")
     assert result.exit_code == 0
     for name, count in [("gpt2 ", "124,439,808"), ("gpt2-xl", "1,557,611,200"), ("transformer-en-it-small", "")]:
         assert name in result.output and count in result.output
+    plain = run("list")
+    assert plain.exit_code == 0 and "gpt2-xl" in plain.output and "124,439,808" not in plain.output
 
 
 def test_plugins_lists_kinds_and_origins():
@@ -108,4 +114,107 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.core.model_dir, "save_file", explode)
     result = run("build", "gpt2", "--set", "n_layers=1", "-o", tmp_path / "out")
     assert result.exit_code == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- default output directory
+
+
+def test_build_without_output_writes_under_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_HOME", raising=False)
+    result = run("build", "gpt2", "--set", "n_layers=1")
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(f"-> {Path('models') / 'gpt2'}")
+    assert (tmp_path / "models" / "gpt2" / "model.safetensors").is_file()
+    again = run("build", "gpt2", "--set", "n_layers=1")
+    assert again.exit_code == 1 and "models/gpt2 already exists" in again.output and "pass --force" in again.output
+    assert run("build", "gpt2", "--set", "n_layers=1", "--force").exit_code == 0
+
+
+def test_build_without_output_honours_zoo_home(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    result = run("build", "gpt2", "--set", "n_layers=1", "--set", "d_model=64", "--set", "attention.n_heads=4")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "models" / "gpt2" / "spec.yaml").is_file()
+    assert str(tmp_path / "home" / "models" / "gpt2") in result.output
+    assert not (tmp_path / "models").exists()
+
+
+# --------------------------------------------------------------------------- limits before work
+
+HUGE = [
+    (["--set", "n_layers=1000000000"], "gpt2 with n_layers=1000000000 needs 25.2 PiB of float32 weights"),
+    (["--set", f"context_length={2 ** 63}"], "models.gpt2.context_length: 9223372036854775808 does not fit in 64 bits"),
+    (["--set", f"context_length={2 ** 62}"], "has a tensor too large for any machine"),
+]
+
+
+@pytest.mark.parametrize("args,message", HUGE)
+def test_build_refuses_what_cannot_fit_in_one_line_and_fast(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    result = run("build", "gpt2", *args)
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even ./models
+
+
+def test_memory_limit_names_the_need_and_what_is_available(tmp_path, monkeypatch):
+    from zoo.core import limits
+
+    monkeypatch.setattr(limits, "host_memory_available", lambda: 100 * 2 ** 20)
+    result = run("build", "gpt2", "--set", "n_layers=2", "-o", tmp_path / "m")
+    assert result.exit_code == 1
+    assert ("gpt2 with n_layers=2 needs 204.3 MiB of float32 weights (5.36e+07 parameters); "
+            "this machine has 100.0 MiB of memory available") in result.output
+    half = run("build", "gpt2", "--set", "n_layers=2", "--dtype", "bfloat16", "-o", tmp_path / "m")
+    assert half.exit_code == 1 and "needs 102.2 MiB of bfloat16 weights" in half.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_describe_answers_a_huge_spec_from_shapes():
+    start = time.perf_counter()
+    result = run("describe", "gpt2", "--set", "n_layers=1000000000")
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - start < 30
+    one, two = (count_parameters(assemble(load_spec("gpt2", {"n_layers": n}))) for n in (1, 2))
+    total = result.output.splitlines()[-2]
+    assert total.split()[:2] == ["total", f"{one + (10 ** 9 - 1) * (two - one):,}"]
+    assert "extrapolated" in result.output.splitlines()[-1]
+
+
+def test_describe_of_an_impossible_tensor_is_one_line():
+    result = run("describe", "gpt2", "--set", f"context_length={2 ** 62}")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "has a tensor too large for any machine" in result.output
+
+
+@pytest.mark.parametrize("name,overrides", [("gpt2", {"n_layers": 50}),
+                                            ("transformer-en-it", {"n_layers": 40, "n_decoder_layers": 30}),
+                                            ("gpt2", {"n_layers": 9, "tie_embeddings": False, "positional": "rotary",
+                                                      "attention.n_kv_heads": 4, "mlp": "swiglu"})])
+def test_extrapolated_table_equals_the_assembled_one(monkeypatch, name, overrides):
+    from zoo.core import limits
+
+    spec = load_spec(name, overrides)
+    exact = parameter_table(spec)
+    monkeypatch.setattr(limits, "EXACT_LAYERS", 2)
+    rows, is_exact = limits.parameter_rows(spec)
+    assert not is_exact
+    assert rows == exact
+    assert limits.model_size(spec).parameters == count_parameters(assemble(spec)) == sum(r.count for r in rows)
+
+
+@pytest.mark.parametrize("command", [["build", "--weights", "hf"], ["export", "-o", "out"], ["generate", "--", "Hi"],
+                                     ["verify", "--weights", "hf"]])
+def test_every_command_that_allocates_refuses_first(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    name, *rest = command
+    result = run(name, "gpt2", "--set", "n_layers=1000000000", *rest)
+    assert result.exit_code == 1, result.output
+    assert "gpt2 with n_layers=1000000000 needs 25.2 PiB of float32 weights" in result.output
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.errors import DataError
 from zoo.generation.sampling import generate, next_tokens, prepare_for_decode
 from zoo.hf.gpt2 import to_hf_model

@@ -19,7 +19,7 @@ import zoo
 from conftest import REPO, tiny_overrides
 from zoo.core import registry
 from zoo.exporters import onnx_runtime as runtime
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.errors import ExportError, ZooError
 from zoo.exporters.onnx import export
 from zoo.core.files import sha256_file

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import zoo
 from conftest import REPO, tiny_overrides
 from zoo.core import registry
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.errors import PluginError, RegistryError
 
 

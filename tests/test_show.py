@@ -15,7 +15,7 @@ import zoo
 from conftest import tiny_overrides
 from zoo.core import registry
 from zoo.core.model_dir import load_model, save_model
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.errors import PluginError
 from zoo.plugins.pictures import positional_effects
 from zoo.plugins.positional.alibi import alibi_slopes
@@ -126,7 +126,7 @@ def test_learned_positions_come_from_the_model_directory(tmp_path):
 def test_learned_positions_from_hugging_face_weights(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from zoo.cli.main import model_from_args
+    from zoo.cli.options import model_from_args
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64))

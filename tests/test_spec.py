@@ -5,7 +5,7 @@ import pytest
 import zoo
 from zoo.core.builder import assemble, count_parameters, parameter_table
 from zoo.errors import SpecError
-from zoo.core.spec import load_spec
+from zoo.core.spec import catalog, catalog_entries, catalog_files, load_spec
 
 EXPECTED = {
     "gpt2": 124_439_808,
@@ -15,8 +15,25 @@ EXPECTED = {
 }
 
 
-def test_registry_lists_every_model():
+def test_catalog_lists_every_model():
     assert set(zoo.list_models()) >= {*EXPECTED, "transformer-en-it", "transformer-en-it-small"}
+
+
+def test_catalog_reads_zoo_registry_files_and_inherits_family(tmp_path, monkeypatch):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("models:\n  tiny-gpt:\n    extends: gpt2-medium\n    n_layers: 2\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(extra))
+    assert catalog_files()[-1] == extra
+    entry = {e.name: e for e in catalog()}["tiny-gpt"]
+    assert (entry.family, entry.description) == ("decoder", "GPT-2 Medium, 355M parameters")
+    assert load_spec("tiny-gpt").n_layers == 2
+
+
+def test_catalog_file_without_models_is_one_line_error(tmp_path, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("gpt2: {}\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "bad.yaml"))
+    with pytest.raises(SpecError, match="bad.yaml: a model catalog file needs a top-level 'models:' mapping"):
+        catalog_entries()
 
 
 @pytest.mark.parametrize("name,count", EXPECTED.items())
@@ -70,6 +87,8 @@ def test_resolved_spec_round_trips(tmp_path):
     ({"block": {"type": "sandwich"}}, "unknown block 'sandwich'; choose one of: parallel, post_norm, pre_norm"),
     ({"positional": "rotary", "positional.fraction": 2.0}, "rotary fraction 2.0 must be in (0, 1]"),
     ({"dropout": 1.5}, "models.gpt2.dropout: 1.5 must be in [0, 1)"),
+    ({"context_length": 2 ** 63}, "models.gpt2.context_length: 9223372036854775808 does not fit in 64 bits"),
+    ({"mlp.d_ff": -(2 ** 63) - 1}, "models.gpt2.mlp.d_ff: -9223372036854775809 does not fit in 64 bits"),
 ])
 def test_bad_specs_name_the_field(overrides, message):
     with pytest.raises(SpecError) as info:

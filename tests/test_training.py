@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from synthetic_pairs import TINY_MODEL, TINY_OVERRIDES, one_thread, write_tsv
 from zoo.core.model_dir import load_model
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.translation.vocabulary import Vocabulary
 from zoo.translation.training import TrainConfig, learning_rate, train
 
@@ -120,7 +120,7 @@ def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "zoo.cli.main", "train", "transformer-en-it-small", "--data", str(data), "-o", str(run),
+               "-m", "zoo.cli", "train", "transformer-en-it-small", "--data", str(data), "-o", str(run),
                *TINY_MODEL, "--vocab-size", "120", "--batch-tokens", "256", "--max-steps", "6",
                "--checkpoint-every", "3", "--eval-sentences", "4", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)

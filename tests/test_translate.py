@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import zoo
 from synthetic_pairs import TINY_OVERRIDES, one_thread, synthetic_pairs, write_tsv
 from zoo.core.model_dir import save_model
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.translation.evaluate import edit_distance, score
 from zoo.translation.vocabulary import EOS_ID, PAD_ID, Vocabulary
 from zoo.translation.training import TrainConfig

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from synthetic_pairs import TINY_MODEL, one_thread, synthetic_pairs, write_tsv
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.translation.data import SentencePair, TokenBatches, group_references, read_pairs, split_key, split_pairs
 from zoo.errors import DataError
 from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary

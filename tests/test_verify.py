@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import zoo
 from zoo.core.model_dir import state_dict_for_saving
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.generation.tokenizer import gpt2_tokenizer
 from zoo.hf.verify import verify_against_hf
 from zoo.hf.checkpoint import load_weights

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from zoo.core.model_dir import load_model
-from zoo.cli.main import cli
+from zoo.cli import cli
 from zoo.errors import WeightsError
 from zoo.generation.sampling import generate
 from zoo.core.spec import load_spec

@@ -1,3 +1,3 @@
-from zoo.cli.main import main
+from zoo.cli import main
 
 main()

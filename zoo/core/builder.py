@@ -93,6 +93,8 @@ def build(spec: str | ModelSpec, *, device: str | torch.device = "cpu", dtype: t
     dotted key: ``build("gpt2", positional="rotary", attention={"n_kv_heads": 4})``.
     """
     spec = load_spec(spec, overrides or None)
+    from zoo.core.limits import check_fits  # limits assembles through this module: imported here
+    check_fits(spec, device, dtype)  # a model that cannot fit is refused before anything is allocated
     model = materialize(assemble(spec), device, dtype)
     if seed is None:
         init_weights(model, spec)

@@ -1,9 +1,14 @@
 """Typed model specs: YAML → validated :class:`ModelSpec`, checked once at load.
 
 A spec names its components (positional scheme, attention, block layout, norm, MLP)
-by registry name; each name is checked against the registry and each component's
+by the name they are registered under; each name is checked against the component
+registry (:mod:`zoo.core.registry`) and each component's
 options against that component's ``Options`` dataclass when the spec loads, so a
 mistake is reported with its field path before anything is built.
+
+The models with names (``zoo list``) are the *model catalog*: ``registry.yaml`` plus
+any files named in ``ZOO_REGISTRY``. Reading the catalog needs no plugins (no torch);
+only :func:`validate` consults the component registry.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ COMPONENT_FIELDS = ("positional", "attention", "cross_attention", "block", "norm
 COMPONENT_KIND = {"cross_attention": "attention"}
 FAMILIES = ("decoder", "encoder-decoder")
 INIT_SCHEMES = ("gpt2", "xavier")
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # torch's shapes and positions are int64
 
 
 @dataclass(frozen=True)
 class Component:
-    """A component choice: its registry name and validated options."""
+    """A component choice: its registered name and validated options."""
 
     type: str
     options: Any  # the component's Options dataclass instance
@@ -114,12 +120,13 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         tp = eval(tp, {"typing": typing}, {})  # annotations are strings under `from __future__`
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        specific = None  # the error of the arm of the value's own type (an int out of range) says more
         for arg in typing.get_args(tp):
             try:
                 return coerce(value, arg, path)
-            except SpecError:
-                continue
-        raise SpecError(f"{path}: {value!r} is not a {_type_name(tp)}")
+            except SpecError as exc:
+                specific = exc if arg is type(value) else specific
+        raise specific or SpecError(f"{path}: {value!r} is not a {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
             raise SpecError(f"{path}: {value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
@@ -137,6 +144,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{path}: {value!r} is not an integer")
+        if not INT64_MIN <= value <= INT64_MAX:
+            bound = f"largest is 2**63 - 1 = {INT64_MAX}" if value > 0 else f"smallest is -2**63 = {INT64_MIN}"
+            raise SpecError(f"{path}: {value} does not fit in 64 bits, as tensor sizes and positions must; the {bound}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -197,21 +207,21 @@ def _read_yaml(path: Path) -> Any:
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
 
 
-def registry_files() -> list[Path]:
-    """The registry files: the zoo's own ``registry.yaml``, then any in ``ZOO_REGISTRY``."""
+def catalog_files() -> list[Path]:
+    """The model catalog's files: the zoo's own ``registry.yaml``, then any in ``ZOO_REGISTRY``."""
     files = [Path(__file__).parents[1] / "registry.yaml"]  # zoo/registry.yaml, a link to the top-level file
     extra = os.environ.get("ZOO_REGISTRY", "")
     files += [Path(p) for p in extra.split(os.pathsep) if p]
     return files
 
 
-def raw_models() -> dict[str, tuple[dict, str]]:
-    """Every model in the registry files: name → (raw mapping, source file)."""
+def catalog_entries() -> dict[str, tuple[dict, str]]:
+    """Every model in the catalog files, unvalidated: name → (raw mapping, source file)."""
     models: dict[str, tuple[dict, str]] = {}
-    for path in registry_files():
+    for path in catalog_files():
         data = _read_yaml(path)
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-            raise SpecError(f"{path}: a registry file needs a top-level 'models:' mapping")
+            raise SpecError(f"{path}: a model catalog file needs a top-level 'models:' mapping")
         for name, body in data["models"].items():
             if not isinstance(body, dict):
                 raise SpecError(f"{path}: models.{name}: expected a mapping of spec fields")
@@ -220,8 +230,38 @@ def raw_models() -> dict[str, tuple[dict, str]]:
 
 
 def list_models() -> list[str]:
-    """Names of every model in the registry."""
-    return list(raw_models())
+    """Names of every model in the catalog."""
+    return list(catalog_entries())
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A catalog model as ``zoo list`` shows it: read from YAML, ``extends:`` resolved, not validated."""
+
+    name: str
+    family: str
+    description: str
+
+
+def catalog() -> list[CatalogEntry]:
+    """The catalog's models with family and description, without loading any plugin."""
+    models = catalog_entries()
+
+    def inherited(body: dict, key: str) -> str:
+        seen: set[str] = set()
+        while key not in body and isinstance(body.get("extends"), str) and body["extends"] not in seen:
+            parent = body["extends"]
+            seen.add(parent)
+            if parent in models:
+                body = models[parent][0]
+            elif parent.endswith((".yaml", ".yml")):
+                body = _single_model(_read_yaml(Path(parent)), Path(parent))[0]
+            else:
+                break
+        return str(body.get(key) or "")
+
+    return [CatalogEntry(name, inherited(body, "family"), inherited(body, "description"))
+            for name, (body, _) in models.items()]
 
 
 # --------------------------------------------------------------------------- merging
@@ -428,7 +468,7 @@ def validate(raw: dict, where: str, name: str) -> ModelSpec:
 
 
 def load_spec(name_or_path: str | os.PathLike | ModelSpec, overrides: dict[str, Any] | None = None) -> ModelSpec:
-    """Load a spec by registry name or YAML path, applying ``overrides`` (dotted paths).
+    """Load a spec by catalog name or YAML path, applying ``overrides`` (dotted paths).
 
     >>> load_spec("gpt2", {"positional": "rotary", "attention.n_kv_heads": 4})
     """
@@ -436,10 +476,10 @@ def load_spec(name_or_path: str | os.PathLike | ModelSpec, overrides: dict[str, 
         if not overrides:
             return name_or_path
         body, where, name = name_or_path.to_dict(), f"models.{name_or_path.name}", name_or_path.name
-        models = raw_models()
+        models = catalog_entries()
     else:
         key = str(name_or_path)
-        models = raw_models()
+        models = catalog_entries()
         if key in models:
             body, _ = models[key]
             where, name = f"models.{key}", key

@@ -1,0 +1,79 @@
+"""What the zoo commands share: validating parameter types, option decorators, help texts,
+and the functions that turn ``MODEL --set ... --weights ...`` into a spec and a model."""
+
+from __future__ import annotations
+
+import click
+
+from zoo.errors import ZooError
+
+WEIGHTS_HELP = ("'hf' (the spec's hub id), a hub id, a Hugging Face directory or a zoo model directory; "
+                "default: random init.")
+TOKENIZER_HELP = "GPT-2 tokenizer directory (vocab.json + merges.txt); default: the copy shipped with zoo."
+
+
+class OverrideType(click.ParamType):
+    """``PATH=VALUE`` for ``--set``; the value is parsed as YAML (``4``, ``true``, ``rotary``)."""
+
+    name = "PATH=VALUE"
+
+    def convert(self, value, param, ctx):
+        from zoo.core.spec import parse_override
+
+        try:
+            return parse_override(value)
+        except ZooError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class IntervalType(click.ParamType):
+    """A step count (``200``) or a training time (``90s``, ``5m``), checked and kept as given."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        from zoo.translation.train_config import parse_interval
+
+        try:
+            parse_interval(value)
+        except ZooError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
+def spec_options(func):
+    """``MODEL`` argument (catalog name or spec file) plus repeatable ``--set``."""
+    func = click.option("--set", "overrides", multiple=True, type=OverrideType(),
+                        help="Override a spec field, e.g. --set attention.n_kv_heads=4 (repeatable).")(func)
+    return click.argument("model")(func)
+
+
+def given_options(ctx: click.Context, names) -> set[str]:
+    """Which of the options ``names`` the user set, rather than left at their defaults."""
+    from click.core import ParameterSource
+
+    unset = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return {name for name in names if ctx.get_parameter_source(name) not in unset}
+
+
+def load_spec_arg(model: str, overrides) -> "ModelSpec":  # noqa: F821
+    from zoo.core.spec import load_spec
+
+    return load_spec(model, dict(overrides) or None)
+
+
+def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):
+    """The model a command works on: weights from ``--weights`` or a seeded random init.
+    A model that cannot fit in ``device``'s memory is refused before anything is allocated."""
+    import torch
+
+    dtype = dtype or torch.float32
+    if weights:
+        from zoo.core.limits import check_fits
+        from zoo.hf.checkpoint import load_weights
+
+        check_fits(spec, device, dtype)
+        return load_weights(spec, weights, device=device, dtype=dtype)
+    from zoo.core.builder import build as build_model
+
+    return build_model(spec, seed=seed, device=device, dtype=dtype)  # build() checks the size itself

@@ -1,0 +1,134 @@
+"""``zoo train``, ``zoo evaluate`` and ``zoo translate``: English-Italian translation runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from zoo.cli.options import IntervalType, given_options, spec_options
+from zoo.errors import ZooError
+from zoo.translation.train_config import TrainConfig
+
+_TRAIN = TrainConfig()  # zoo train's defaults
+
+
+@click.command()
+@spec_options
+@click.option("--data", required=True, help="A TSV (English<TAB>Italian) or JSONL (en/it) file, or 'opus_books' from the local Hugging Face cache.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run directory.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None, help="Continue this run directory from its newest checkpoint.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this much training time (over all sessions).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True, help="Stop after this many passes over the data.")
+@click.option("--batch-tokens", type=click.IntRange(min=16), default=_TRAIN.batch_tokens, show_default=True, help="Padded tokens per batch and process (best on a 2-core CPU; raise it on GPUs, e.g. 8192).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_TRAIN.lr, show_default=True, help="Peak learning rate, reached after --warmup steps, then decayed as 1/sqrt(step).")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=1), default=_TRAIN.warmup_steps, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_TRAIN.label_smoothing, show_default=True)
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=_TRAIN.clip_norm, show_default=True, help="Clip the gradient norm to this.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_TRAIN.weight_decay, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(min=64), default=_TRAIN.vocab_size, show_default=True, help="Subword vocabulary size (both languages together).")
+@click.option("--tokenizer", type=click.Choice(["bpe", "unigram"]), default=_TRAIN.tokenizer, show_default=True)
+@click.option("--vocabulary", type=click.Choice(["shared", "per-language"]), default=_TRAIN.vocabulary, show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=_TRAIN.amp, show_default=True, help="Mixed precision; auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else off.")
+@click.option("--checkpoint-every", type=IntervalType(), default=_TRAIN.checkpoint_every, show_default=True,
+              help="Between checkpoints: steps (200) or training time (90s, 5m).")
+@click.option("--eval-every", type=IntervalType(), default=_TRAIN.eval_every, show_default=True,
+              help="Between validation runs: steps (500) or training time (5m).")
+@click.option("--eval-sentences", type=click.IntRange(min=0), default=_TRAIN.eval_sentences, show_default=True, help="Validation sources translated for BLEU.")
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed data lines (reported) instead of stopping.")
+@click.option("--force", is_flag=True, help="Replace an existing -o directory.")
+@click.pass_context
+def train(ctx, model, overrides, data, output, resume, force, **options):
+    """Train translation MODEL on English-Italian pairs; -o starts a run, --resume continues one.
+
+    Runs distributed, unchanged, under torchrun (gloo on CPU, NCCL on GPU).
+    """
+    from zoo.translation.resume import run_config
+    from zoo.translation.training import train as train_run
+
+    if (output is None) == (resume is None):
+        raise click.UsageError("give -o RUN_DIR to start a run or --resume RUN_DIR to continue one")
+    config = run_config(model, data, dict(overrides), options, given_options(ctx, options), resume)
+    run_dir = resume or output
+    summary = train_run(config, run_dir, resume=resume is not None, force=force,
+                        warn=lambda message: click.echo(f"warning: {message}", err=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        bleu = summary["validation_bleu"]
+        click.echo(f"trained {config.model}: {summary['steps']:,} steps ({summary['epochs']} epochs) in "
+                   f"{summary['seconds'] / 60:.1f} min, {summary['tokens_per_second'] or 0:,.0f} tokens/s; "
+                   f"validation BLEU {bleu if bleu is None else round(bleu, 2)} -> {run_dir}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--data", default=None, help="Parallel data to split (default: the run's training data).")
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N sources of the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Sample translations to print.")
+def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, samples):
+    """Translate a split of the run's data and report BLEU, chrF (sacrebleu), CER and WER.
+
+    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json.
+    """
+    from zoo.translation.data import group_references, read_pairs, split_pairs
+    from zoo.translation.evaluate import evaluate as evaluate_split, write_evaluation
+    from zoo.translation.search import load_translator
+
+    translator = load_translator(run_dir, "torch", device)
+    config = TrainConfig.load(run_dir)
+    warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
+    pairs = read_pairs(data or config.data, config.skip_bad_lines, warn)
+    chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
+    sources, references = group_references(chosen)
+    if limit:
+        sources, references = sources[:limit], references[:limit]
+    if not sources:
+        raise ZooError(f"the {split} split of {data or config.data} is empty")
+    result, hypotheses = evaluate_split(translator, sources, references, split, beam=beam, alpha=alpha,
+                                        batch_size=batch_size, progress=True)
+    tsv, _ = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
+    click.echo(f"{split}: {result.sources:,} English sources, {result.pairs:,} pairs, {result.decoding}, "
+               f"{result.sentences_per_second:.1f} sentences/s")
+    click.echo(f"  all references  {result.all_references.line()}")
+    click.echo(f"  per pair        {result.per_pair.line()}")
+    for src, hyp, refs in list(zip(sources, hypotheses, references))[:samples]:
+        click.echo(f"  EN  {src}\n  MT  {hyp}\n  REF {refs[0]}" + (f"  (+{len(refs) - 1} more)" if len(refs) > 1 else ""))
+    click.echo(f"translations next to their references: {tsv}")
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("sentences", nargs=-1)
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch: DIRECTORY is a run directory; onnxruntime: an exported directory holding tokenizer.json.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def translate(directory, sentences, beam, alpha, batch_size, runtime, device):
+    """Translate English SENTENCES (or stdin, one per line) into Italian, one line each."""
+    from zoo.translation.search import load_translator
+
+    translator = load_translator(directory, runtime, device)
+    lines = list(sentences) if sentences and sentences != ("-",) else [line.rstrip("\r\n") for line in sys.stdin]
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    if not todo:
+        raise ZooError("no sentences to translate; give them as arguments or one per line on stdin")
+    out = [""] * len(lines)
+    for i, text in zip(todo, translator.translate([lines[i].strip() for i in todo], beam=beam, alpha=alpha,
+                                                  batch_size=batch_size)):
+        out[i] = text
+    for text in out:
+        click.echo(text)
+
+
+COMMANDS = (train, evaluate, translate)

@@ -1,0 +1,39 @@
+"""``zoo verify``: a model against Hugging Face's GPT2LMHeadModel on the same weights."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
+
+
+@click.command()
+@spec_options
+@click.option("--against", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="Reference implementation: transformers' GPT2LMHeadModel.")
+@click.option("--weights", default=None, help=WEIGHTS_HELP)
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False), default=None, help=TOKENIZER_HELP)
+@click.option("--prompt", "prompts", multiple=True, help="Text to compare on (repeatable; default: four built-in prompts).")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Greedy decoding steps whose tokens must be identical.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Largest allowed |logit difference| (default: 1e-4 in float32).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, atol, seed, device):
+    """Run MODEL and Hugging Face's GPT2LMHeadModel on the same weights and print a parity
+    report; exit 0 only when logits are within tolerance and greedy tokens identical."""
+    from zoo.hf.verify import PROMPTS, verify as verify_model
+
+    spec = load_spec_arg(model, overrides)
+    net = model_from_args(spec, weights, seed=seed, device=device)
+    report = verify_model(net, against, weights, tokenizer_dir, prompts or PROMPTS, steps, atol,
+                          label=weights or f"random init (seed {seed})")
+    click.echo("\n".join(report.lines()))
+    if not report.passed:
+        sys.exit(1)
+
+
+COMMANDS = (verify,)
