@@ -1,10 +1,12 @@
 """The export-time forms of zoo models: plain tensors in, plain tensors out.
 
-An ONNX graph cannot hold a Python cache object or branch on tensor values, so each
-graph here re-states one of the model's passes with explicit tensors: past keys and
-values come in as inputs and the grown ``present`` ones go out, the attention mask is
-always built (never skipped when nothing is padded), and the logits are computed only
-at the sequence indices in ``logit_index``, so prefill can ask for the last one.
+Each graph is traced from the model's own pass (:meth:`DecoderLM.forward`,
+:meth:`EncoderDecoder.encode` / ``decode``); only its edges are adapted. An ONNX graph
+cannot hold a Python cache object, so :class:`PastKeyValues` stands in for the cache:
+past keys and values come in as inputs and the grown ``present`` ones go out. The
+model is asked for ``static_mask=True`` (the mask is always built, never skipped when
+nothing is padded) and for the logits at the sequence indices in ``logit_index`` only,
+so prefill can ask for the last one.
 
 A decoder-only model exports as one graph, ``decoder``. The encoder-decoder exports as
 ``encoder`` (source → memory), ``cross_attention_kv`` (memory → every decoder layer's
@@ -19,7 +21,6 @@ import inspect
 import torch
 from torch import nn
 
-from zoo.core.components import Context
 
 # Example sizes for tracing: all different, and none 0 or 1, so that no dynamic
 # dimension is specialised or merged with another that happens to share its size.
@@ -33,58 +34,29 @@ def example_size(dim: str | int) -> int:
 
 class PastKeyValues:
     """A layer cache made of the graph's ``past_*`` inputs; ``update`` appends the new
-    keys and values, and the results are the graph's ``present_*`` outputs."""
+    keys and values, and the results are the graph's ``present_*`` outputs.
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    ``length`` is the past inputs' (symbolic) sequence length, so the model counts
+    positions as it does with :class:`zoo.core.cache.KVCache`; ``memory`` holds the
+    precomputed cross-attention keys and values by layer.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 memory: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.keys, self.values = list(keys), list(values)
+        self.length = self.keys[0].shape[2]
+        self.memory = memory
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer] = torch.cat((self.keys[layer], k), dim=2)  # (B, KV, past + T, hd)
         self.values[layer] = torch.cat((self.values[layer], v), dim=2)
         return self.keys[layer], self.values[layer]
 
+    def advance(self, n: int) -> None:
+        self.length = self.length + n
+
     def interleaved(self) -> list[torch.Tensor]:
         return [t for pair in zip(self.keys, self.values) for t in pair]
-
-
-def attention_mask_for_graph(key_padding: torch.Tensor, q_len: int, causal: bool, bias: torch.Tensor | None,
-                             dtype: torch.dtype) -> torch.Tensor:
-    """The mask :func:`zoo.core.components.build_mask` gives, always materialised.
-
-    ``key_padding`` (B, past + q_len) is 1 for real tokens. Returns a bool "allowed"
-    mask (B, 1, Tq, Tk), or an additive float mask when the positional scheme has a bias.
-    """
-    k_len = key_padding.shape[1]
-    past = k_len - q_len
-    q_index = torch.arange(q_len, device=key_padding.device)[:, None] + past  # (Tq, 1)
-    k_index = torch.arange(k_len, device=key_padding.device)[None, :]  # (1, Tk)
-    allowed = k_index <= q_index if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=key_padding.device)
-    # a query always sees itself, so rows of padding never become all -inf (NaN)
-    allowed = (allowed[None, None] & key_padding.bool()[:, None, None, :]) | (k_index == q_index)  # (B, 1, Tq, Tk)
-    if bias is None:
-        return allowed
-    return bias.to(dtype).masked_fill(~allowed, float("-inf"))  # (B, H, Tq, Tk)
-
-
-def positions_for_graph(key_padding: torch.Tensor, q_len: int) -> torch.Tensor:
-    """Positions (B, q_len) of the current tokens; left padding shifts each row."""
-    positions = key_padding.long().cumsum(-1) - 1  # (B, past + T)
-    return positions.clamp(min=0)[:, key_padding.shape[1] - q_len:]
-
-
-def embed_tokens(model: nn.Module, table: nn.Embedding, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Token embeddings, scaled as the spec says, plus the positional scheme's embedding."""
-    x = table(ids)  # (B, T, D)
-    if model.embed_scale != 1.0:
-        x = x * model.embed_scale
-    return model.positional.embed(x, positions)
-
-
-def mask_with_bias(model: nn.Module, key_padding: torch.Tensor, q_len: int, causal: bool, dtype) -> torch.Tensor:
-    k_len = key_padding.shape[1]
-    index = torch.arange(k_len, device=key_padding.device)
-    bias = model.positional.attention_bias(index[k_len - q_len:], index, causal)
-    return attention_mask_for_graph(key_padding, q_len, causal, bias, dtype)
 
 
 class ExportGraph(nn.Module):
@@ -178,15 +150,9 @@ class DecoderGraph(ExportGraph):
         return names
 
     def forward(self, input_ids, attention_mask, logit_index, *past):
-        model = self.model
-        T = input_ids.shape[1]
-        positions = positions_for_graph(attention_mask, T)  # (B, T)
-        x = embed_tokens(model, model.wte, input_ids, positions)  # (B, T, D)
         cache = PastKeyValues(past[0::2], past[1::2]) if self.kv_cache else None
-        mask = mask_with_bias(model, attention_mask, T, model.causal, x.dtype)
-        ctx = Context(positions=positions, positional=model.positional, mask=mask, cache=cache)
-        x = model.stack(x, ctx)  # (B, T, D)
-        logits = model.lm_head(x.index_select(1, logit_index))  # (B, K, V)
+        logits = self.model(input_ids, attention_mask, cache=cache, logit_index=logit_index,
+                            static_mask=True)  # (B, K, V)
         return (logits, *cache.interleaved()) if cache is not None else logits
 
 
@@ -202,12 +168,7 @@ class EncoderGraph(ExportGraph):
         return [("memory", ("batch", "source_sequence", self.spec.d_model))]
 
     def forward(self, src_ids, src_mask):
-        model = self.model
-        S = src_ids.shape[1]
-        positions = torch.arange(S, device=src_ids.device).expand(src_ids.shape[0], S)  # (B, S)
-        x = embed_tokens(model, model.embed, src_ids, positions)  # (B, S, D)
-        mask = mask_with_bias(model, src_mask, S, False, x.dtype)
-        return model.encoder(x, Context(positions=positions, positional=model.positional, mask=mask))
+        return self.model.encode(src_ids, src_mask, static_mask=True)  # (B, S, D)
 
 
 class CrossAttentionCacheMissing(Exception):
@@ -237,16 +198,9 @@ class CrossAttentionKVGraph(ExportGraph):
         return [(f"memory_{part}_{i}", dims) for i in range(self.spec.n_decoder_layers) for part in ("key", "value")]
 
     def forward(self, memory):
-        model = self.model
-        B = memory.shape[0]
-        query = memory[:, :1]  # (B, 1, D), the plugins' query path is pruned from the graph
-        positions = torch.zeros(B, 1, dtype=torch.long, device=memory.device)
-        stored: dict = {}
-        ctx = Context(positions=positions, positional=model.positional, memory=memory, memory_cache=stored)
-        for block in model.decoder.h:
-            block.crossattention(query, ctx)
-        if len(stored) != len(model.decoder.h):
-            raise CrossAttentionCacheMissing(type(model.decoder.h[0].crossattention))
+        stored = self.model.cross_attention_kv(memory)
+        if len(stored) != self.spec.n_decoder_layers:
+            raise CrossAttentionCacheMissing(type(self.model.decoder.h[0].crossattention))
         return tuple(t for i in sorted(stored) for t in stored[i])
 
 
@@ -285,25 +239,14 @@ class Seq2SeqDecoderGraph(ExportGraph):
         return names
 
     def forward(self, tgt_ids, tgt_mask, src_mask, logit_index, *rest):
-        model = self.model
-        T = tgt_ids.shape[1]
-        positions = positions_for_graph(tgt_mask, T)  # (B, T)
-        x = embed_tokens(model, model.embed, tgt_ids, positions)  # (B, T, D)
-        mask = mask_with_bias(model, tgt_mask, T, model.decoder.causal, x.dtype)
-        # (B, 1, T, S): ONNX Runtime's Attention wants the query axis spelled out
-        memory_mask = src_mask.bool()[:, None, None, :].expand(-1, -1, T, -1)
         if self.kv_cache:
             past, memory_kv = rest[: 2 * self.n_layers], rest[2 * self.n_layers:]
-            cache = PastKeyValues(past[0::2], past[1::2])
             memory_cache = {i: (memory_kv[2 * i], memory_kv[2 * i + 1]) for i in range(self.n_layers)}
-            ctx = Context(positions=positions, positional=model.positional, mask=mask, cache=cache,
-                          memory_mask=memory_mask, memory_cache=memory_cache)
+            cache, memory = PastKeyValues(past[0::2], past[1::2], memory_cache), None
         else:
-            cache = None
-            ctx = Context(positions=positions, positional=model.positional, mask=mask, memory=rest[0],
-                          memory_mask=memory_mask)
-        x = model.decoder(x, ctx)  # (B, T, D)
-        logits = model.lm_head(x.index_select(1, logit_index))  # (B, K, V)
+            cache, memory = None, rest[0]
+        logits = self.model.decode(tgt_ids, memory, src_mask, tgt_mask, cache=cache, logit_index=logit_index,
+                                   static_mask=True)  # (B, K, V)
         return (logits, *cache.interleaved()) if cache is not None else logits
 
 

@@ -131,3 +131,56 @@ def test_seeded_build_is_deterministic():
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
     assert a.lm_head.weight is a.wte.weight  # tied once
+
+
+@pytest.mark.parametrize("positional", POSITIONAL)
+def test_static_masks_and_logit_index_match_the_eager_fast_paths(positional):
+    """What the exported graphs ask of the model (``static_mask``, ``logit_index``)
+    gives the eager pass's logits, padded or not, with and without a cache."""
+    model = tiny_decoder(positional, "gqa").eval()
+    ids = torch.randint(3, 97, (2, 9))
+    padded = torch.ones_like(ids)
+    padded[1, :3] = 0
+    index = torch.tensor([8, 6, 2])
+    with torch.no_grad():
+        for mask in (None, torch.ones_like(ids), padded):
+            full = model(ids, attention_mask=mask)
+            torch.testing.assert_close(model(ids, attention_mask=mask, static_mask=True), full)
+            torch.testing.assert_close(model(ids, attention_mask=mask, logit_index=index), full[:, index])
+            cache = model.new_cache(2, 9)
+            model(ids[:, :6], attention_mask=None if mask is None else mask[:, :6], cache=cache, static_mask=True)
+            step = model(ids[:, 6:], attention_mask=mask, cache=cache, static_mask=True, logit_index=index[:2] - 6)
+            torch.testing.assert_close(step, full[:, index[:2]], atol=1e-5, rtol=1e-4)
+
+    model = build("transformer-en-it", seed=0, **tiny_overrides("transformer-en-it", positional=positional)).eval()
+    src, tgt = torch.randint(3, 97, (2, 7)), torch.randint(3, 97, (2, 6))
+    src_mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    with torch.no_grad():
+        memory = model.encode(src, src_mask)
+        torch.testing.assert_close(model.encode(src, src_mask, static_mask=True), memory)
+        full = model.decode(tgt, memory, src_mask)
+        torch.testing.assert_close(model.decode(tgt, memory, src_mask, static_mask=True), full)
+        cache = model.new_cache(2, 6)
+        cache.memory.update(model.cross_attention_kv(memory))  # what the cross_attention_kv graph computes
+        model.decode(tgt[:, :4], None, src_mask, cache=cache, static_mask=True)
+        step = model.decode(tgt[:, 4:], None, src_mask, cache=cache, static_mask=True, last_only=True)
+        torch.testing.assert_close(step, full[:, -1:], atol=1e-5, rtol=1e-4)
+
+
+def test_build_mask_static_is_always_materialised():
+    from zoo.core.masks import build_mask
+
+    ones = torch.ones(2, 5, dtype=torch.long)  # nothing padded
+    assert build_mask(1, 4, ones, True, None, torch.float32, "cpu") == (None, False)  # one query sees all
+    assert build_mask(3, 0, None, True, None, torch.float32, "cpu") == (None, True)  # SDPA's is_causal
+    mask, is_causal = build_mask(1, 4, ones, True, None, torch.float32, "cpu", static=True)
+    assert not is_causal and mask.shape == (2, 1, 1, 5) and bool(mask.all())
+    mask, is_causal = build_mask(3, 0, None, True, None, torch.float32, "cpu", static=True)
+    assert not is_causal and torch.equal(mask[0, 0], torch.ones(3, 3, dtype=torch.bool).tril())
+    bias = torch.randn(1, 4, 3, 5)
+    padded = ones.clone()
+    padded[1, :2] = 0
+    for padding in (None, ones, padded):
+        fast, _ = build_mask(3, 2, padding, True, bias, torch.float32, "cpu")
+        static, _ = build_mask(3, 2, padding, True, bias, torch.float32, "cpu", static=True)
+        torch.testing.assert_close(static, fast.expand_as(static))

@@ -6,6 +6,10 @@
 attention, block layout, norm or MLP it holds: every component is looked up in the
 registry by the name the spec gives, and positional schemes act through the three
 methods of :class:`zoo.core.components.PositionalScheme`.
+
+This is the one forward pass: the ONNX exporter traces these same methods, giving a
+cache made of graph inputs (anything with ``length``, ``update`` and ``advance``, as
+:class:`zoo.core.cache.KVCache` has), ``static_mask=True`` and a ``logit_index``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from zoo.core.cache import KVCache
 from zoo.core.components import BlockParts, Context
-from zoo.core.masks import build_mask, positions_from_mask
+from zoo.core.masks import build_mask, memory_mask, positions_from_mask
 from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
 
@@ -60,6 +64,28 @@ def _causal(spec: ModelSpec, default: bool) -> bool:
     return default if causal is None else causal
 
 
+def self_attention_context(positional: nn.Module, positions: torch.Tensor, past: int,
+                           key_padding: torch.Tensor | None, causal: bool, dtype: torch.dtype,
+                           static_mask: bool, **fields) -> Context:
+    """The :class:`Context` of one pass over new tokens at ``positions`` (B, T) after
+    ``past`` cached ones: the positional bias and the mask, built once for every layer."""
+    T, device = positions.shape[1], positions.device
+    q_index = torch.arange(past, past + T, device=device)  # (T,)
+    k_index = torch.arange(past + T, device=device)  # (past + T,)
+    bias = positional.attention_bias(q_index, k_index, causal)  # (1, H, T, past + T) or None
+    mask, is_causal = build_mask(T, past, key_padding, causal, bias, dtype, device, static=static_mask)
+    return Context(positions=positions, positional=positional, mask=mask, is_causal=is_causal, **fields)
+
+
+def select_positions(x: torch.Tensor, last_only: bool, logit_index: torch.Tensor | None) -> torch.Tensor:
+    """The hidden states (B, K, D) that logits are wanted for: all, the last, or ``logit_index`` (K,)."""
+    if last_only:
+        return x[:, -1:]  # (B, 1, D)
+    if logit_index is not None:
+        return x.index_select(1, logit_index)  # (B, K, D)
+    return x
+
+
 class DecoderLM(nn.Module):
     """A decoder-only language model (GPT-2 and relatives)."""
 
@@ -88,35 +114,36 @@ class DecoderLM(nn.Module):
         kw.setdefault("device", param.device)
         return KVCache.for_spec(self.spec, batch, capacity, **kw)
 
+    def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Scaled token embeddings plus the positional scheme's (B, T, D)."""
+        x = self.wte(ids)  # (B, T, D)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
+        return self.drop(self.positional.embed(x, positions))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, logit_index: torch.Tensor | None = None,
+                static_mask: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for ``input_ids`` (B, T).
 
         ``attention_mask`` (B, past + T) marks real tokens with 1 (left padding for
         batched generation); with a ``cache`` only the new tokens are given and the
-        cache advances by T. ``last_only`` computes logits for the last position only.
+        cache advances by T. ``last_only`` computes logits for the last position only,
+        ``logit_index`` (K,) for those positions only (B, K, V). ``static_mask`` always
+        builds the mask, never branching on tensor values (for export).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        device = input_ids.device
         if positions is None:
-            positions = positions_from_mask(attention_mask, past, T, B, device)
-        x = self.wte(input_ids)  # (B, T, D)
-        if self.embed_scale != 1.0:
-            x = x * self.embed_scale
-        x = self.drop(self.positional.embed(x, positions))
-        bias = self.positional.attention_bias(
-            torch.arange(past, past + T, device=device), torch.arange(past + T, device=device), self.causal
-        )
-        mask, is_causal = build_mask(T, past, attention_mask, self.causal, bias, x.dtype, device)
-        ctx = Context(positions=positions, positional=self.positional, mask=mask, is_causal=is_causal, cache=cache)
+            positions = positions_from_mask(attention_mask, past, T, B, input_ids.device)
+        x = self.embed_tokens(input_ids, positions)  # (B, T, D)
+        ctx = self_attention_context(self.positional, positions, past, attention_mask, self.causal, x.dtype,
+                                     static_mask, cache=cache)
         x = self.stack(x, ctx)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)  # (B, T, V)
+        return self.lm_head(select_positions(x, last_only, logit_index))  # (B, T or K, V)
 
 
 class EncoderDecoder(nn.Module):
@@ -144,47 +171,57 @@ class EncoderDecoder(nn.Module):
         kw.setdefault("device", param.device)
         return KVCache.for_spec(self.spec, batch, capacity, **kw)
 
-    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
+    def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Scaled token embeddings plus the positional scheme's (B, T, D)."""
+        x = self.embed(ids)  # (B, T, D)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         return self.drop(self.positional.embed(x, positions))
 
-    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (B, S, D); ``src_mask`` (B, S) is 1 for real tokens (right padding)."""
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
+               static_mask: bool = False) -> torch.Tensor:
+        """Encoder output (B, S, D); ``src_mask`` (B, S) is 1 for real tokens (right padding,
+        so positions count from 0 in every row). ``static_mask`` as in :meth:`decode`."""
         B, S = src_ids.shape
-        device = src_ids.device
-        positions = torch.arange(S, device=device).expand(B, S)
-        x = self._embed(src_ids, positions)
-        index = torch.arange(S, device=device)
-        bias = self.positional.attention_bias(index, index, False)
-        mask, _ = build_mask(S, 0, src_mask, False, bias, x.dtype, device)
-        return self.encoder(x, Context(positions=positions, positional=self.positional, mask=mask))
+        positions = positions_from_mask(None, 0, S, B, src_ids.device)  # (B, S)
+        x = self.embed_tokens(src_ids, positions)  # (B, S, D)
+        ctx = self_attention_context(self.positional, positions, 0, src_mask, self.encoder.causal, x.dtype,
+                                     static_mask)
+        return self.encoder(x, ctx)  # (B, S, D)
 
-    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
+    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor | None = None,
                tgt_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, logit_index: torch.Tensor | None = None,
+               static_mask: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for target tokens given encoder ``memory``; with a ``cache``
-        only new tokens are given and cross-attention keys/values are computed once."""
+        only new tokens are given and cross-attention keys/values are computed once
+        (``memory`` may be None once ``cache.memory`` holds them). ``last_only`` and
+        ``logit_index`` select positions as in :meth:`DecoderLM.forward`; ``static_mask``
+        always builds the masks, never branching on tensor values (for export)."""
         B, T = tgt_ids.shape
-        device = tgt_ids.device
         past = cache.length if cache is not None else 0
-        positions = positions_from_mask(tgt_mask, past, T, B, device)
-        x = self._embed(tgt_ids, positions)
-        bias = self.positional.attention_bias(
-            torch.arange(past, past + T, device=device), torch.arange(past + T, device=device), True
-        )
-        mask, is_causal = build_mask(T, past, tgt_mask, self.decoder.causal, bias, x.dtype, device)
-        memory_mask = None if src_mask is None else src_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        ctx = Context(positions=positions, positional=self.positional, mask=mask, is_causal=is_causal,
-                      cache=cache, memory=memory, memory_mask=memory_mask,
-                      memory_cache=cache.memory if cache is not None else None)
-        x = self.decoder(x, ctx)
+        positions = positions_from_mask(tgt_mask, past, T, B, tgt_ids.device)  # (B, T)
+        x = self.embed_tokens(tgt_ids, positions)  # (B, T, D)
+        ctx = self_attention_context(self.positional, positions, past, tgt_mask, self.decoder.causal, x.dtype,
+                                     static_mask, cache=cache, memory=memory,
+                                     memory_mask=memory_mask(src_mask, T, static_mask),
+                                     memory_cache=cache.memory if cache is not None else None)
+        x = self.decoder(x, ctx)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)
+        return self.lm_head(select_positions(x, last_only, logit_index))  # (B, T or K, V)
+
+    def cross_attention_kv(self, memory: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values for ``memory`` (B, S, D),
+        by layer as a cache's ``memory`` holds them: each layer's cross-attention runs once
+        on a one-token query and stores them in the memory cache it is given."""
+        B = memory.shape[0]
+        positions = positions_from_mask(None, 0, 1, B, memory.device)  # (B, 1)
+        stored: dict = {}
+        ctx = Context(positions=positions, positional=self.positional, memory=memory, memory_cache=stored)
+        for block in self.decoder.h:
+            block.crossattention(memory[:, :1], ctx)
+        return stored
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
                 tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
