@@ -19,9 +19,7 @@ class MultiHeadAttention(Attention):
     """Self-attention with fused q/k/v projection ``c_attn`` and output ``c_proj`` (GPT-2 names)."""
 
     @dataclass
-    class Options:
-        n_heads: int
-        n_kv_heads: int | None = None  # None: as many as n_heads; 1: multi-query
+    class Options(Attention.Options):  # n_heads, n_kv_heads
         bias: bool = True
         dropout: float = 0.0
         causal: bool | None = None  # None: causal in a decoder, bidirectional in an encoder

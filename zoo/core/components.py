@@ -60,6 +60,15 @@ class PositionalScheme(nn.Module):
         return None
 
 
+@dataclass
+class AttentionOptions:
+    """What the model reads from every self-attention's options (``spec.n_heads``, and
+    ``spec.n_kv_heads`` to size the key/value cache); extend it with your own fields."""
+
+    n_heads: int
+    n_kv_heads: int | None = None  # None: as many as n_heads; 1: multi-query
+
+
 class Attention(nn.Module):
     """Base class of attention plugins: ``forward(x, ctx) -> y``, both (B, T, D).
 
@@ -67,10 +76,11 @@ class Attention(nn.Module):
     layer's slot in the key/value cache (``ctx.cache.update(self.layer_index, k, v)``).
     Self-attention turns its queries and keys with ``ctx.positional.rotate`` and adds
     ``ctx.mask`` (which already holds the causal mask and any positional bias) to its
-    scores; cross-attention attends over ``ctx.memory`` under ``ctx.memory_mask``.
+    scores, or lets SDPA apply the causal mask when ``ctx.is_causal``; cross-attention
+    attends over ``ctx.memory`` under ``ctx.memory_mask``.
     """
 
-    Options = NoOptions
+    Options = AttentionOptions
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
         super().__init__()
