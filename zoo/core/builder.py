@@ -99,21 +99,18 @@ def construct(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def materialize(model: nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Cast to ``dtype`` and give every meta tensor uninitialised storage on ``device``
-    (each once: a tied weight stays tied); tensors that hold values keep them."""
+    """Cast to ``dtype``, then give every meta tensor uninitialised storage on ``device``
+    (each once, in ``dtype``: a tied weight stays tied); tensors that hold values keep them."""
     model.to(dtype=dtype)
     fresh: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if id(tensor) not in fresh:
-                if tensor.is_meta:
+            if tensor.is_meta:
+                if id(tensor) not in fresh:
                     empty = torch.empty_like(tensor, device=device)
-                    new = nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
-                else:
-                    new = tensor if tensor.device == torch.device(device) else tensor.to(device)
-                fresh[id(tensor)] = new
-            if fresh[id(tensor)] is not tensor:
+                    fresh[id(tensor)] = nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
                 setattr(module, name, fresh[id(tensor)])
+    model.to(device=device)  # a constructor's tensors made elsewhere
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model
