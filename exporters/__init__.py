@@ -1,24 +1,30 @@
-"""zoo's built-in export formats, registered as plugins (see ``zoo.core.hookspecs``)."""
+"""zoo's built-in export formats, registered as plugins like any other (see ``zoo.Exporter``).
 
-from zoo.core.hookspecs import hookimpl
+Each format's module is imported on first use, so listing the plugins stays light.
+"""
 
-
-def onnx_exporter(model, spec, out_dir, **options):
-    """ONNX graphs for ONNX Runtime; see :mod:`zoo.exporters.onnx` (imported on first use)."""
-    from zoo.exporters.onnx import onnx_exporter as export
-
-    return export(model, spec, out_dir, **options)
+from zoo import Exporter, hookimpl
 
 
-def hf_exporter(model, spec, out_dir, **options):
-    """A Hugging Face GPT-2 directory; see :mod:`zoo.exporters.hf` (imported on first use)."""
-    from zoo.exporters.hf import hf_exporter as export
+class OnnxExporter(Exporter):
+    """ONNX graphs for ONNX Runtime; see :mod:`zoo.exporters.onnx`."""
 
-    return export(model, spec, out_dir, **options)
+    def __call__(self, model, spec, out_dir, **options):
+        from zoo.exporters.onnx import onnx_exporter
+
+        return onnx_exporter(model, spec, out_dir, **options)
+
+
+class HFExporter(Exporter):
+    """A Hugging Face GPT-2 directory; see :mod:`zoo.exporters.hf`."""
+
+    def __call__(self, model, spec, out_dir, **options):
+        from zoo.exporters.hf import hf_exporter
+
+        return hf_exporter(model, spec, out_dir, **options)
 
 
 @hookimpl
 def zoo_register_exporters(registry):
-    """Built-in exporters register here as they are added."""
-    registry.add("exporter", "onnx", onnx_exporter)
-    registry.add("exporter", "hf", hf_exporter)
+    registry.add("exporter", "onnx", OnnxExporter())
+    registry.add("exporter", "hf", HFExporter())

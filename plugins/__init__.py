@@ -1,1 +1,1 @@
-"""zoo's built-in components, each an ordinary plugin module (see ``zoo.core.hookspecs``)."""
+"""zoo's built-in components, each an ordinary plugin module written as a third party would write one."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import hookimpl
+from zoo import MLP, hookimpl
 
 
 @dataclass
@@ -16,7 +16,7 @@ class MLPOptions:
     bias: bool = True
 
 
-class FeedForward(nn.Module):
+class FeedForward(MLP):
     """``c_proj(act(c_fc(x)))`` with GPT-2's layer names."""
 
     Options = MLPOptions
@@ -51,7 +51,7 @@ class ReluMLP(FeedForward):
         return F.relu(h)
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(MLP):
     """``c_proj(silu(gate) * up)`` with gate and up fused in ``c_fc``."""
 
     Options = MLPOptions

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from zoo import hookimpl
+from zoo import Norm, hookimpl
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(Norm, nn.LayerNorm):
     @dataclass
     class Options:
         eps: float = 1e-5
@@ -17,7 +17,7 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(spec.d_model, eps=options.eps, bias=options.bias)
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(Norm, nn.RMSNorm):
     @dataclass
     class Options:
         eps: float = 1e-6

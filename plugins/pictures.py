@@ -1,7 +1,7 @@
 """Built-in pictures of positional schemes, drawn through the ``zoo_positional_picture`` hook.
 
 A scheme is drawn from what it does through the three
-:class:`~zoo.core.components.PositionalScheme` methods, so learned, sinusoidal, rotary, ALiBi
+:class:`zoo.PositionalScheme` methods, so learned, sinusoidal, rotary, ALiBi
 and none — and any third-party scheme that brings no picture of its own — are shown the
 way the literature draws them:
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from click.testing import CliRunner
 
-from zoo.core.builder import assemble, count_parameters, parameter_table
+from zoo.core.meta import assemble, count_parameters, parameter_table
 from zoo.core.model_dir import load_model
 from zoo.core.spec import load_spec
 from zoo.cli import cli

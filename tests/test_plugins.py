@@ -134,3 +134,163 @@ def test_broken_plugin_is_one_line_error(fresh_registry, tmp_path, source, messa
 def test_missing_plugin_module(fresh_registry):
     with pytest.raises(PluginError, match="plugin module 'zoo_nowhere' not found"):
         registry.plugin_manager(["zoo_nowhere"])
+
+
+# --------------------------------------------------------------------------- the contract
+
+BASES = {"positional": zoo.PositionalScheme, "attention": zoo.Attention, "block": zoo.Block,
+         "norm": zoo.Norm, "mlp": zoo.MLP}
+
+
+def test_builtins_subclass_the_public_base_classes(fresh_registry):
+    for entry in zoo.get_registry().entries():
+        if entry.kind == "exporter":
+            assert isinstance(entry.component, zoo.Exporter), entry.name
+        else:
+            assert issubclass(entry.component, BASES[entry.kind]), entry.name
+
+
+def test_builtin_plugins_import_only_the_public_namespace():
+    import ast
+
+    files = [*(REPO / "plugins").rglob("*.py"), REPO / "exporters" / "__init__.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n.startswith("zoo.core")], f"{path.relative_to(REPO)} imports {names}"
+
+
+def test_parameter_names_keep_gpt2s():
+    names = set(zoo.build("gpt2", seed=0, **tiny_overrides("gpt2")).state_dict())
+    assert {"wte.weight", "positional.weight", "stack.h.0.ln_1.weight", "stack.h.0.ln_1.bias",
+            "stack.h.0.attn.c_attn.weight", "stack.h.0.attn.c_proj.bias", "stack.h.0.ln_2.weight",
+            "stack.h.0.mlp.c_fc.weight", "stack.h.0.mlp.c_proj.weight", "stack.ln_f.weight"} <= names
+
+
+INIT_PLUGIN = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import zoo
+
+
+class PlainGainNorm(nn.Module):
+    """Not a zoo.Norm subclass: a plain module, as older third-party plugins are."""
+
+    def __init__(self, spec, options):
+        super().__init__()
+        self.g = nn.Parameter(torch.full((spec.d_model,), 3.0))
+        self.register_buffer("eps", torch.tensor(1e-3))
+        self.register_buffer("arange", torch.arange(4.0), persistent=False)
+        self.noise = nn.Parameter(torch.randn(spec.d_model) * 0.1)  # drawn in the constructor
+
+    def forward(self, x):
+        return (self.g + self.noise) * x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+
+
+class FixedLinear(nn.Linear):
+    """A Linear with its own reset_parameters(): not a layer the zoo's scheme touches."""
+
+    def reset_parameters(self):
+        nn.init.constant_(self.weight, 0.01)
+        nn.init.constant_(self.bias, 1.0)
+
+
+class OwnInitMLP(zoo.MLP):
+    @dataclass
+    class Options:
+        d_ff: int = 64
+
+    def __init__(self, spec, options):
+        super().__init__()
+        self.c_fc = nn.Linear(spec.d_model, options.d_ff)
+        self.c_proj = nn.Linear(options.d_ff, spec.d_model)
+        self.gate = FixedLinear(spec.d_model, options.d_ff)
+
+    def reset_parameters(self):
+        nn.init.constant_(self.c_proj.bias, 0.25)  # after the zoo's scheme zeroed it
+
+    def forward(self, x):
+        return self.c_proj(torch.relu(self.c_fc(x)) * self.gate(x))
+
+
+@zoo.hookimpl
+def zoo_register_components(registry):
+    registry.add("norm", "plain_gain", PlainGainNorm)
+    registry.add("mlp", "own_init", OwnInitMLP)
+'''
+
+
+@pytest.fixture
+def init_plugin(fresh_registry, tmp_path):
+    path = tmp_path / "init_plugin.py"
+    path.write_text(INIT_PLUGIN)
+    registry.use_local_plugins([str(path)])
+
+
+def init_model(seed=0, **extra):
+    return zoo.build("gpt2", seed=seed, **tiny_overrides("gpt2", norm="plain_gain", mlp="own_init", **extra))
+
+
+def test_build_keeps_constructor_values_and_runs_reset_parameters(init_plugin):
+    model = init_model()
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    norm, mlp = model.stack.h[0].ln_1, model.stack.h[0].mlp
+    assert torch.equal(norm.g, torch.full((32,), 3.0)) and norm.eps.item() == pytest.approx(1e-3)
+    assert torch.equal(norm.arange, torch.arange(4.0))  # a non-persistent buffer too
+    assert 0.02 < norm.noise.std() < 0.3
+    assert torch.equal(mlp.gate.weight, torch.full((64, 32), 0.01)) and torch.equal(mlp.gate.bias, torch.ones(64))
+    assert torch.equal(mlp.c_proj.bias, torch.full((32,), 0.25))  # the component's reset_parameters() wins
+    assert not mlp.c_fc.bias.any() and 0.015 < mlp.c_fc.weight.std() < 0.025  # the gpt2 scheme
+    assert 0.015 < model.positional.weight.std() < 0.025  # LearnedPositions.reset_parameters()
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).abs().amax() > 1e-3
+
+
+def test_seeded_builds_repeat_constructor_draws_included(init_plugin):
+    a, b, c = init_model(seed=1), init_model(seed=1), init_model(seed=2)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not torch.equal(a.stack.h[0].ln_1.noise, c.stack.h[0].ln_1.noise)
+    assert not torch.equal(a.wte.weight, c.wte.weight)
+
+
+def test_half_precision_build_casts_constructor_values(init_plugin):
+    model = zoo.build("gpt2", seed=0, dtype=torch.float16,
+                      **tiny_overrides("gpt2", norm="plain_gain", mlp="own_init", init="xavier"))
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert model.lm_head.weight is model.wte.weight
+    assert torch.equal(model.stack.ln_f.g, torch.full((32,), 3.0, dtype=torch.float16))
+    bound = (6 / (32 + 96)) ** 0.5  # xavier-uniform on c_attn (96, 32)
+    weight = model.stack.h[0].attn.c_attn.weight.float()
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.8 * bound
+
+
+def test_an_exporter_subclass_lists_by_class_name(fresh_registry, tmp_path):
+    plugin = tmp_path / "count_exporter.py"
+    plugin.write_text(textwrap.dedent("""
+        import zoo
+
+        class CountExporter(zoo.Exporter):
+            def __call__(self, model, spec, out_dir, **options):
+                (out_dir / "count.txt").write_text(str(sum(p.numel() for p in model.parameters())))
+                return {"files": {"count.txt": {}}}
+
+        @zoo.hookimpl
+        def zoo_register_exporters(registry):
+            registry.add("exporter", "count", CountExporter())
+    """))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--plugin", str(plugin), "plugins"])
+    assert re.search(r"exporter\s+count\s+zoo_local_plugin_count_exporter\.CountExporter\s+local file", result.output)
+    out = tmp_path / "counted"
+    result = runner.invoke(cli, ["--plugin", str(plugin), "export", "gpt2", "--set", "n_layers=1", "--format", "count",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert int((out / "count.txt").read_text()) > 1000
+    with pytest.raises(NotImplementedError, match="must define __call__"):
+        zoo.Exporter()(None, None, out)

@@ -427,7 +427,7 @@ def test_encoder_decoder_diagram_png(tmp_path):
 
 def layout(block: str) -> list:
     spec = load_spec("gpt2", tiny_overrides("gpt2", block=block))
-    nodes = trace_blocks(zoo.core.builder.assemble(spec), spec)["decoder"]
+    nodes = trace_blocks(zoo.core.meta.assemble(spec), spec)["decoder"]
     return [("add", n.skip_from) if n.is_add else tuple(s.attr for s in n.sublayers) for n in nodes]
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 import zoo
-from zoo.core.builder import assemble, count_parameters, parameter_table
+from zoo.core.meta import assemble, count_parameters, parameter_table
 from zoo.errors import SpecError
 from zoo.core.spec import catalog, catalog_entries, catalog_files, load_spec
 

@@ -28,8 +28,8 @@ _API = {
     "load_spec": "zoo.core.spec:load_spec",
     # building and loading
     "build": "zoo.core.builder:build",
-    "count_parameters": "zoo.core.builder:count_parameters",
-    "parameter_table": "zoo.core.builder:parameter_table",
+    "count_parameters": "zoo.core.meta:count_parameters",
+    "parameter_table": "zoo.core.meta:parameter_table",
     "save": "zoo.core.model_dir:save_model",
     "load": "zoo.hf.checkpoint:load",
     "load_weights": "zoo.hf.checkpoint:load_weights",

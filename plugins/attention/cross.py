@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.core.components import Context
+from zoo import Attention, Context
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """Queries from ``q_attn``, keys/values from the encoder via ``c_attn`` (GPT-2's cross names).
 
     Heads follow the model's ``attention.n_heads``. The encoder's keys and values are
@@ -24,8 +24,7 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
-        super().__init__()
-        self.layer_index = layer_index
+        super().__init__(spec, options, layer_index)
         self.n_heads = spec.n_heads
         self.head_dim = spec.head_dim
         self.dropout = options.dropout

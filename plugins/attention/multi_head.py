@@ -12,23 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.core.components import Context
+from zoo import Attention, Context
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(Attention):
     """Self-attention with fused q/k/v projection ``c_attn`` and output ``c_proj`` (GPT-2 names)."""
 
     @dataclass
-    class Options:
-        n_heads: int
-        n_kv_heads: int | None = None  # None: as many as n_heads; 1: multi-query
+    class Options(Attention.Options):  # n_heads, n_kv_heads
         bias: bool = True
         dropout: float = 0.0
         causal: bool | None = None  # None: causal in a decoder, bidirectional in an encoder
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
-        super().__init__()
-        self.layer_index = layer_index
+        super().__init__(spec, options, layer_index)
         self.n_heads = options.n_heads
         self.n_kv_heads = options.n_kv_heads or options.n_heads
         self.head_dim = spec.d_model // options.n_heads

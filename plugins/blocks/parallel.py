@@ -3,7 +3,7 @@
 Cross-attention, when present, runs first as its own pre-norm sublayer.
 """
 
-from zoo.core.components import Block
+from zoo import Block
 
 
 class ParallelBlock(Block):

@@ -1,6 +1,6 @@
 """Post-norm residual block, as in the 2017 Transformer: norm(x + f(x))."""
 
-from zoo.core.components import Block
+from zoo import Block
 
 
 class PostNormBlock(Block):

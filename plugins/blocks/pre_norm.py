@@ -1,6 +1,6 @@
 """Pre-norm residual block, as in GPT-2: x + f(norm(x))."""
 
-from zoo.core.components import Block
+from zoo import Block
 
 
 class PreNormBlock(Block):

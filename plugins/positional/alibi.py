@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from zoo.core.components import PositionalScheme
+from zoo import PositionalScheme
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from zoo.core.components import PositionalScheme
+from zoo import PositionalScheme
 
 
 class LearnedPositions(PositionalScheme):

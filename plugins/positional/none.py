@@ -1,6 +1,6 @@
 """No positional information (a causal model can still infer order, Haviv et al. 2022)."""
 
-from zoo.core.components import PositionalScheme
+from zoo import PositionalScheme
 
 
 class NoPositions(PositionalScheme):

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.core.components import PositionalScheme
+from zoo import PositionalScheme
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.core.components import PositionalScheme
+from zoo import PositionalScheme
 
 
 def sinusoid_table(positions: torch.Tensor, d_model: int, base: float = 10000.0) -> torch.Tensor:

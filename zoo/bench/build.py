@@ -41,7 +41,7 @@ def write_hf_checkpoint(spec: ModelSpec, directory: Path, seed: int = 0) -> int:
     """
     from safetensors.torch import save_file
 
-    from zoo.core.builder import assemble
+    from zoo.core.meta import assemble
     from zoo.hf.gpt2 import GPT2_LM_HEAD, HF_PREFIX, gpt2_config, gpt2_layout_problem, gpt2_names
 
     problem = gpt2_layout_problem(spec)

@@ -1,88 +1,129 @@
-"""Spec → ``nn.Module``: assemble on the meta device, then materialise and initialise.
+"""Spec → ``nn.Module``: construct the components, give the heavy layers storage, initialise.
 
-Assembling on the meta device means describing gpt2-xl costs no memory, and building
-it allocates each weight exactly once.
+:func:`assemble` puts the whole model on the meta device, so describing gpt2-xl costs no
+memory. :func:`build` runs every component's constructor for real, so the values a
+plugin's constructor gives its parameters and buffers are kept, but defers the layers
+whose values random init replaces anyway (``nn.Linear``, ``nn.Embedding``) to the meta
+device; they get storage once, in the target dtype, and then the spec's init scheme.
+Building allocates each weight exactly once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from zoo.core.limits import check_fits
 from zoo.core.model import model_class
-from zoo.core.registry import get_registry
-from zoo.core.spec import COMPONENT_KIND, ModelSpec, load_spec
+from zoo.core.spec import ModelSpec, load_spec
 
 
-# torch.nn.init functions that modules call from their constructors.
-INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
-                  "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+# The layers random init knows: their weights come from the spec's scheme, whatever
+# their constructor drew. A subclass that defines its own reset_parameters() is not
+# one of them; it is treated like any plugin module.
+KNOWN_LAYERS = (nn.Linear, nn.Embedding)
+_RESETS = {cls: cls.reset_parameters for cls in KNOWN_LAYERS}
+
+
+def is_known_layer(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or ``nn.Embedding`` whose reset_parameters() is torch's own."""
+    return any(isinstance(module, cls) and type(module).reset_parameters is _RESETS[cls] for cls in KNOWN_LAYERS)
+
+
+def _skip_reset(self) -> None:
+    """Stands in for a known layer's reset_parameters() while a model is constructed."""
+
+
+def _on_meta(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if type(self).reset_parameters is _skip_reset:  # not a subclass with its own init
+            kwargs["device"] = "meta"
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 @contextlib.contextmanager
-def skipped_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s functions return their tensor untouched, for assembly on the
-    meta device: there is nothing to initialise there, and the first random op on a meta
-    tensor imports ``torch._dynamo`` (seconds of start-up for every command)."""
-    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+def known_layers_on_meta() -> Iterator[None]:
+    """Construct ``nn.Linear`` and ``nn.Embedding`` on the meta device, with no init; every
+    other module is constructed normally (on the current default device)."""
+    saved = [(cls, cls.__init__) for cls in KNOWN_LAYERS]
     try:
-        for name in INIT_FUNCTIONS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        for cls, init in saved:
+            cls.__init__ = _on_meta(init)
+            cls.reset_parameters = _skip_reset
         yield
     finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
+        for cls, init in saved:
+            cls.__init__ = init
+            cls.reset_parameters = _RESETS[cls]
 
 
-def assemble(spec: ModelSpec) -> nn.Module:
-    """The model with every parameter on the meta device (no memory allocated)."""
-    with torch.device("meta"), skipped_init():
+def construct(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Module:
+    """The model with its components' constructor values on ``device`` and the known
+    layers' weights still on the meta device (see :func:`materialize`)."""
+    with torch.device(device), known_layers_on_meta():
         return model_class(spec)(spec)
 
 
+def materialize(model: nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Cast to ``dtype``, then give every meta tensor uninitialised storage on ``device``
+    (each once, in ``dtype``: a tied weight stays tied); tensors that hold values keep them."""
+    model.to(dtype=dtype)
+    fresh: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor.is_meta:
+                if id(tensor) not in fresh:
+                    empty = torch.empty_like(tensor, device=device)
+                    fresh[id(tensor)] = nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
+                setattr(module, name, fresh[id(tensor)])
+    model.to(device=device)  # a constructor's tensors made elsewhere
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
 def init_weights(model: nn.Module, spec: ModelSpec) -> None:
-    """Initialise in place with the spec's scheme.
+    """Initialise in place: the spec's scheme for the known layers, then every other
+    module's own ``reset_parameters()``, innermost first (so a component may re-initialise
+    its sublayers); all other parameters and buffers keep their values.
 
     ``gpt2``: N(0, 0.02) for linear and embedding weights, residual projections
     (``c_proj``) scaled by 1/√(2·n_layers), zero biases (Radford et al., 2019).
     ``xavier``: Xavier-uniform linear weights, N(0, d_model^-½) embeddings (Vaswani et al., 2017).
     """
     n_layers = spec.n_layers + spec.n_decoder_layers
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if spec.tie_embeddings and name == "lm_head":
+    modules = list(model.named_modules())
+    with torch.no_grad():
+        for name, module in modules:
+            if not is_known_layer(module):
                 continue
-            if spec.init == "gpt2":
-                std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("c_proj") else 0.02
-                nn.init.normal_(module.weight, std=std)
-            else:
-                nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            std = 0.02 if spec.init == "gpt2" else spec.d_model ** -0.5
-            nn.init.normal_(module.weight, std=std)
-        elif hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        else:  # a plugin's own parameters with no reset_parameters(): small normal, zero vectors
-            for param in module.parameters(recurse=False):
-                if param.dim() >= 2:
-                    nn.init.normal_(param, std=0.02)
+            if isinstance(module, nn.Linear):
+                if spec.tie_embeddings and name == "lm_head":
+                    continue
+                if spec.init == "gpt2":
+                    std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("c_proj") else 0.02
+                    nn.init.normal_(module.weight, std=std)
                 else:
-                    nn.init.zeros_(param)
-
-
-def materialize(model: nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Allocate uninitialised storage for a meta model (each weight once) and re-tie."""
-    model.to(dtype=dtype)
-    model.to_empty(device=device)
-    model.tie_weights()
-    return model
+                    nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            else:
+                std = 0.02 if spec.init == "gpt2" else spec.d_model ** -0.5
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+        for _, module in reversed(modules):
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and not is_known_layer(module):
+                reset()
 
 
 def build(spec: str | ModelSpec, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -91,62 +132,13 @@ def build(spec: str | ModelSpec, *, device: str | torch.device = "cpu", dtype: t
 
     Keyword overrides use the spec's field names; nested fields take a mapping or a
     dotted key: ``build("gpt2", positional="rotary", attention={"n_kv_heads": 4})``.
+    A seed fixes every draw, plugins' constructors and reset_parameters() included.
     """
     spec = load_spec(spec, overrides or None)
-    from zoo.core.limits import check_fits  # limits assembles through this module: imported here
     check_fits(spec, device, dtype)  # a model that cannot fit is refused before anything is allocated
-    model = materialize(assemble(spec), device, dtype)
-    if seed is None:
-        init_weights(model, spec)
-    else:  # a seed fixes every draw, plugins' own reset_parameters() included
-        with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
             torch.manual_seed(seed)
-            init_weights(model, spec)
+        model = materialize(construct(spec, device), device, dtype)
+        init_weights(model, spec)
     return model.eval()
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Parameters counted once each (a tied LM head is not counted twice)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@dataclass
-class ParameterRow:
-    part: str
-    plugin: str
-    count: int
-
-
-def parameter_table(spec: ModelSpec, model: nn.Module | None = None) -> list[ParameterRow]:
-    """Parameters per component kind, computed on the meta device unless a model is given."""
-    model = model if model is not None else assemble(spec)
-    registry = get_registry()
-    labels = {
-        "positional": "positional", "attention": "attention", "cross_attention": "cross-attention",
-        "block": "block", "norm": "norm", "mlp": "mlp",
-    }
-    owners: dict[str, tuple[str, str]] = {}  # module path -> (part, plugin)
-    for field, label in labels.items():
-        component = getattr(spec, field)
-        if component is None:
-            continue
-        cls = registry.get(COMPONENT_KIND.get(field, field), component.type)
-        for module_name, module in model.named_modules():
-            if type(module) is cls:
-                owners.setdefault(module_name, (label, component.type))
-    counts: dict[tuple[str, str], int] = {}
-    for name, param in model.named_parameters():  # shared parameters come once
-        module_name = name.rpartition(".")[0]
-        prefixes = [".".join(module_name.split(".")[:i]) for i in range(module_name.count(".") + 1, -1, -1)]
-        key = next((owners[p] for p in prefixes if p in owners), None)
-        if key is None:
-            module = model.get_submodule(module_name)
-            if isinstance(module, nn.Embedding):
-                key = ("token embedding", "embedding")
-            else:
-                key = (module_name, type(module).__name__)
-        counts[key] = counts.get(key, 0) + param.numel()
-    rows = [ParameterRow(part, plugin, n) for (part, plugin), n in counts.items()]
-    if spec.tie_embeddings:
-        rows.append(ParameterRow("lm head", "tied to token embedding", 0))
-    return rows

@@ -1,8 +1,18 @@
-"""The protocol every component plugin follows, and the per-forward context.
+"""The base class and protocol of every plugin kind, and the per-forward context.
 
-Every component is an ``nn.Module`` constructed as ``cls(spec, options, **site)``,
+Every model component is an ``nn.Module`` constructed as ``cls(spec, options, **site)``,
 where ``options`` is an instance of the class's ``Options`` dataclass (validated when
-the spec loads) and ``site`` carries where it sits (``causal=`` for self-attention).
+the spec loads) and ``site`` carries where it sits (``layer_index=`` for attention,
+``parts=`` for a block). A class may also define ``check_spec(spec, options)``, a static
+method returning a one-line problem (or None) that the spec loader reports with the
+field path. Plugins subclass the bases below, imported from ``zoo``
+(``from zoo import Attention``); a plain ``nn.Module`` with the same constructor and
+``forward`` works too.
+
+Initialisation contract: the values a constructor gives its parameters and buffers are
+kept when the zoo builds a model. A random build then applies the spec's scheme to the
+``nn.Linear`` and ``nn.Embedding`` layers it contains and calls ``reset_parameters()``
+on every other module that defines one (innermost first).
 
 Positional schemes may act in three places, and the model calls all three on every
 scheme, so learned, sinusoidal, rotary and ALiBi fit without special cases:
@@ -15,7 +25,8 @@ scheme, so learned, sinusoidal, rotary and ALiBi fit without special cases:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -47,6 +58,51 @@ class PositionalScheme(nn.Module):
     def attention_bias(self, q_index: torch.Tensor, k_index: torch.Tensor, causal: bool) -> torch.Tensor | None:
         """An additive score bias (1, H, Tq, Tk) from query and key sequence indices, or None."""
         return None
+
+
+@dataclass
+class AttentionOptions:
+    """What the model reads from every self-attention's options (``spec.n_heads``, and
+    ``spec.n_kv_heads`` to size the key/value cache); extend it with your own fields."""
+
+    n_heads: int
+    n_kv_heads: int | None = None  # None: as many as n_heads; 1: multi-query
+
+
+class Attention(nn.Module):
+    """Base class of attention plugins: ``forward(x, ctx) -> y``, both (B, T, D).
+
+    Constructed as ``cls(spec, options, layer_index=i)``; ``layer_index`` names this
+    layer's slot in the key/value cache (``ctx.cache.update(self.layer_index, k, v)``).
+    Self-attention turns its queries and keys with ``ctx.positional.rotate`` and adds
+    ``ctx.mask`` (which already holds the causal mask and any positional bias) to its
+    scores, or lets SDPA apply the causal mask when ``ctx.is_causal``; cross-attention
+    attends over ``ctx.memory`` under ``ctx.memory_mask``.
+    """
+
+    Options = AttentionOptions
+
+    def __init__(self, spec, options, layer_index: int = 0) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+
+
+class Norm(nn.Module):
+    """Base class of norm plugins: ``cls(spec, options)``, ``forward(x) -> x`` normalised
+    over its last dimension (``spec.d_model``).
+
+    It defines no ``__init__`` and no ``forward``, so it mixes with a torch layer without
+    changing its parameter names: ``class LayerNorm(Norm, nn.LayerNorm)``.
+    """
+
+    Options = NoOptions
+
+
+class MLP(nn.Module):
+    """Base class of feed-forward plugins: ``cls(spec, options)``, ``forward(x) -> y``,
+    both (B, T, D). Like :class:`Norm` it defines no ``__init__`` or ``forward``."""
+
+    Options = NoOptions
 
 
 @dataclass
@@ -82,6 +138,25 @@ class Block(nn.Module):
         self.ln_2 = parts.norm()
         self.mlp = parts.mlp
         self.dropout = nn.Dropout(parts.dropout)
+
+
+class Exporter:
+    """Base class of export formats: ``exporter(model, spec, out_dir, **options) -> manifest``.
+
+    Register an instance (``registry.add("exporter", "names", NamesExporter())``); a
+    plain function with the same signature registers just as well. The call writes its
+    files into ``out_dir`` (a fresh temporary directory that the zoo renames into place
+    once the call returns) and returns a manifest dictionary with a ``files`` mapping.
+    Options passed by ``zoo export``: ``kv_cache`` (bool), ``dtype`` ("fp32"/"fp16"),
+    ``opset`` (int or None), ``validate`` (bool); refuse one you cannot honour with
+    :class:`zoo.errors.ExportError`.
+    """
+
+    def __call__(self, model: nn.Module, spec, out_dir: Path, **options: Any) -> dict:
+        raise NotImplementedError(f"{type(self).__qualname__} must define __call__(model, spec, out_dir, **options)")
+
+    def __repr__(self) -> str:  # how ``zoo plugins`` names an instance
+        return type(self).__qualname__
 
 
 class LayerCache(Protocol):

@@ -16,6 +16,7 @@ from typing import Callable, Hashable
 import torch
 from torch import nn
 
+from zoo.core.meta import ParameterRow, assemble, parameter_table
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import SpecError
 
@@ -36,9 +37,8 @@ def _layer_fields(spec: ModelSpec) -> dict[str, int]:
 
 
 def assemble_checked(spec: ModelSpec, described: ModelSpec | None = None) -> nn.Module:
-    """:func:`zoo.core.builder.assemble`, with a tensor too large to describe as a one-line error
+    """:func:`zoo.core.meta.assemble`, with a tensor too large to describe as a one-line error
     (naming ``described``, the spec asked for, when ``spec`` is a few-layer version of it)."""
-    from zoo.core.builder import assemble
 
     try:
         return assemble(spec)
@@ -79,9 +79,8 @@ def model_size(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> ModelSize
 
 
 def parameter_rows(spec: ModelSpec) -> tuple[list, bool]:
-    """:func:`zoo.core.builder.parameter_table` and whether it is exact: the whole model is
+    """:func:`zoo.core.meta.parameter_table` and whether it is exact: the whole model is
     assembled up to :data:`EXACT_LAYERS` layers, beyond that each row is extrapolated."""
-    from zoo.core.builder import ParameterRow, parameter_table
 
     if sum(_layer_fields(spec).values()) <= EXACT_LAYERS:
         return parameter_table(spec, assemble_checked(spec)), True

@@ -85,16 +85,28 @@ def check_fit(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -
 
 
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Put ``tensors`` into ``model`` (which may be on the meta device) after :func:`check_fit`."""
+    """Put ``tensors`` into ``model`` after :func:`check_fit`.
+
+    ``model`` comes from :func:`zoo.core.builder.construct`: its known layers are still on
+    the meta device and take the tensors as they are (no copy); buffers that are not saved
+    (a plugin's tables) keep their constructor values, moved to the tensors' device and
+    floating dtype.
+    """
     check_fit(model, tensors, source)
     model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
+    first = next(iter(tensors.values()))
+    dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), first.dtype)
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.device != first.device or (buffer.is_floating_point() and buffer.dtype != dtype):
+                module._buffers[name] = buffer.to(first.device, dtype if buffer.is_floating_point() else buffer.dtype)
     return model
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """Load a directory written by :func:`save_model` (or ``zoo build -o``)."""
-    from zoo.core.builder import assemble
+    from zoo.core.builder import construct
 
     path = Path(path)
     if not path.is_dir():
@@ -108,7 +120,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
         raise WeightsError(f"{path / WEIGHTS}: cannot read safetensors file ({first_line(exc)}); it may be truncated") from None
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
-    model = load_state(assemble(spec), tensors, str(path / WEIGHTS))
+    model = load_state(construct(spec, device), tensors, str(path / WEIGHTS))
     return model.eval()
 
 

@@ -9,7 +9,7 @@ Face layout (``config.json`` + ``model.safetensors``, sharded safetensors, or
 Loading a Hugging Face checkpoint checks ``config.json`` against the spec field by field
 before any tensor is read, then checks every key and shape against the name table of
 :mod:`zoo.hf.gpt2`, and only then reads: tensors are memory-mapped views of the file,
-assigned into a model assembled on the meta device, so a model needs about 1x its weight bytes.
+assigned into a model whose large layers wait on the meta device, so a model needs about 1x its weight bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from zoo.core.builder import assemble
+from zoo.core.builder import construct
 from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SAFETENSORS_SHARDS, read_json
 from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
 from zoo.core.spec import ModelSpec
@@ -134,7 +134,7 @@ def read_config(directory: Path) -> dict:
 def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torch.float32) -> nn.Module:
     """A zoo model with the weights of a Hugging Face GPT-2 directory."""
     check_gpt2_config(read_config(directory), spec, str(directory / HF_CONFIG))
-    model = assemble(spec)
+    model = construct(spec, device)
     with CheckpointReader(directory) as reader:
         plan = plan_gpt2(model, reader.shapes(), str(directory))
         tensors = {}

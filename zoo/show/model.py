@@ -1,6 +1,6 @@
 """``zoo show model``: the assembled architecture as a diagram, without allocating weights.
 
-The model is assembled on the meta device (:func:`zoo.core.builder.assemble`) and run once
+The model is assembled on the meta device (:func:`zoo.core.meta.assemble`) and run once
 on meta tensors. Forward hooks on the first block of each stack record its sublayers in
 the order they run, and a torch function mode records the additions between their
 outputs, so the diagram shows where each residual connection leaves the main path and
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zoo.core.builder import assemble, parameter_table
+from zoo.core.meta import assemble, parameter_table
 from zoo.core.components import PositionalScheme
 from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
