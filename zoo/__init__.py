@@ -8,9 +8,10 @@ The public API mirrors the command line; names are imported on first use, so
     spec = zoo.load_spec("gpt2", {"attention.n_kv_heads": 4})
     model = zoo.build("gpt2-medium")              # random init, GPT-2's scheme
     model = zoo.load("out/gpt2")                  # a zoo or Hugging Face directory, or a hub id
+    zoo.save(model, "out/gpt2-medium")           # model.safetensors + spec.yaml + manifest.json
     tokens = zoo.generate(model, input_ids, max_new_tokens=20)
     zoo.export(model, "out/gpt2-onnx", "onnx", kv_cache=True)
-    report = zoo.verify(model, "hf")
+    report = zoo.verify(model)                    # parity with Hugging Face's GPT2LMHeadModel
 
 Plugin authors find the hook marker and every component base class here too
 (``zoo.hookimpl``, ``zoo.PositionalScheme``, ``zoo.Attention``, ``zoo.Block``, ...).
@@ -30,13 +31,13 @@ _API = {
     "build": "zoo.core.builder:build",
     "count_parameters": "zoo.core.meta:count_parameters",
     "parameter_table": "zoo.core.meta:parameter_table",
-    "save": "zoo.core.model_dir:save_model",
+    "save": "zoo.core.model_dir:save",
     "load": "zoo.hf.checkpoint:load",
     "load_weights": "zoo.hf.checkpoint:load_weights",
     # using a model
     "generate": "zoo.generation.sampling:generate",
     "verify": "zoo.hf.verify:verify",
-    "export": "zoo.core.export:export_model",
+    "export": "zoo.core.export:export",
     # plugins
     "hookimpl": "zoo.core.hookspecs:hookimpl",
     "get_registry": "zoo.core.registry:get_registry",

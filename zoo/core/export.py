@@ -23,3 +23,12 @@ def export_model(model: nn.Module, spec: ModelSpec, out_dir: str | os.PathLike, 
     exporter = registry.get("exporter", fmt)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         return exporter(model, spec, tmp, **options)
+
+
+def export(model: nn.Module, out_dir: str | os.PathLike, fmt: str = "onnx", *, overwrite: bool = False,
+           **options) -> dict:
+    """``zoo export`` for a model in hand: :func:`export_model` with the model's own spec.
+
+    ``options`` are the exporter's (``kv_cache=True``, ``dtype="fp16"``, ...); returns the manifest.
+    """
+    return export_model(model, model.spec, out_dir, fmt, overwrite=overwrite, **options)

@@ -84,6 +84,11 @@ def check_fit(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -
             )
 
 
+def save(model: nn.Module, out_dir: str | os.PathLike, overwrite: bool = False) -> dict:
+    """``zoo build -o`` for a model in hand: :func:`save_model` with the model's own spec."""
+    return save_model(model, model.spec, out_dir, overwrite=overwrite)
+
+
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Put ``tensors`` into ``model`` after :func:`check_fit`.
 
