@@ -120,34 +120,42 @@ class ExportGraph(nn.Module):
         return ("batch", self.spec.n_kv_heads, length, self.spec.head_dim)
 
 
-class DecoderGraph(ExportGraph):
+class CachedGraph(ExportGraph):
+    """A graph that returns logits and, with ``kv_cache``, takes each layer's past keys and
+    values and returns the present ones (an empty past serves prefill)."""
+
+    name = "decoder"
+
+    def __init__(self, model: nn.Module, kv_cache: bool, n_layers: int) -> None:
+        super().__init__(model)
+        self.kv_cache = kv_cache
+        self.n_layers = n_layers
+
+    def past_inputs(self) -> list[tuple[str, tuple]]:
+        past = self.kv_dims("past_sequence")
+        return [(f"past_{part}_{i}", past) for i in range(self.n_layers) for part in ("key", "value")]
+
+    def outputs(self):
+        names = [("logits", ("batch", "logit_positions", self.spec.vocab_size))]
+        if self.kv_cache:
+            total = self.kv_dims("past_sequence + sequence")
+            names += [(f"present_{part}_{i}", total) for i in range(self.n_layers) for part in ("key", "value")]
+        return names
+
+
+class DecoderGraph(CachedGraph):
     """A decoder-only LM: ``input_ids``, ``attention_mask`` (B, past + T), ``logit_index``
     and, with a cache, ``past_key_{i}``/``past_value_{i}`` → ``logits`` (B, K, V) and
     ``present_key_{i}``/``present_value_{i}``. An empty past serves prefill."""
 
-    name = "decoder"
-
     def __init__(self, model: nn.Module, kv_cache: bool) -> None:
-        super().__init__(model)
-        self.kv_cache = kv_cache
-        self.n_layers = self.spec.n_layers
+        super().__init__(model, kv_cache, model.spec.n_layers)
 
     def inputs(self):
         total = "past_sequence + sequence" if self.kv_cache else "sequence"
         names = [("input_ids", ("batch", "sequence")), ("attention_mask", ("batch", total)),
                  ("logit_index", ("logit_positions",))]
-        if self.kv_cache:
-            for i in range(self.n_layers):
-                names += [(f"past_key_{i}", self.kv_dims("past_sequence")), (f"past_value_{i}", self.kv_dims("past_sequence"))]
-        return names
-
-    def outputs(self):
-        names = [("logits", ("batch", "logit_positions", self.spec.vocab_size))]
-        if self.kv_cache:
-            for i in range(self.n_layers):
-                total = self.kv_dims("past_sequence + sequence")
-                names += [(f"present_key_{i}", total), (f"present_value_{i}", total)]
-        return names
+        return names + self.past_inputs() if self.kv_cache else names
 
     def forward(self, input_ids, attention_mask, logit_index, *past):
         cache = PastKeyValues(past[0::2], past[1::2]) if self.kv_cache else None
@@ -204,18 +212,14 @@ class CrossAttentionKVGraph(ExportGraph):
         return tuple(t for i in sorted(stored) for t in stored[i])
 
 
-class Seq2SeqDecoderGraph(ExportGraph):
+class Seq2SeqDecoderGraph(CachedGraph):
     """The encoder-decoder's decoder: ``tgt_ids``, ``tgt_mask`` (B, past + T),
     ``src_mask``, ``logit_index`` and either ``memory`` (no cache) or the precomputed
     ``memory_key_{i}``/``memory_value_{i}`` with ``past_key_{i}``/``past_value_{i}``
     → ``logits`` (and ``present_key_{i}``/``present_value_{i}``)."""
 
-    name = "decoder"
-
     def __init__(self, model: nn.Module, kv_cache: bool) -> None:
-        super().__init__(model)
-        self.kv_cache = kv_cache
-        self.n_layers = self.spec.n_decoder_layers
+        super().__init__(model, kv_cache, model.spec.n_decoder_layers)
 
     def inputs(self):
         total = "past_sequence + sequence" if self.kv_cache else "sequence"
@@ -224,19 +228,8 @@ class Seq2SeqDecoderGraph(ExportGraph):
         if not self.kv_cache:
             return names + [("memory", ("batch", "source_sequence", self.spec.d_model))]
         memory_dims = ("batch", self.spec.n_heads, "source_sequence", self.spec.head_dim)
-        for i in range(self.n_layers):
-            names += [(f"past_key_{i}", self.kv_dims("past_sequence")), (f"past_value_{i}", self.kv_dims("past_sequence"))]
-        for i in range(self.n_layers):
-            names += [(f"memory_key_{i}", memory_dims), (f"memory_value_{i}", memory_dims)]
-        return names
-
-    def outputs(self):
-        names = [("logits", ("batch", "logit_positions", self.spec.vocab_size))]
-        if self.kv_cache:
-            for i in range(self.n_layers):
-                total = self.kv_dims("past_sequence + sequence")
-                names += [(f"present_key_{i}", total), (f"present_value_{i}", total)]
-        return names
+        memory = [(f"memory_{part}_{i}", memory_dims) for i in range(self.n_layers) for part in ("key", "value")]
+        return names + self.past_inputs() + memory
 
     def forward(self, tgt_ids, tgt_mask, src_mask, logit_index, *rest):
         if self.kv_cache:

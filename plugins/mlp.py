@@ -67,9 +67,10 @@ class SwiGLU(MLP):
         return self.c_proj(F.silu(gate) * up)
 
 
+MLPS = {"gelu": GeluMLP, "gelu_tanh": GeluTanhMLP, "relu": ReluMLP, "swiglu": SwiGLU}
+
+
 @hookimpl
 def zoo_register_components(registry):
-    registry.add("mlp", "gelu", GeluMLP)
-    registry.add("mlp", "gelu_tanh", GeluTanhMLP)
-    registry.add("mlp", "relu", ReluMLP)
-    registry.add("mlp", "swiglu", SwiGLU)
+    for name, mlp in MLPS.items():
+        registry.add("mlp", name, mlp)

@@ -8,10 +8,11 @@ from zoo.plugins.positional.rotary import RotaryPositions
 from zoo.plugins.positional.sinusoidal import SinusoidalPositions
 
 
+SCHEMES = {"learned": LearnedPositions, "sinusoidal": SinusoidalPositions, "rotary": RotaryPositions,
+           "alibi": ALiBi, "none": NoPositions}
+
+
 @hookimpl
 def zoo_register_components(registry):
-    registry.add("positional", "learned", LearnedPositions)
-    registry.add("positional", "sinusoidal", SinusoidalPositions)
-    registry.add("positional", "rotary", RotaryPositions)
-    registry.add("positional", "alibi", ALiBi)
-    registry.add("positional", "none", NoPositions)
+    for name, scheme in SCHEMES.items():
+        registry.add("positional", name, scheme)

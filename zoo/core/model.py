@@ -86,40 +86,58 @@ def select_positions(x: torch.Tensor, last_only: bool, logit_index: torch.Tensor
     return x
 
 
-class DecoderLM(nn.Module):
-    """A decoder-only language model (GPT-2 and relatives)."""
+class LanguageModel(nn.Module):
+    """What both shapes share: a token table (named ``table_name``), the positional scheme,
+    embedding dropout, the LM head (tied to the table when the spec says so) and a cache."""
+
+    table_name = "wte"
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.wte = nn.Embedding(spec.vocab_size, spec.d_model)
+        setattr(self, self.table_name, nn.Embedding(spec.vocab_size, spec.d_model))
         self.positional = make_component(spec, "positional")
         self.drop = nn.Dropout(spec.dropout)
-        self.stack = Stack(spec, spec.n_layers, causal=_causal(spec, True), cross=False)
-        self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
         self.embed_scale = math.sqrt(spec.d_model) if spec.scale_embeddings else 1.0
+
+    @property
+    def token_table(self) -> nn.Embedding:
+        return getattr(self, self.table_name)
+
+    def add_head(self) -> None:
+        """The LM head, made last so that parameters keep GPT-2's order."""
+        self.lm_head = nn.Linear(self.spec.d_model, self.spec.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         if self.spec.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-
-    @property
-    def causal(self) -> bool:
-        return self.stack.causal
+            self.lm_head.weight = self.token_table.weight
 
     def new_cache(self, batch: int, capacity: int, **kw) -> KVCache:
-        param = self.wte.weight
+        param = self.token_table.weight
         kw.setdefault("dtype", param.dtype)
         kw.setdefault("device", param.device)
         return KVCache.for_spec(self.spec, batch, capacity, **kw)
 
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Scaled token embeddings plus the positional scheme's (B, T, D)."""
-        x = self.wte(ids)  # (B, T, D)
+        x = self.token_table(ids)  # (B, T, D)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
         return self.drop(self.positional.embed(x, positions))
+
+
+class DecoderLM(LanguageModel):
+    """A decoder-only language model (GPT-2 and relatives)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.stack = Stack(spec, spec.n_layers, causal=_causal(spec, True), cross=False)
+        self.add_head()
+
+    @property
+    def causal(self) -> bool:
+        return self.stack.causal
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -146,37 +164,16 @@ class DecoderLM(nn.Module):
         return self.lm_head(select_positions(x, last_only, logit_index))  # (B, T or K, V)
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(LanguageModel):
     """The 2017 Transformer: bidirectional encoder, causal decoder with cross-attention."""
 
+    table_name = "embed"
+
     def __init__(self, spec: ModelSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
-        self.positional = make_component(spec, "positional")
-        self.drop = nn.Dropout(spec.dropout)
+        super().__init__(spec)
         self.encoder = Stack(spec, spec.n_layers, causal=False, cross=False)
         self.decoder = Stack(spec, spec.n_decoder_layers, causal=_causal(spec, True), cross=True)
-        self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
-        self.embed_scale = math.sqrt(spec.d_model) if spec.scale_embeddings else 1.0
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.spec.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-
-    def new_cache(self, batch: int, capacity: int, **kw) -> KVCache:
-        param = self.embed.weight
-        kw.setdefault("dtype", param.dtype)
-        kw.setdefault("device", param.device)
-        return KVCache.for_spec(self.spec, batch, capacity, **kw)
-
-    def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Scaled token embeddings plus the positional scheme's (B, T, D)."""
-        x = self.embed(ids)  # (B, T, D)
-        if self.embed_scale != 1.0:
-            x = x * self.embed_scale
-        return self.drop(self.positional.embed(x, positions))
+        self.add_head()
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
                static_mask: bool = False) -> torch.Tensor:
