@@ -21,7 +21,7 @@ def zoo_register_components(registry):
     Call ``registry.add(kind, name, component)`` once per component, where ``kind`` is
     one of ``positional``, ``attention``, ``block``, ``norm`` or ``mlp`` and
     ``component`` is an ``nn.Module`` subclass following the protocol of
-    :mod:`zoo.core.components` for that kind. A name already taken by another plugin is
+    :mod:`zoo.core.components` for that kind (its base classes are ``zoo.PositionalScheme``, ``zoo.Attention``, ``zoo.Block``, ``zoo.Norm`` and ``zoo.MLP``; see ``docs/plugins.md``). A name already taken by another plugin is
     refused with an error naming both plugins.
     """
 
@@ -44,7 +44,7 @@ def zoo_register_exporters(registry):
 def zoo_positional_picture(scheme, spec, length, figure):
     """Draw positional scheme ``scheme`` for ``zoo show positional`` into ``figure``.
 
-    ``scheme`` is the scheme instance (a :class:`zoo.core.components.PositionalScheme`;
+    ``scheme`` is the scheme instance (a ``zoo.PositionalScheme``;
     learned weights are loaded when the user passed them), ``spec`` the model spec it
     belongs to, ``length`` the number of positions to show, and ``figure`` an empty
     :class:`matplotlib.figure.Figure` with constrained layout whose suptitle the zoo
@@ -54,6 +54,6 @@ def zoo_positional_picture(scheme, spec, length, figure):
     Return True if the plugin drew the scheme, None to leave it to another plugin: the
     first plugin to return a result wins, so a positional plugin can provide the
     picture of its own scheme. The built-in ``zoo.plugins.pictures`` runs last and draws
-    any scheme from what it does through the :class:`~zoo.core.components.PositionalScheme`
+    any scheme from what it does through the ``zoo.PositionalScheme``
     methods (added embeddings, rotated queries and keys, attention-score bias).
     """
