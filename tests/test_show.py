@@ -438,3 +438,11 @@ def test_block_layouts_are_traced_as_they_run():
     assert layout("post_norm") == [("attn",), ("add", -1), ("ln_1",), ("mlp",), ("add", 2), ("ln_2",)]
     # parallel: attention and MLP read the same normalised input and meet in one add
     assert layout("parallel") == [("ln_1",), ("attn", "mlp"), ("add", -1)]
+
+
+def test_show_model_draws_a_spec_too_deep_to_assemble(tmp_path):
+    """A billion layers: one layer per stack is drawn, the counts come from shapes."""
+    out = tmp_path / "deep.png"
+    result = CliRunner().invoke(cli, ["show", "model", "gpt2", "--set", "n_layers=1000000000", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.stat().st_size > 10_000

@@ -77,7 +77,7 @@ def docstring_summary(text: str | None) -> str:
 
 def compact(count: int) -> str:
     """A parameter count for a label: 786,432 → '786K', 354,823,168 → '354.8M'."""
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if count >= size:
             value = count / size
             return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"

@@ -11,6 +11,8 @@ plugin name and parameter count.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zoo.core.meta import assemble, parameter_table
+from zoo.core.limits import EXACT_LAYERS, parameter_rows
+from zoo.core.meta import assemble
 from zoo.core.components import PositionalScheme
 from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
@@ -318,7 +321,7 @@ def _draw_column(d: Diagram, x: float, spec: ModelSpec, model: nn.Module, nodes:
     d.ax.add_patch(_frame(left, frame_bottom, COLUMN_W - 0.2, frame_top - frame_bottom))
     role = f"{stack_name} " if spec.is_encoder_decoder else ""
     d.ax.text(left + 0.15, frame_top - 0.12, f"{n_layers} × {spec.block.type} {role}block\n"
-              f"{compact(_params(stack.h))} params", fontsize=9.5, fontweight="bold", va="top", ha="left")
+              f"{compact(_params(stack.h) * n_layers // len(stack.h))} params", fontsize=9.5, fontweight="bold", va="top", ha="left")
     d.ax.text(x + COLUMN_W / 2 - 0.25, frame_top - 0.12, "\n".join(doc), fontsize=8, color="#555555",
               va="top", ha="right")
     d.arrow((x, top), (x, frame_top + GAP))
@@ -346,10 +349,9 @@ def _frame(left: float, bottom: float, width: float, height: float):
                           edgecolor="#888888", linewidth=1.2, zorder=-1)
 
 
-def draw_parameter_table(ax, spec: ModelSpec, model: nn.Module, top: float) -> None:
+def draw_parameter_table(ax, rows: list, top: float) -> None:
     """``zoo describe``'s parameter table, one text per cell (SVG viewers collapse the
     spaces a monospace block would rely on), starting ``top`` inches up on ``ax``."""
-    rows = parameter_table(spec, model)
     total = sum(r.count for r in rows)
     body = [(r.part, r.plugin, f"{r.count:,}", f"{100 * r.count / total:.1f}%") for r in rows]
     columns = ((0.15, "left"), (1.45, "left"), (4.2, "right"), (4.95, "right"))  # inches
@@ -368,8 +370,13 @@ def model_figure(spec: ModelSpec):
     """A diagram of the model ``spec`` assembles: token embedding, positions, N× block with
     its sublayers and residual connections, final norm and LM head — an encoder column and
     a decoder column for an encoder-decoder — with plugin names and parameter counts, and
-    the parameter table. Everything stays on the meta device: no weights are allocated."""
-    model = assemble(spec)
+    the parameter table. Everything stays on the meta device: no weights are allocated.
+    Past :data:`~zoo.core.limits.EXACT_LAYERS` layers the drawing assembles one layer per
+    stack (every layer has the same sublayers) and the counts come from shapes."""
+    layer_fields = ("n_layers", "n_decoder_layers") if spec.is_encoder_decoder else ("n_layers",)
+    deep = sum(getattr(spec, f) for f in layer_fields) > EXACT_LAYERS
+    model = assemble(dataclasses.replace(spec, **{f: 1 for f in layer_fields}) if deep else spec)
+    rows, _ = parameter_rows(spec)
     traces = trace_blocks(model, spec)
     stacks = _stacks(model, spec)
     layers = {"encoder": spec.n_layers, "decoder": spec.n_decoder_layers if spec.is_encoder_decoder else spec.n_layers}
@@ -394,7 +401,7 @@ def model_figure(spec: ModelSpec):
     table_ax.set_axis_off()
     table_ax.set_xlim(0, TABLE_W)
     table_ax.set_ylim(0, height)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(r.count for r in rows)
     family = (f"encoder-decoder · {spec.n_layers}+{spec.n_decoder_layers} layers" if spec.is_encoder_decoder
               else f"decoder · {spec.n_layers} layers")
     about = textwrap.wrap(spec.description, 62)
@@ -402,5 +409,5 @@ def model_figure(spec: ModelSpec):
     summary = [*about, f"{family} · d_model {spec.d_model} · {spec.n_heads} heads",
                f"{total:,} parameters · context {spec.context_length} · vocabulary {spec.vocab_size:,}"]
     table_ax.text(0.15, height - 0.85, "\n".join(summary), fontsize=9.5, va="top", linespacing=1.5)
-    draw_parameter_table(table_ax, spec, model, top=height - 1.25 - 0.2 * len(summary))
+    draw_parameter_table(table_ax, rows, top=height - 1.25 - 0.2 * len(summary))
     return figure
