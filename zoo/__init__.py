@@ -50,6 +50,8 @@ _API = {
     "MLP": "zoo.core.components:MLP",
     "Exporter": "zoo.core.components:Exporter",
     "Context": "zoo.core.components:Context",
+    "CheckpointFormat": "zoo.hf.formats:CheckpointFormat",
+    "ConfigField": "zoo.hf.formats:ConfigField",
     # errors
     "ZooError": "zoo.errors:ZooError",
 }

@@ -23,6 +23,7 @@ class MultiHeadAttention(Attention):
         bias: bool = True
         dropout: float = 0.0
         causal: bool | None = None  # None: causal in a decoder, bidirectional in an encoder
+        out_bias: bool | None = None  # bias of c_proj; None: as ``bias`` (Qwen2 has q/k/v biases only)
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
         super().__init__(spec, options, layer_index)
@@ -32,7 +33,8 @@ class MultiHeadAttention(Attention):
         self.dropout = options.dropout
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.c_attn = nn.Linear(spec.d_model, q_dim + 2 * kv_dim, bias=options.bias)
-        self.c_proj = nn.Linear(q_dim, spec.d_model, bias=options.bias)
+        out_bias = options.bias if options.out_bias is None else options.out_bias
+        self.c_proj = nn.Linear(q_dim, spec.d_model, bias=out_bias)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape

@@ -40,6 +40,21 @@ def zoo_register_exporters(registry):
     """
 
 
+@hookspec
+def zoo_register_checkpoint_formats(registry):
+    """Add Hugging Face checkpoint formats to ``registry``, one per ``model_type``.
+
+    Call ``registry.add("checkpoint_format", model_type, fmt)``, where ``model_type`` is
+    the value of ``config.json``'s ``model_type`` (``"llama"``) and ``fmt`` a
+    :class:`zoo.CheckpointFormat`: the parameter-name table (Hugging Face name patterns
+    with ``{i}`` for the layer, as data), the tensor transforms between the two layouts
+    (transposes, fused or separate projections, per-head interleaving), the
+    ``config.json`` <-> spec mapping in both directions and the ``transformers`` class
+    to verify against. ``zoo build --weights DIR``, ``zoo verify --against hf`` and
+    ``zoo export --format hf`` then work for that family; see ``docs/plugins.md``.
+    """
+
+
 @hookspec(firstresult=True)
 def zoo_positional_picture(scheme, spec, length, figure):
     """Draw positional scheme ``scheme`` for ``zoo show positional`` into ``figure``.

@@ -22,7 +22,7 @@ import pluggy
 from zoo.core import hookspecs
 from zoo.errors import PluginError, RegistryError
 
-KINDS = ("positional", "attention", "block", "norm", "mlp", "exporter")
+KINDS = ("positional", "attention", "block", "norm", "mlp", "exporter", "checkpoint_format")
 
 BUILTIN_PLUGINS = (
     "zoo.plugins.positional",
@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "zoo.plugins.mlp",
     "zoo.plugins.pictures",
     "zoo.exporters",
+    "zoo.plugins.checkpoints",
 )
 
 
@@ -156,7 +157,8 @@ def _origin(pm: pluggy.PluginManager, plugin_name: str, plugin: object) -> str:
 def collect(pm: pluggy.PluginManager) -> Registry:
     """Run every registration hook, recording which plugin added what."""
     registry = Registry()
-    for hook in (pm.hook.zoo_register_components, pm.hook.zoo_register_exporters):
+    for hook in (pm.hook.zoo_register_components, pm.hook.zoo_register_exporters,
+                 pm.hook.zoo_register_checkpoint_formats):
         # Called one implementation at a time (in registration order) so that each
         # entry knows its origin and a duplicate can name both plugins.
         for impl in hook.get_hookimpls():

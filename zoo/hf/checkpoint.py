@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: reading GPT-2 weights from a directory, the hub or its cache,
+"""Hugging Face checkpoints: reading weights from a directory, the hub or its cache,
 and :func:`load_weights` / :func:`load`, the zoo's entry points for weights from anywhere.
 
 A source is ``"hf"`` (the hub id in the spec's ``weights.hf``), a hub id (read from the
@@ -8,7 +8,7 @@ Face layout (``config.json`` + ``model.safetensors``, sharded safetensors, or
 
 Loading a Hugging Face checkpoint checks ``config.json`` against the spec field by field
 before any tensor is read, then checks every key and shape against the name table of
-:mod:`zoo.hf.gpt2`, and only then reads: tensors are memory-mapped views of the file,
+:mod:`zoo.hf.formats` registered for its ``model_type``, and only then reads: tensors are memory-mapped views of the file,
 assigned into a model whose large layers wait on the meta device, so a model needs about 1x its weight bytes.
 """
 
@@ -31,7 +31,7 @@ from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETEN
 from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
 from zoo.core.spec import ModelSpec
 from zoo.errors import WeightsError, first_line
-from zoo.hf.gpt2 import check_gpt2_config, gpt2_spec, plan_gpt2
+from zoo.hf.formats import checkpoint_format, plan, to_zoo_tensors
 
 # --------------------------------------------------------------------------- reading checkpoints
 
@@ -131,19 +131,29 @@ def read_config(directory: Path) -> dict:
     return read_json(path, WeightsError)
 
 
+def directory_format(directory: Path, config: dict):
+    """The registered checkpoint format of a Hugging Face directory, by its ``model_type``."""
+    return checkpoint_format(config.get("model_type"), str(directory / HF_CONFIG))
+
+
 def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torch.float32) -> nn.Module:
-    """A zoo model with the weights of a Hugging Face GPT-2 directory."""
-    check_gpt2_config(read_config(directory), spec, str(directory / HF_CONFIG))
+    """A zoo model with the weights of a Hugging Face directory of any registered family."""
+    config = read_config(directory)
+    fmt = directory_format(directory, config)
+    fmt.check_config(config, spec, str(directory / HF_CONFIG))
     model = construct(spec, device)
     with CheckpointReader(directory) as reader:
-        plan = plan_gpt2(model, reader.shapes(), str(directory))
-        tensors = {}
-        for name, (zoo_name, transposed) in plan.items():
-            tensor = reader.get(name)
-            if transposed:
-                tensor = tensor.t()  # [in, out] -> [out, in], a view: no copy
-            tensors[zoo_name] = tensor.to(device=device, dtype=dtype)
+        stored = plan(fmt, model, reader.shapes(), str(directory))
+        tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name]))
+        tensors = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
     return load_state(model, tensors, str(directory)).eval()
+
+
+def hf_directory_spec(directory: Path, name: str) -> ModelSpec:
+    """The spec of a Hugging Face directory, from its ``config.json``: the catalog model it
+    fits, else its family's layout sized by the config."""
+    config = read_config(directory)
+    return directory_format(directory, config).spec_from_config(config, name)
 
 
 # --------------------------------------------------------------------------- sources
@@ -211,10 +221,11 @@ def load_weights(spec: ModelSpec, source: str, device: str | torch.device = "cpu
 
 def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """A ready model, in eval mode, from ``source`` alone: a zoo model directory (its own
-    ``spec.yaml``), a Hugging Face GPT-2 directory, or a hub id (from the Hugging Face cache).
+    ``spec.yaml``), a Hugging Face directory of a registered family (GPT-2, Llama, Qwen2, GPT-NeoX, ...), or a
+    hub id (from the Hugging Face cache).
 
-    A GPT-2 checkpoint becomes the catalog model its ``config.json`` fits (``gpt2``,
-    ``gpt2-medium``, ...), else ``gpt2`` resized to the config. ``dtype`` None keeps a zoo
+    A checkpoint becomes the catalog model its ``config.json`` fits (``gpt2-medium``,
+    ``smollm2-135m``, ...), else its family's layout sized by the config. ``dtype`` None keeps a zoo
     directory's stored dtype and reads a Hugging Face checkpoint as float32.
     """
     source = str(source)
@@ -224,5 +235,5 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     directory = hf_directory(source)
     if directory is None:
         return load_model(Path(source).expanduser(), device=device, dtype=dtype)
-    spec = gpt2_spec(read_config(directory), source)
+    spec = hf_directory_spec(directory, source)
     return load_hf_directory(spec, directory, device, dtype or torch.float32)
