@@ -24,7 +24,7 @@ from zoo.core.files import MANIFEST, WEIGHTS, sha256_file
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.core.spec import ModelSpec
 from zoo.hf.checkpoint import load_weights
-from zoo.hf.gpt2 import gpt2_config, gpt2_layout_problem, to_hf_state_dict
+from zoo.hf.formats import format_for_spec, layout_problem, to_hf_state_dict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
@@ -38,9 +38,10 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
     """
     out = Path(out_dir)
-    problem = gpt2_layout_problem(spec)
+    problem = layout_problem(spec)
     if problem:
-        raise ExportError(f"no Hugging Face GPT2LMHeadModel can hold this model: {problem}")
+        raise ExportError(f"no Hugging Face checkpoint format can hold this model: {problem}")
+    fmt = format_for_spec(spec)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
     if opset is not None:
@@ -49,14 +50,14 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
 
     tensors = {name: t.detach().to("cpu", torch_dtype).contiguous() for name, t in to_hf_state_dict(model).items()}
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
-    config = gpt2_config(spec, torch_dtype)
+    config = fmt.hf_config(spec, torch_dtype)
     config.save_pretrained(out)
     write_generation_config(config, out)
     tokenizer = write_tokenizer(spec, out, tokenizer_dir)
-    manifest = {"format": "hf", "model": spec.name, "dtype": dtype, "architecture": "GPT2LMHeadModel",
+    manifest = {"format": "hf", "model": spec.name, "dtype": dtype, "architecture": fmt.architecture,
                 "tokenizer": tokenizer}
     if validate:
-        manifest["validation"] = validate_export(model, spec, out, exact=torch_dtype == model.wte.weight.dtype)
+        manifest["validation"] = validate_export(model, spec, out, exact=torch_dtype == model.token_table.weight.dtype)
     manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in sorted(out.iterdir()) if p.is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -87,10 +88,8 @@ def write_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None
 def validate_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -> dict:
     """Load ``out`` with ``transformers`` and with the zoo, compare logits in fp32 on a fixed
     batch, and (``exact``) check the zoo's copy equals ``model`` bit for bit."""
-    from transformers import GPT2LMHeadModel
-
     try:
-        theirs = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32).eval()
+        theirs = format_for_spec(spec).hf_class().from_pretrained(out, dtype=torch.float32).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise ExportError(f"transformers cannot load the export of {spec.name}: {first_line(exc)}") from None
     try:
@@ -102,7 +101,7 @@ def validate_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -
     with torch.inference_mode():
         diff = (ours(ids) - theirs(ids).logits).abs().max().item()
     if diff > ATOL:
-        raise ExportError(f"GPT2LMHeadModel and the zoo disagree on the export of {spec.name}: max |difference| "
+        raise ExportError(f"transformers and the zoo disagree on the export of {spec.name}: max |difference| "
                           f"{diff:.2e} exceeds {ATOL}; nothing was written")
     report = {"max_abs_diff": diff, "atol": ATOL}
     if exact:

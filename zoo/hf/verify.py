@@ -1,9 +1,10 @@
-"""Parity of a zoo GPT-2 with Hugging Face ``GPT2LMHeadModel`` on the same weights:
-:func:`verify` (``zoo.verify``) runs the checks the ``zoo verify`` command reports.
+"""Parity of a zoo model with its family's transformers class (``GPT2LMHeadModel``,
+``LlamaForCausalLM``, ...; see :mod:`zoo.hf.formats`) on the same weights: :func:`verify`
+(``zoo.verify``) runs the checks the ``zoo verify`` command reports.
 
-Four checks, each on text through the real GPT-2 tokenizer: logits of each prompt alone,
+Four checks, each on text through the model's real tokenizer: logits of each prompt alone,
 logits of the prompts as one left-padded batch (real positions only), greedy decoding
-(the zoo's :func:`zoo.generation.sampling.generate` against ``GPT2LMHeadModel.generate``: tokens
+(the zoo's :func:`zoo.generation.sampling.generate` against transformers' ``generate``: tokens
 must be identical), and the zoo's greedy tokens with and without its key/value cache.
 """
 
@@ -17,9 +18,9 @@ from torch import nn
 
 from zoo.errors import ZooError
 from zoo.generation.sampling import generate
-from zoo.generation.tokenizer import gpt2_tokenizer
 from zoo.hf.checkpoint import hf_source_directory
-from zoo.hf.gpt2 import gpt2_layout_problem, to_hf_model
+from zoo.hf.formats import format_for_spec, layout_problem, to_hf_model
+from zoo.hf.tokenizer import tokenizer_for
 
 PROMPTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -46,6 +47,7 @@ class ParityReport:
     """Every check of one :func:`verify_against_hf` run."""
 
     model: str
+    architecture: str
     weights: str
     dtype: str
     atol: float
@@ -60,7 +62,7 @@ class ParityReport:
         rows = [(c.name, _num(c.max_abs), _num(c.max_rel), "ok" if c.passed else "FAIL", c.detail) for c in self.checks]
         header = ("check", "max abs", "max rel", "result", "")
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(4)]
-        out = [f"{self.model} vs transformers GPT2LMHeadModel; weights: {self.weights}; {self.dtype}; "
+        out = [f"{self.model} vs transformers {self.architecture}; weights: {self.weights}; {self.dtype}; "
                f"logits within {self.atol:g} absolute"]
         for row in (header, *rows):
             out.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else ""))
@@ -88,9 +90,9 @@ def hf_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def verify_against_hf(model: nn.Module, hf_model: nn.Module, tokenizer, prompts=PROMPTS, steps: int = 20,
                       atol: float | None = None, weights: str = "") -> ParityReport:
     """Run the four parity checks of zoo ``model`` against ``hf_model`` (same weights)."""
-    param = model.wte.weight
+    param = model.token_table.weight
     atol = atol if atol is not None else DEFAULT_ATOL.get(param.dtype, 1e-2)
-    report = ParityReport(model.spec.name, weights, str(param.dtype).removeprefix("torch."), atol)
+    report = ParityReport(model.spec.name, type(hf_model).__name__, weights, str(param.dtype).removeprefix("torch."), atol)
     device = param.device
 
     for i, text in enumerate(prompts, 1):
@@ -106,7 +108,7 @@ def verify_against_hf(model: nn.Module, hf_model: nn.Module, tokenizer, prompts=
     diff, rel = logit_difference(ours[real], theirs[real])
     report.checks.append(Check(f"padded batch ({ids.shape[0]}x{ids.shape[1]}, left)", diff <= atol, diff, rel))
 
-    eos = tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.spec.eos_token_id
     zoo_tokens = generate(model, ids, mask, max_new_tokens=steps, eos_token_id=eos)
     hf_tokens = hf_model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
                                   eos_token_id=eos, pad_token_id=eos)
@@ -135,10 +137,8 @@ def hf_reference(model: nn.Module, source: str | None):
     directory = hf_source_directory(model.spec, source) if source else None
     if directory is None:
         return to_hf_model(model)
-    from transformers import GPT2LMHeadModel
-
-    param = model.wte.weight
-    hf_model = GPT2LMHeadModel.from_pretrained(Path(directory), dtype=param.dtype)
+    param = model.token_table.weight
+    hf_model = format_for_spec(model.spec).hf_class().from_pretrained(Path(directory), dtype=param.dtype)
     return hf_model.to(param.device).eval()
 
 
@@ -147,21 +147,22 @@ REFERENCES = ("hf",)  # what a model can be verified against
 
 def verify(model: nn.Module, against: str = "hf", weights: str | None = None, tokenizer=None,
            prompts=PROMPTS, steps: int = 20, atol: float | None = None, label: str | None = None) -> ParityReport:
-    """Check zoo GPT-2 ``model`` against Hugging Face's ``GPT2LMHeadModel`` and return the report
-    (``report.passed``, ``report.lines()``).
+    """Check zoo ``model`` against its family's transformers class (``GPT2LMHeadModel``,
+    ``LlamaForCausalLM``, ...) and return the report (``report.passed``, ``report.lines()``).
 
     ``weights``: where ``model``'s weights came from; a Hugging Face checkpoint there ("hf",
     a hub id or a directory) is loaded by transformers itself, anything else (None, a zoo
-    model directory) gives the reference ``model``'s own weights. ``tokenizer``: a GPT-2
-    tokenizer or its directory (default: the copy shipped with zoo). ``label`` names the
+    model directory) gives the reference ``model``'s own weights. ``tokenizer``: a tokenizer
+    or its directory (default: the checkpoint's ``tokenizer.json``, or for GPT-2 the copy shipped with zoo). ``label`` names the
     weights in the report (default: ``weights``).
     """
     if against not in REFERENCES:
         raise ZooError(f"cannot verify against {against!r}; choose one of: {', '.join(REFERENCES)}")
-    problem = gpt2_layout_problem(model.spec)
+    problem = layout_problem(model.spec)
     if problem:
         raise ZooError(f"cannot verify against {against}: {problem}")
+    reference = hf_reference(model, weights)
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        tokenizer = gpt2_tokenizer(tokenizer)
-    return verify_against_hf(model, hf_reference(model, weights), tokenizer, prompts, steps, atol,
+        tokenizer = tokenizer_for(model.spec, tokenizer, getattr(reference, "name_or_path", None) or None)
+    return verify_against_hf(model, reference, tokenizer, prompts, steps, atol,
                              weights=label or weights or "the model's own")
