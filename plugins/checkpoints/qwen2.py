@@ -1,7 +1,7 @@
 """Qwen2 (``Qwen2ForCausalLM``): Llama's layout with biases on q, k and v (not on the output)."""
 
 from zoo import CheckpointFormat
-from zoo.plugins.checkpoints.llama import LAYER, TEMPLATE, decoder_fields, decoder_weights, head_dim
+from zoo.plugins.checkpoints.llama import LAYER, TEMPLATE, decoder_fields, decoder_weights
 from zoo.hf.transforms import Fused, qkv_sizes
 
 ATTN = LAYER + "self_attn."
@@ -16,7 +16,7 @@ QWEN2 = CheckpointFormat(
     },
     template={**TEMPLATE, "attention": {"type": "multi_head", "n_heads": 32, "bias": True, "out_bias": False}},
     fields=decoder_fields(),
-    fixed={"hidden_act": "silu", "use_sliding_window": False, "head_dim": head_dim},
+    fixed={"hidden_act": "silu", "use_sliding_window": False},
     ignored=(ATTN + "rotary_emb.inv_freq",),
     description="Qwen2: Llama with q/k/v biases (Qwen2, Qwen2.5)",
 )
