@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from zoo.core import registry
+from zoo.core.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -24,6 +25,8 @@ def tiny_overrides(name: str | None = None, **extra) -> dict:
         out.update({"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2})
     elif name is not None:
         out.update({"bos_token_id": 96, "eos_token_id": 96})
+        if load_spec(name).attention.options.n_kv_heads:  # grouped-query models stay grouped
+            out["attention.n_kv_heads"] = 2
     out.update(extra)
     return out
 

@@ -282,7 +282,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     tensors["transformer.h.1.adapter.weight"] = torch.zeros(2)
     save_file(tensors, path)
     message = build_error(tmp_path, tmp_path / "hf", spec_overrides(hf_model))
-    assert "missing h.1.ln_2.bias" in message and "unexpected transformer.h.1.adapter.weight" in message
+    assert "missing transformer.h.1.ln_2.bias" in message and "unexpected transformer.h.1.adapter.weight" in message
 
 
 def test_truncated_safetensors_is_one_line(tmp_path):

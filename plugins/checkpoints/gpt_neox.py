@@ -31,6 +31,7 @@ GPT_NEOX = CheckpointFormat(
     architecture="GPTNeoXForCausalLM",
     weights={"wte.weight": Same("gpt_neox.embed_in.weight"), **_layer_weights()},
     head=Same("embed_out.weight"),
+    renamed={"embed_out.weight": "lm_head.weight"},  # transformers 5 renames it on load
     template={
         "family": "decoder",
         "vocab_size": 50432,

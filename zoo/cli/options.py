@@ -57,9 +57,22 @@ def given_options(ctx: click.Context, names) -> set[str]:
 
 
 def load_spec_arg(model: str, overrides) -> "ModelSpec":  # noqa: F821
+    """MODEL's spec: a catalog name, a spec file, or a Hugging Face directory of a supported
+    family (its spec read from ``config.json``)."""
     from zoo.core.spec import load_spec
+    from zoo.hf.checkpoint import hf_directory_spec, local_hf_directory
 
+    directory = local_hf_directory(model)
+    if directory is not None:
+        return load_spec(hf_directory_spec(directory, model), dict(overrides) or None)
     return load_spec(model, dict(overrides) or None)
+
+
+def default_weights(model: str, weights: str | None) -> str | None:
+    """``--weights``, or MODEL itself when MODEL is a Hugging Face directory."""
+    from zoo.hf.checkpoint import local_hf_directory
+
+    return weights or (model if local_hf_directory(model) is not None else None)
 
 
 def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):

@@ -1,4 +1,4 @@
-"""``zoo verify``: a model against Hugging Face's GPT2LMHeadModel on the same weights."""
+"""``zoo verify``: a model against its family's transformers class on the same weights."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import sys
 
 import click
 
-from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
 
 
 @click.command()
 @spec_options
 @click.option("--against", type=click.Choice(["hf"]), default="hf", show_default=True,
-              help="Reference implementation: transformers' GPT2LMHeadModel.")
+              help="Reference implementation: the family's transformers class (GPT2LMHeadModel, LlamaForCausalLM, ...).")
 @click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False), default=None, help=TOKENIZER_HELP)
 @click.option("--prompt", "prompts", multiple=True, help="Text to compare on (repeatable; default: four built-in prompts).")
@@ -23,11 +23,12 @@ from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, load_spec_arg, model_f
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, atol, seed, device):
-    """Run MODEL and Hugging Face's GPT2LMHeadModel on the same weights and print a parity
+    """Run MODEL and its family's transformers class on the same weights and print a parity
     report; exit 0 only when logits are within tolerance and greedy tokens identical."""
     from zoo.hf.verify import PROMPTS, verify as verify_model
 
     spec = load_spec_arg(model, overrides)
+    weights = default_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed, device=device)
     report = verify_model(net, against, weights, tokenizer_dir, prompts or PROMPTS, steps, atol,
                           label=weights or f"random init (seed {seed})")

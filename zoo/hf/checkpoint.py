@@ -149,6 +149,15 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
     return load_state(model, tensors, str(directory)).eval()
 
 
+def local_hf_directory(source: str) -> Path | None:
+    """``source`` as a local Hugging Face model directory (``config.json``, no zoo
+    ``spec.yaml``), or None when it is anything else (a catalog name, a spec file)."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / HF_CONFIG).is_file() and not is_model_directory(path):
+        return path
+    return None
+
+
 def hf_directory_spec(directory: Path, name: str) -> ModelSpec:
     """The spec of a Hugging Face directory, from its ``config.json``: the catalog model it
     fits, else its family's layout sized by the config."""

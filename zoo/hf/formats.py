@@ -12,6 +12,7 @@ names and shapes before reading, convert tensors both ways, build a spec from
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -97,6 +98,7 @@ class CheckpointFormat:
     head: Any = Same("lm_head.weight")
     ignored: tuple[str, ...] = ()
     optional_prefix: str = ""
+    renamed: dict[str, str] = field(default_factory=dict)  # checkpoint name -> the transformers module's, where they differ
     description: str = ""
 
     # ------------------------------------------------------------------ weights
@@ -286,13 +288,35 @@ def to_hf_state_dict(model: nn.Module, fmt: CheckpointFormat | None = None) -> d
     return out
 
 
+@contextmanager
+def parameters_on_meta():
+    """Build modules with their parameters on the meta device but their buffers real (the
+    rotary tables transformers computes in its constructors), as no weights are allocated."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
 def to_hf_model(model: nn.Module):
     """The transformers model of ``model``'s family holding its weights, in eval mode."""
     fmt = format_for_spec(model.spec)
-    with torch.device("meta"):
+    with parameters_on_meta():
         hf_model = fmt.hf_class()(fmt.hf_config(model.spec, model.token_table.weight.dtype))
-    hf_model.load_state_dict(to_hf_state_dict(model, fmt), strict=False, assign=True)
+    tensors = {fmt.renamed.get(name, name): t for name, t in to_hf_state_dict(model, fmt).items()}
+    hf_model.load_state_dict(tensors, strict=False, assign=True)
     hf_model.tie_weights()
+    unset = [name for name, p in hf_model.named_parameters() if p.is_meta]
+    if unset:
+        raise WeightsError(f"{fmt.architecture} has parameters the {fmt.model_type} table does not fill: {', '.join(unset[:3])}")
     return hf_model.eval()
 
 
