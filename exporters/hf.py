@@ -24,7 +24,7 @@ from zoo.core.files import MANIFEST, WEIGHTS, sha256_file
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.core.spec import ModelSpec
 from zoo.hf.checkpoint import load_weights
-from zoo.hf.formats import format_for_spec, layout_problem, to_hf_state_dict
+from zoo.hf.formats import closest_format, format_for_spec, layout_problem, to_hf_state_dict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
@@ -40,7 +40,9 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     out = Path(out_dir)
     problem = layout_problem(spec)
     if problem:
-        raise ExportError(f"no Hugging Face checkpoint format can hold this model: {problem}")
+        closest = closest_format(spec)
+        target = closest.architecture if closest else "checkpoint format"
+        raise ExportError(f"no Hugging Face {target} can hold this model: {problem}")
     fmt = format_for_spec(spec)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")

@@ -80,8 +80,8 @@ def test_load_a_catalog_shaped_checkpoint_gets_the_catalog_spec(tmp_path):
 def test_load_refuses_what_it_cannot_read(tmp_path):
     with pytest.raises(zoo.ZooError, match="no such directory, and not a Hugging Face hub id"):
         zoo.load(tmp_path / "missing" / "x y")
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
-    with pytest.raises(zoo.ZooError, match="model_type is 'llama'; the zoo reads GPT-2 checkpoints only"):
+    (tmp_path / "config.json").write_text('{"model_type": "mamba"}', encoding="utf-8")
+    with pytest.raises(zoo.ZooError, match="model_type 'mamba' is not supported; the zoo reads gpt2, gpt_neox"):
         zoo.load(tmp_path)
     with pytest.raises(zoo.ZooError, match="give the hub id itself"):
         zoo.load("hf")

@@ -74,7 +74,8 @@ def check_component(kind: str, name: str, component: type) -> None:
 
 
 def test_every_hook_is_documented_and_has_an_example():
-    assert HOOKS == ["zoo_positional_picture", "zoo_register_components", "zoo_register_exporters"]
+    assert HOOKS == ["zoo_positional_picture", "zoo_register_checkpoint_formats", "zoo_register_components",
+                     "zoo_register_exporters"]
     for hook in HOOKS:
         assert re.search(rf"^- `{hook}\(", DOC, re.M), f"docs/plugins.md has no line on {hook}"
         assert any(f"def {hook}(" in source for source in EXAMPLES), f"no example implements {hook}"
@@ -107,6 +108,8 @@ def test_example_runs(example, tmp_path):
             result = CliRunner().invoke(cli, [*args, "--opset", "17", "-o", str(tmp_path / "refused")])
             assert result.exit_code == 1 and "--opset is an ONNX setting" in result.output
             assert result.output.count("\n") == 1
+        elif entry.kind == "checkpoint_format":
+            check_checkpoint_format(entry.component, tmp_path)
         else:
             check_component(entry.kind, entry.name, entry.component)
     if hasattr(module, "zoo_positional_picture"):
@@ -116,6 +119,20 @@ def test_example_runs(example, tmp_path):
                                           "--dpi", "20", "-o", str(out)])
         assert result.exit_code == 0, result.output
         assert Image.open(out).size == (8 * 20, 3 * 20)  # the example's own size, not the built-in picture's
+
+
+def check_checkpoint_format(fmt, tmp_path) -> None:
+    """A random transformers model of the format's family, saved and read by ``zoo.load``."""
+    name = next(n for n in zoo.list_models() if fmt.spec_problem(zoo.load_spec(n)) is None)
+    spec = zoo.load_spec(name, tiny_overrides(name))
+    torch.manual_seed(0)
+    reference = fmt.hf_class()(fmt.hf_config(spec)).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    assert reference.config.model_type == fmt.model_type
+    model = zoo.load(tmp_path / "hf")
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids).logits, atol=1e-4, rtol=0)
 
 
 def example_named(name: str) -> str:

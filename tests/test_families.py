@@ -245,3 +245,10 @@ def test_a_wrong_layout_is_refused_before_reading(checkpoint):
                                           "mlp.type": "gelu"})
     with pytest.raises(WeightsError, match="a llama checkpoint needs 'swiglu'"):
         zoo.load_weights(spec, str(checkpoint("smollm2-135m")))
+
+
+def test_generate_uses_the_checkpoints_tokenizer_json(checkpoint):
+    directory = checkpoint("smollm2-135m")
+    result = run("generate", directory, "Once upon a time", "--max-new-tokens", 3)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Once upon a time") and "3 tokens in" in result.output

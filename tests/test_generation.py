@@ -10,7 +10,7 @@ import zoo
 from zoo.cli import cli
 from zoo.errors import DataError
 from zoo.generation.sampling import generate, next_tokens, prepare_for_decode
-from zoo.hf.gpt2 import to_hf_model
+from zoo.hf.formats import to_hf_model
 
 # The registry's gpt2 cut to 2 layers of width 64; GPT-2's vocabulary, so real text tokenizes.
 SMALL = {"n_layers": 2, "d_model": 64, "attention.n_heads": 4, "mlp.d_ff": 128, "context_length": 96}

@@ -146,6 +146,8 @@ def test_builtins_subclass_the_public_base_classes(fresh_registry):
     for entry in zoo.get_registry().entries():
         if entry.kind == "exporter":
             assert isinstance(entry.component, zoo.Exporter), entry.name
+        elif entry.kind == "checkpoint_format":
+            assert isinstance(entry.component, zoo.CheckpointFormat), entry.name
         else:
             assert issubclass(entry.component, BASES[entry.kind]), entry.name
 

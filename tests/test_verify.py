@@ -16,7 +16,7 @@ from zoo.cli import cli
 from zoo.generation.tokenizer import gpt2_tokenizer
 from zoo.hf.verify import verify_against_hf
 from zoo.hf.checkpoint import load_weights
-from zoo.hf.gpt2 import to_hf_model
+from zoo.hf.formats import to_hf_model
 
 # The registry's gpt2 cut to 2 layers of width 64, GPT-2's vocabulary (the prompts are real text).
 SMALL = {"n_layers": 2, "d_model": 64, "attention.n_heads": 4, "mlp.d_ff": 128, "context_length": 128}

@@ -140,6 +140,10 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
     """A zoo model with the weights of a Hugging Face directory of any registered family."""
     config = read_config(directory)
     fmt = directory_format(directory, config)
+    problem = fmt.spec_problem(spec)
+    if problem:
+        raise WeightsError(f"{directory / HF_CONFIG}: model_type is {fmt.model_type!r} and {problem}; "
+                           "pick a model of that family, or build from the directory itself (zoo build DIR)")
     fmt.check_config(config, spec, str(directory / HF_CONFIG))
     model = construct(spec, device)
     with CheckpointReader(directory) as reader:

@@ -340,16 +340,24 @@ def checkpoint_format(model_type: Any, where: str) -> CheckpointFormat:
     return known[model_type]
 
 
+def closest_format(spec: ModelSpec) -> CheckpointFormat | None:
+    """The format of the catalog model ``spec`` is named after (``gpt2`` with ``--set``), if any."""
+    if spec.name in list_models():
+        for fmt in formats().values():
+            if fmt.spec_problem(load_spec(spec.name)) is None:
+                return fmt
+    return None
+
+
 def layout_problem(spec: ModelSpec) -> str | None:
     """Why no registered family can hold ``spec``, or None when one can."""
-    problems = []
-    for fmt in formats().values():
-        problem = fmt.spec_problem(spec)
-        if problem is None:
-            return None
-        problems.append(problem)
-    return problems[0] if len(problems) == 1 else (
-        f"{spec.name} fits none of the checkpoint formats {', '.join(formats())} ({problems[0]})")
+    problems = {name: fmt.spec_problem(spec) for name, fmt in formats().items()}
+    if not all(problems.values()):
+        return None
+    closest = closest_format(spec)
+    if closest is not None:
+        return problems[closest.model_type]
+    return f"{spec.name} fits none of the checkpoint formats {', '.join(problems)} ({next(iter(problems.values()))})"
 
 
 def format_for_spec(spec: ModelSpec) -> CheckpointFormat:

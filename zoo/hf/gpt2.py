@@ -1,24 +1,22 @@
-"""GPT-2 in Hugging Face's layout: the parameter-name table, ``config.json`` <-> spec, and
-conversions of a zoo GPT-2 into ``GPT2LMHeadModel`` names and objects.
+"""GPT-2 in Hugging Face's layout: the parameter-name table and ``config.json`` <-> spec,
+which the ``gpt2`` checkpoint format (``zoo/plugins/checkpoints/gpt2.py``) states as a
+:class:`zoo.hf.formats.CheckpointFormat`.
 
 Hugging Face's ``GPT2LMHeadModel`` names its weights ``transformer.h.{i}.attn.c_attn.weight``
 and so on, and stores its Conv1D weights ``[in, out]``; the zoo's DecoderLM keeps the same
 names under ``stack.`` and stores ``nn.Linear`` weights ``[out, in]``. The table below is
-the whole mapping; :func:`plan_gpt2` checks a checkpoint's names and shapes against it
-before any tensor is read.
+the whole mapping; :func:`zoo.hf.formats.plan` checks a checkpoint's names and shapes
+against it before any tensor is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from zoo.core.model_dir import name_mismatch
 from zoo.core.spec import ModelSpec, list_models, load_spec
 from zoo.errors import WeightsError
 
@@ -81,25 +79,15 @@ GPT2_CONFIG_FIXED = {
 }
 
 
-def expand(pattern: str, n_layers: int) -> list[str]:
-    """``"h.{}.ln_1.weight"`` -> one name per layer; a name without ``{}`` -> itself."""
-    return [pattern.format(i) for i in range(n_layers)] if "{}" in pattern else [pattern]
-
-
 def gpt2_names(spec: ModelSpec) -> dict[str, tuple[str, bool]]:
     """Every Hugging Face name of ``spec``'s checkpoint -> (zoo name, stored transposed)."""
     names = {}
     for hf, ours in GPT2_WEIGHT_MAP.items():
-        for i, hf_name in enumerate(expand(hf, spec.n_layers)):
-            names[hf_name] = (ours.format(i), hf in GPT2_TRANSPOSED)
+        for i in range(spec.n_layers) if "{}" in hf else [0]:
+            names[hf.format(i)] = (ours.format(i), hf in GPT2_TRANSPOSED)
     if not spec.tie_embeddings:
         names[GPT2_LM_HEAD] = ("lm_head.weight", False)
     return names
-
-
-def is_ignored(hf_name: str) -> bool:
-    """True for the causal-mask buffers of old GPT-2 checkpoints."""
-    return any(re.fullmatch(re.escape(p).replace(r"\{\}", r"\d+"), hf_name) for p in GPT2_IGNORED)
 
 
 # --------------------------------------------------------------------------- spec <-> config.json
@@ -215,60 +203,3 @@ def gpt2_config(spec: ModelSpec, dtype: torch.dtype = torch.float32):
         bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
         dtype=str(dtype).removeprefix("torch."), architectures=["GPT2LMHeadModel"],
     )
-
-
-def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A zoo GPT-2 model's weights under ``GPT2LMHeadModel`` names, Conv1D weights transposed."""
-    spec = model.spec
-    ours = model.state_dict()
-    out = {}
-    for hf_name, (zoo_name, transposed) in gpt2_names(spec).items():
-        tensor = ours[zoo_name]
-        name = hf_name if hf_name == GPT2_LM_HEAD else HF_PREFIX + hf_name
-        out[name] = (tensor.t() if transposed else tensor).contiguous()  # Conv1D: [in, out]
-    return out
-
-
-def to_hf_model(model: nn.Module):
-    """A ``transformers.GPT2LMHeadModel`` holding the zoo GPT-2 ``model``'s weights, in eval mode."""
-    from transformers import GPT2LMHeadModel
-
-    with torch.device("meta"):
-        hf_model = GPT2LMHeadModel(gpt2_config(model.spec, model.wte.weight.dtype))
-    hf_model.load_state_dict(to_hf_state_dict(model), strict=False, assign=True)
-    hf_model.tie_weights()
-    return hf_model.eval()
-
-
-# --------------------------------------------------------------------------- checkpoint names -> zoo names
-
-
-def plan_gpt2(model: nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, tuple[str, bool]]:
-    """Match checkpoint names to those of ``model`` (a zoo GPT-2, on the meta device), checking
-    every key and shape before any data is read.
-
-    Returns HF name (as stored) -> (zoo name, stored transposed).
-    """
-    spec = model.spec
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    wanted = gpt2_names(spec)
-    stored = {}  # canonical HF name (no prefix) -> name in the file
-    unexpected = []
-    for name in shapes:
-        canonical = name.removeprefix(HF_PREFIX)
-        if canonical in wanted:
-            stored[canonical] = name
-        elif not (is_ignored(canonical) or (canonical == GPT2_LM_HEAD and spec.tie_embeddings)):
-            unexpected.append(name)
-    missing = [name for name in wanted if name not in stored]
-    if missing or unexpected:
-        raise WeightsError(f"{where}: checkpoint does not fit {spec.name}: {name_mismatch(missing, unexpected)}")
-    plan = {}
-    for canonical, (zoo_name, transposed) in wanted.items():
-        name = stored[canonical]
-        shape = shapes[name][::-1] if transposed else shapes[name]
-        if shape != expected[zoo_name]:
-            want = expected[zoo_name][::-1] if transposed else expected[zoo_name]
-            raise WeightsError(f"{where}: {name} has shape {shapes[name]}, {spec.name} needs {want}")
-        plan[name] = (zoo_name, transposed)
-    return plan

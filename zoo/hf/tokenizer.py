@@ -43,3 +43,12 @@ def json_tokenizer(directory: Path, spec: ModelSpec):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def weights_tokenizer(spec: ModelSpec, tokenizer_dir: str | Path | None, weights: str | None):
+    """:func:`tokenizer_for` where the checkpoint is wherever ``--weights`` points (a Hugging
+    Face directory, a hub id, or "hf")."""
+    from zoo.hf.checkpoint import hf_source_directory
+
+    checkpoint = hf_source_directory(spec, weights) if weights and tokenizer_dir is None else None
+    return tokenizer_for(spec, tokenizer_dir, checkpoint)
