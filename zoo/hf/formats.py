@@ -66,14 +66,12 @@ def same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _template_fields(template: dict):
+    """(``attention.bias``, False) for each field of a spec template (two levels deep)."""
+    for key, value in template.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, wanted in items:
+            yield (key if sub is None else f"{key}.{sub}"), wanted
 
 
 @dataclass
@@ -152,7 +150,7 @@ class CheckpointFormat:
     def spec_problem(self, spec: ModelSpec) -> str | None:
         """Why ``spec`` cannot be this family's checkpoint, or None if it can."""
         sized = {f.field for f in self.fields}
-        for path, wanted in _flatten(self.template).items():
+        for path, wanted in _template_fields(self.template):
             if path in sized:
                 continue
             try:
