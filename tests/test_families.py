@@ -252,3 +252,13 @@ def test_generate_uses_the_checkpoints_tokenizer_json(checkpoint):
     result = run("generate", directory, "Once upon a time", "--max-new-tokens", 3)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Once upon a time") and "3 tokens in" in result.output
+
+
+def test_export_a_directory_to_hf(tmp_path):
+    """``zoo export DIR``: the weights come from DIR itself (ONNX export of every family is in test_onnx.py)."""
+    directory = tmp_path / "pythia"
+    hf_model({**PUBLISHED["pythia-160m"], **CUT, **ODD["pythia-160m"]}).save_pretrained(directory)
+    result = run("export", directory, "--format", "hf", "-o", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "hf" / "manifest.json").read_text())
+    assert manifest["architecture"] == "GPTNeoXForCausalLM" and manifest["validation"]["round_trip"] == "bit-identical"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
 
 
 @click.command()
@@ -25,6 +25,7 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, no_va
     from zoo.core.export import export_model
 
     spec = load_spec_arg(model, overrides)
+    weights = default_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed)
     extra = {}
     if fmt == "onnx" and weights and Path(weights).is_dir():
