@@ -238,6 +238,8 @@ def test_rope_scaling_is_refused_by_name(small, tmp_path):
     edit_config(small, rope_scaling={"rope_type": "linear", "factor": 2.0})
     message = build_error(tmp_path, small)
     assert "rope_scaling 'linear' is not implemented" in message
+    edit_config(small, rope_scaling={"rope_type": "default"}, rope_parameters=None)  # plain rotary, spelled out
+    assert run("describe", small).exit_code == 0
 
 
 def test_a_wrong_layout_is_refused_before_reading(checkpoint):

@@ -134,10 +134,11 @@ class CheckpointFormat:
 
     def refuse_unsupported(self, config: dict, parsed, where: str) -> None:
         """Raise for what the zoo does not implement: rotary scaling, other fixed fields."""
-        rope_type = (getattr(parsed, "rope_parameters", None) or {}).get("rope_type", ROPE_DEFAULT)
-        scaling = config.get("rope_scaling")
-        if rope_type != ROPE_DEFAULT or scaling:
-            kind = rope_type if rope_type != ROPE_DEFAULT else (scaling or {}).get("rope_type", scaling)
+        scaling = config.get("rope_scaling") or {}
+        scaled = scaling.get("rope_type", scaling.get("type", ROPE_DEFAULT)) if isinstance(scaling, dict) else scaling
+        parsed_type = (getattr(parsed, "rope_parameters", None) or {}).get("rope_type", ROPE_DEFAULT)
+        kind = scaled if scaled != ROPE_DEFAULT else parsed_type
+        if kind != ROPE_DEFAULT:
             raise WeightsError(f"{where}: rope_scaling {kind!r} is not implemented by the zoo (plain rotary only); "
                                "refused rather than run with different positions")
         for key, wanted in self.fixed.items():
