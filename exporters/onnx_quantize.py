@@ -83,14 +83,15 @@ def quantize_settings(scheme: str | None, block_size: int | None, spec, dtype: s
     if dtype != "fp32":
         raise ExportError(f"--quantize {scheme} starts from fp32 weights and computes in fp32; "
                           f"drop --dtype {dtype} (or use --dtype fp32)")
-    block = DEFAULT_BLOCK[scheme] if block_size is None else block_size
-    if block < 16 or block & (block - 1):
-        raise ExportError(f"--block-size {block}: ONNX Runtime's quantizer needs a power of two >= 16 "
-                          "(16, 32, 64, 128, ...)")
     inner = {"d_model": spec.d_model}
     d_ff = getattr(getattr(spec, "mlp", None), "d_ff", None)
     if d_ff:
         inner["mlp.d_ff"] = d_ff
+    # default: the measured block, or the largest power of two dividing a smaller model's widths
+    block = min([DEFAULT_BLOCK[scheme], *map(largest_block, inner.values())]) if block_size is None else block_size
+    if block < 16 or block & (block - 1):
+        raise ExportError(f"--block-size {block}: ONNX Runtime's quantizer needs a power of two >= 16 "
+                          "(16, 32, 64, 128, ...)")
     for field, size in inner.items():
         if size % block:
             raise ExportError(f"--block-size {block} does not divide {spec.name}'s {field} of {size}; "
