@@ -154,18 +154,18 @@ SCALE_NORM = textwrap.dedent('''
     import zoo
 
 
-    class ScaleNorm(zoo.Norm):
-        def __init__(self, spec, options):
-            super().__init__()
-            self.scale = nn.Parameter(torch.tensor(float(spec.d_model) ** 0.5))
-
-        def forward(self, x):
-            return self.scale * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-5)
-
-
     @zoo.hookimpl
     def zoo_register_components(registry):
         registry.add("norm", "scale_norm", ScaleNorm)
+
+
+    class ScaleNorm(zoo.Norm):
+        def __init__(self, spec, options):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(float(spec.d_model) ** 0.5))  # sqrt(D), as the paper starts
+
+        def forward(self, x):  # (B, T, D)
+            return self.scale * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-5)
 ''')
 
 
@@ -184,7 +184,7 @@ def test_a_decoder_with_a_local_plugin_and_grouped_query_rotary_attention_runs_i
 # --------------------------------------------------------------------------- what genai does not run
 
 
-def test_encoder_decoder_and_uncached_exports_say_why_genai_is_not_configured(tmp_path):
+def test_an_uncached_export_says_why_genai_is_not_configured(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
     manifest = export(model, tmp_path / "plain", kv_cache=False, validate=False)
     assert manifest["genai"]["config"] is None and "--kv-cache" in manifest["genai"]["reason"]
