@@ -11,8 +11,9 @@ Each graph of :func:`zoo.exporters.onnx_graphs.graphs_for` is traced with
 ``Attention`` operator, and saved as ``NAME.onnx`` with its weights in
 ``NAME.onnx.data`` (external data, so gpt2-xl's 6 GB fit past protobuf's 2 GB limit).
 The directory also holds the resolved ``spec.yaml``, the tokenizer files when known,
-``validation.json`` and ``manifest.json`` (graphs with input/output names and shapes,
-opset, dtype, and the sha256 of every file).
+``genai_config.json`` (so onnxruntime-genai runs a decoder with ``--kv-cache`` as it is;
+see :mod:`zoo.exporters.genai`), ``validation.json`` and ``manifest.json`` (graphs with
+input/output names and shapes, opset, dtype, and the sha256 of every file).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from zoo.core.files import MANIFEST, SPEC, TOKENIZER_FILES, VALIDATION, sha256_file
 from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
+from zoo.exporters.genai import write_genai_files
 from zoo.exporters.onnx_errors import export_failure
 from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
 from zoo.exporters.onnx_quantize import QuantizeSettings, quantize_export, quantize_settings
@@ -101,10 +103,12 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             progress.update()
         (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
         tokenizer = copy_tokenizer(spec, out, tokenizer_dir)
+        genai = write_genai_files(spec, out, entries["decoder"], kv_cache)
+        tokenizer += [name for name in genai.get("tokenizer", []) if name not in tokenizer]
         manifest = {
             "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
             "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
-            "graphs": entries, "tokenizer": tokenizer,
+            "graphs": entries, "tokenizer": tokenizer, "genai": genai,
             **({"quantization": quantized} if quantization else {}),
             "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
                               "onnxruntime": onnxruntime.__version__},
