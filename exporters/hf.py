@@ -38,6 +38,11 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
     """
     out = Path(out_dir)
+    if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf_marian.py)
+        from zoo.exporters.hf_marian import export_marian
+
+        return export_marian(model, spec, out, dtype=dtype, opset=opset, validate=validate,
+                             tokenizer_dir=tokenizer_dir)
     problem = gpt2_layout_problem(spec)
     if problem:
         raise ExportError(f"no Hugging Face GPT2LMHeadModel can hold this model: {problem}")
