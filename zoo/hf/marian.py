@@ -64,7 +64,9 @@ DECODER_LAYER = {
     "encoder_attn.out_proj": ("crossattention.c_proj", 0, 1, WRITES),
     "encoder_attn_layer_norm": ("ln_cross_attn", 0, 1, NORM),
 }
-EMBEDDING = ("model.shared.weight", "embed.weight")
+# The zoo's one token table; an untied Marian (tie_word_embeddings false) ties none of these three itself.
+EMBEDDINGS = ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
+EMBEDDING = "embed.weight"
 LM_HEAD = ("lm_head.weight", "lm_head.weight")  # written only when the spec unties it
 
 
@@ -150,8 +152,9 @@ def to_marian_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The zoo translator's weights under ``MarianMTModel`` names, stream-permuted (see module doc)."""
     spec = model.spec
     ours = model.state_dict()
-    perm = stream_permutation(spec.d_model).to(ours[EMBEDDING[1]].device)
-    out = {EMBEDDING[0]: ours[EMBEDDING[1]][:, perm]}
+    perm = stream_permutation(spec.d_model).to(ours[EMBEDDING].device)
+    table = ours[EMBEDDING][:, perm]  # (V, D) in Marian's channel order
+    out = {name: table for name in EMBEDDINGS}
     if not spec.tie_embeddings:
         out[LM_HEAD[0]] = ours[LM_HEAD[1]][:, perm]
     for side, n_layers, table in (("encoder", spec.n_layers, ENCODER_LAYER),
@@ -171,11 +174,10 @@ def to_marian_model(model: nn.Module, dtype: torch.dtype | None = None):
     dtype = dtype or model.token_table.weight.dtype
     marian = MarianMTModel(marian_config(model.spec, dtype))
     missing, unexpected = marian.load_state_dict(to_marian_state_dict(model), strict=False)
-    left = [name for name in missing if not name.endswith(("embed_positions.weight", "embed_tokens.weight",
-                                                           "final_logits_bias", "lm_head.weight"))]
+    left = [name for name in missing if not name.endswith(("embed_positions.weight", "final_logits_bias",
+                                                           "lm_head.weight"))]
     if left or unexpected:  # a table bug, never a user error
         raise RuntimeError(f"Marian name table incomplete: missing {left[:3]}, unexpected {unexpected[:3]}")
-    marian.tie_weights()
     return marian.to(dtype).eval()
 
 
