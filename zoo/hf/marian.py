@@ -79,10 +79,13 @@ def stream_permutation(d_model: int) -> torch.Tensor:
 
 
 def marian_table(n_positions: int, d_model: int) -> torch.Tensor:
-    """The sinusoid table transformers' ``MarianMTModel`` builds (n_positions, d_model)."""
-    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+    """The sinusoid table (n_positions, d_model) a transformers ``MarianMTModel`` holds once made."""
+    from transformers import MarianConfig, MarianMTModel
 
-    return MarianSinusoidalPositionalEmbedding(n_positions, d_model).create_weight()
+    config = MarianConfig(vocab_size=8, d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=1,
+                          decoder_attention_heads=1, encoder_ffn_dim=4, decoder_ffn_dim=4, pad_token_id=0,
+                          decoder_start_token_id=0, max_position_embeddings=n_positions)
+    return MarianMTModel(config).model.encoder.embed_positions.weight.detach()
 
 
 # --------------------------------------------------------------------------- spec <-> config
@@ -207,4 +210,5 @@ def marian_tokenizer(source, context_length: int):
                                                              special_tokens=[("</s>", EOS_ID)])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", model_max_length=context_length, padding_side="right",
+                                   model_input_names=["input_ids", "attention_mask"],
                                    clean_up_tokenization_spaces=False)
