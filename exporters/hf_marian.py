@@ -26,26 +26,22 @@ from zoo.errors import ExportError, first_line
 from zoo.hf.marian import (marian_config, marian_inexact, marian_layout_problem, marian_tokenizer,
                            shared_vocabulary_problem, to_marian_model, to_marian_state_dict)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
 CHECK_SENTENCES = ("Tom sees the red cat.", "Where is the station? I don't know.")
 
 
-def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: str = "fp32", opset: int | None = None,
-                  validate: bool = True, tokenizer_dir: str | Path | None = None, **_) -> dict:
+def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.dtype = torch.float32,
+                  validate: bool = True, tokenizer_dir: str | Path | None = None) -> dict:
     """Write translator ``model`` into ``out`` as a ``MarianMTModel`` with its tokenizer; return the manifest.
 
-    ``tokenizer_dir``: the run directory whose shared ``tokenizer.json`` goes along.
+    ``dtype``: of the written weights (the hf exporter checks ``--dtype``); ``tokenizer_dir``: the run
+    directory whose shared ``tokenizer.json`` goes along.
     """
     from zoo.translation.vocabulary import Vocabulary
 
     problem = marian_layout_problem(spec)
     if problem:
         raise ExportError(f"no Hugging Face MarianMTModel can hold this model: {problem}")
-    if dtype not in DTYPES:
-        raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
-    if opset is not None:
-        raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
     if tokenizer_dir is None:
         raise ExportError(f"{spec.name}: a translator's vocabulary lives in its run directory; "
                           "export the run: zoo export RUN_DIR --format hf -o OUT")
@@ -56,18 +52,18 @@ def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: str = 
     if vocabulary.size != spec.vocab_size:
         raise ExportError(f"{tokenizer_dir}: its vocabulary has {vocabulary.size} tokens but {spec.name} has "
                           f"vocab_size {spec.vocab_size}; export the run directory the model was trained in")
-    torch_dtype = DTYPES[dtype]
 
-    to_marian_model(model, torch.float32).to(torch_dtype).save_pretrained(out)
+    to_marian_model(model, torch.float32).to(dtype).save_pretrained(out)
     write_generation_config(spec, out)
     before = set(out.iterdir())
     marian_tokenizer(vocabulary.source, spec.context_length).save_pretrained(out)
-    manifest = {"format": "hf", "model": spec.name, "dtype": dtype, "architecture": "MarianMTModel",
+    manifest = {"format": "hf", "model": spec.name, "dtype": "fp16" if dtype == torch.float16 else "fp32",
+                "architecture": "MarianMTModel",
                 "tokenizer": sorted(p.name for p in set(out.iterdir()) - before),
                 "channel_order": "zoo channels 0, 2, 4, ... then 1, 3, 5, ... (Marian's sines-then-cosines)",
                 "inexact": marian_inexact(spec)}
     if validate:
-        manifest["validation"] = validate_marian(model, spec, vocabulary, out, torch_dtype)
+        manifest["validation"] = validate_marian(model, spec, vocabulary, out, dtype)
     manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in sorted(out.iterdir()) if p.is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -131,6 +131,14 @@ def test_the_translation_pipeline_translates_as_zoo_does(exported):
         assert translate(sentence, max_new_tokens=limit, num_beams=1)[0]["translation_text"] == ours
 
 
+def test_an_fp16_export_loads_back_as_written(exported, tmp_path):
+    run_dir, _ = exported
+    result = run("export", run_dir, "--format", "hf", "--dtype", "fp16", "-o", tmp_path / "fp16")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "fp16" / "manifest.json").read_text())
+    assert manifest["dtype"] == "fp16" and manifest["validation"]["weights"] == "as written"
+
+
 def test_zoo_verify_run_dir_against_hf_passes(exported):
     run_dir, _ = exported
     result = run("verify", run_dir, "--against", "hf", "--steps", 8)
