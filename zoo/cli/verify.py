@@ -1,4 +1,4 @@
-"""``zoo verify``: a model against Hugging Face's GPT2LMHeadModel on the same weights."""
+"""``zoo verify``: a model against Hugging Face's GPT2LMHeadModel (a translator: MarianMTModel) on the same weights."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, load_spec_arg, model_f
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, atol, seed, device):
     """Run MODEL and Hugging Face's GPT2LMHeadModel on the same weights and print a parity
-    report; exit 0 only when logits are within tolerance and greedy tokens identical."""
+    report; exit 0 only when logits are within tolerance and greedy tokens identical.
+    A translator's run directory (zoo verify RUN_DIR) is compared with MarianMTModel."""
     from zoo.hf.verify import PROMPTS, verify as verify_model
 
     spec = load_spec_arg(model, overrides)
