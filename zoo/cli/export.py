@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, run_weights, spec_options
 from zoo.errors import ExportError
-from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, spec_options
 
 
 @click.command()
@@ -29,13 +29,17 @@ from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, spec_o
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, no_validate,
            seed, force):
-    """Export MODEL to another format; the directory appears complete or not at all."""
+    """Export MODEL to another format; the directory appears complete or not at all.
+
+    MODEL may be a run directory of 'zoo train' (its weights and vocabulary go along):
+    zoo export RUN_DIR --format hf gives a MarianMTModel with its tokenizer."""
     from zoo.core.export import export_model
 
     spec = load_spec_arg(model, overrides)
     extra = quantize_options(fmt, quantize, block_size, spec, dtype)
+    weights = run_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed)
-    if fmt == "onnx" and weights and Path(weights).is_dir():
+    if (fmt == "onnx" or spec.is_encoder_decoder) and weights and Path(weights).is_dir():
         extra["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
                             opset=opset, validate=not no_validate, **extra)

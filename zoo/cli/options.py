@@ -62,6 +62,20 @@ def load_spec_arg(model: str, overrides) -> "ModelSpec":  # noqa: F821
     return load_spec(model, dict(overrides) or None)
 
 
+def run_weights(model: str, weights: str | None) -> str | None:
+    """``--weights``, defaulting to MODEL itself when MODEL is a zoo model (or ``zoo train`` run)
+    directory holding weights: ``zoo export RUN_DIR`` means that run's trained model."""
+    from pathlib import Path
+
+    from zoo.core.files import WEIGHTS
+    from zoo.core.model_dir import is_model_directory
+
+    path = Path(model)
+    if weights is None and path.is_dir() and is_model_directory(path) and (path / WEIGHTS).is_file():
+        return model
+    return weights
+
+
 def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):
     """The model a command works on: weights from ``--weights`` or a seeded random init.
     A model that cannot fit in ``device``'s memory is refused before anything is allocated."""
