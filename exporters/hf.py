@@ -38,16 +38,20 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
     """
     out = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
+    if opset is not None:
+        raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
+    if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf_marian.py)
+        from zoo.exporters.hf_marian import export_marian
+
+        return export_marian(model, spec, out, dtype=DTYPES[dtype], validate=validate, tokenizer_dir=tokenizer_dir)
     problem = layout_problem(spec)
     if problem:
         closest = closest_format(spec)
         target = closest.architecture if closest else "checkpoint format"
         raise ExportError(f"no Hugging Face {target} can hold this model: {problem}")
     fmt = format_for_spec(spec)
-    if dtype not in DTYPES:
-        raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
-    if opset is not None:
-        raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
     torch_dtype = DTYPES[dtype]
 
     tensors = {name: t.detach().to("cpu", torch_dtype).contiguous() for name, t in to_hf_state_dict(model).items()}

@@ -11,8 +11,9 @@ Each graph of :func:`zoo.exporters.onnx_graphs.graphs_for` is traced with
 ``Attention`` operator, and saved as ``NAME.onnx`` with its weights in
 ``NAME.onnx.data`` (external data, so gpt2-xl's 6 GB fit past protobuf's 2 GB limit).
 The directory also holds the resolved ``spec.yaml``, the tokenizer files when known,
-``validation.json`` and ``manifest.json`` (graphs with input/output names and shapes,
-opset, dtype, and the sha256 of every file).
+``genai_config.json`` (so onnxruntime-genai runs a decoder with ``--kv-cache`` as it is;
+see :mod:`zoo.exporters.genai`), ``validation.json`` and ``manifest.json`` (graphs with
+input/output names and shapes, opset, dtype, and the sha256 of every file).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from tqdm import tqdm
 from zoo.core.files import MANIFEST, SPEC, TOKENIZER_FILES, VALIDATION, sha256_file
 from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
+from zoo.exporters.genai import write_genai_files
 from zoo.exporters.onnx_errors import export_failure
 from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
+from zoo.exporters.onnx_quantize import QuantizeSettings, quantize_export, quantize_settings
 from zoo.core.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
@@ -50,24 +53,29 @@ ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "floa
 
 def export(model: nn.Module, out_dir: str | Path, *, spec: ModelSpec | None = None, kv_cache: bool = False,
            dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-           tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> dict:
+           tokenizer_dir: str | Path | None = None, overwrite: bool = False, quantize: str | None = None,
+           block_size: int | None = None) -> dict:
     """Export ``model`` to ONNX in ``out_dir``, written atomically; return the manifest.
 
     ``kv_cache`` adds past key/value inputs and present outputs (one graph serves
     prefill, with an empty past, and decode); ``dtype`` is ``"fp32"`` or ``"fp16"``
     (for GPUs); ``validate`` runs ONNX Runtime against PyTorch on several shapes and
     fails the export on a mismatch; ``tokenizer_dir`` is a directory whose
-    ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along.
+    ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along; ``quantize``
+    (``"int4"`` or ``"int8"``, with ``block_size``) stores the weights quantized
+    (:mod:`zoo.exporters.onnx_quantize`).
     """
     from zoo.core.export import export_model
 
     return export_model(model, spec or model.spec, out_dir, "onnx", overwrite=overwrite, kv_cache=kv_cache,
-                        dtype=dtype, opset=opset, validate=validate, tokenizer_dir=tokenizer_dir)
+                        dtype=dtype, opset=opset, validate=validate, tokenizer_dir=tokenizer_dir,
+                        quantize=quantize, block_size=block_size)
 
 
 def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
                   dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-                  tokenizer_dir: str | Path | None = None) -> dict:
+                  tokenizer_dir: str | Path | None = None, quantize: str | None = None,
+                  block_size: int | None = None) -> dict:
     """The registered ``onnx`` exporter: write every file into ``out_dir`` (a fresh
     temporary directory that :func:`zoo.core.export.export_model` renames into place)."""
     out = Path(out_dir)
@@ -77,10 +85,11 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
     if opset not in OPSETS:
         raise ExportError(f"--opset {opset} is not supported by torch's ONNX exporter; choose {OPSETS[0]} to "
                           f"{OPSETS[-1]} ({DEFAULT_OPSET} and newer give the fused Attention operator)")
+    quantization = quantize_settings(quantize, block_size, spec, dtype)
     graph_model = model_in_dtype(model, spec, DTYPES[dtype])
     graphs = graphs_for(graph_model, kv_cache)
     was_training = model.training
-    progress = tqdm(total=len(graphs) + int(validate), desc=f"export {spec.name} to ONNX", unit="graph",
+    progress = tqdm(total=len(graphs) + int(validate) + bool(quantization), desc=f"export {spec.name} to ONNX", unit="graph",
                     file=sys.stderr, leave=False)
     try:
         entries = {}
@@ -88,19 +97,27 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             progress.set_postfix_str(graph.name)
             entries[graph.name] = export_graph(graph.eval(), out, opset)
             progress.update()
+        if quantization:
+            progress.set_postfix_str(f"quantizing to {quantization.scheme}")
+            quantized = quantize_export(out, entries, quantization)
+            progress.update()
         (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
         tokenizer = copy_tokenizer(spec, out, tokenizer_dir)
+        genai = write_genai_files(spec, out, entries["decoder"], kv_cache)
+        tokenizer += [name for name in genai.get("tokenizer", []) if name not in tokenizer]
         manifest = {
             "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
             "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
-            "graphs": entries, "tokenizer": tokenizer,
+            "graphs": entries, "tokenizer": tokenizer, "genai": genai,
+            **({"quantization": quantized} if quantization else {}),
             "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
                               "onnxruntime": onnxruntime.__version__},
         }
         write_manifest(out, manifest, files=False)  # what the runtime reads while validating
         if validate:
             progress.set_postfix_str("validating")
-            manifest["validation"] = run_validation(graph_model, out)
+            manifest["validation"] = (run_quantized_validation(graph_model, out, quantization) if quantization
+                                      else run_validation(graph_model, out))
             progress.update()
         return write_manifest(out, manifest)
     finally:
@@ -263,3 +280,23 @@ def write_manifest(out: Path, manifest: dict, files: bool = True) -> dict:
         }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def run_quantized_validation(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:
+    """Compare a quantized export with the fp32 model on quantization's criteria (top-1
+    agreement, relative logit error); save the report and raise when it fails."""
+    from zoo.exporters.onnx_validation import validate_quantized_export
+
+    try:
+        report = validate_quantized_export(model, out, settings.scheme)
+    except ZooError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot run the {settings.scheme} export of {model.spec.name}: "
+                          f"{first_line(exc)}") from None
+    (out / VALIDATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tqdm.write(report.text(), file=sys.stderr)
+    if not report.passed:
+        raise ExportError(f"the {settings.scheme} export of {model.spec.name} is too far from fp32: "
+                          f"{report.failure()}; nothing was written")
+    return report.summary()

@@ -5,8 +5,11 @@ Each graph is traced from the model's own pass (:meth:`DecoderLM.forward`,
 cannot hold a Python cache object, so :class:`PastKeyValues` stands in for the cache:
 past keys and values come in as inputs and the grown ``present`` ones go out. The
 model is asked for ``static_mask=True`` (the mask is always built, never skipped when
-nothing is padded) and for the logits at the sequence indices in ``logit_index`` only,
-so prefill can ask for the last one.
+nothing is padded). The names are the shared ones of Optimum, transformers.js and
+onnxruntime-genai (``input_ids``, ``attention_mask``, ``past_key_values.{i}.key`` /
+``.value`` → ``logits`` for every position, ``present.{i}.key`` / ``.value``), and no
+input is zoo's own, so those clients run the decoder as it is; positions come from the
+cumulative sum of ``attention_mask``, so left, right and interior padding all work.
 
 A decoder-only model exports as one graph, ``decoder``. The encoder-decoder exports as
 ``encoder`` (source → memory), ``cross_attention_kv`` (memory → every decoder layer's
@@ -24,7 +27,7 @@ from torch import nn
 
 # Example sizes for tracing: all different, and none 0 or 1, so that no dynamic
 # dimension is specialised or merged with another that happens to share its size.
-EXAMPLE = {"batch": 2, "sequence": 5, "past_sequence": 7, "source_sequence": 11, "logit_positions": 3}
+EXAMPLE = {"batch": 2, "sequence": 5, "past_sequence": 7, "source_sequence": 11}
 
 
 def example_size(dim: str | int) -> int:
@@ -32,9 +35,19 @@ def example_size(dim: str | int) -> int:
     return dim if isinstance(dim, int) else sum(EXAMPLE[part.strip()] for part in dim.split("+"))
 
 
+def past_name(layer: int, part: str) -> str:
+    """The input holding layer ``layer``'s past ``part`` (``key`` or ``value``)."""
+    return f"past_key_values.{layer}.{part}"
+
+
+def present_name(layer: int, part: str) -> str:
+    """The output holding layer ``layer``'s grown ``part`` (``key`` or ``value``)."""
+    return f"present.{layer}.{part}"
+
+
 class PastKeyValues:
-    """A layer cache made of the graph's ``past_*`` inputs; ``update`` appends the new
-    keys and values, and the results are the graph's ``present_*`` outputs.
+    """A layer cache made of the graph's ``past_key_values.*`` inputs; ``update`` appends
+    the new keys and values, and the results are the graph's ``present.*`` outputs.
 
     ``length`` is the past inputs' (symbolic) sequence length, so the model counts
     positions as it does with :class:`zoo.core.cache.KVCache`; ``memory`` holds the
@@ -96,8 +109,6 @@ class ExportGraph(nn.Module):
                 examples.append(torch.randint(0, self.spec.vocab_size, shape, device=self.device))
             elif name.endswith("_mask"):
                 examples.append(torch.ones(shape, dtype=torch.int64, device=self.device))
-            elif name == "logit_index":
-                examples.append(torch.arange(shape[0], device=self.device))
             else:
                 examples.append(torch.randn(shape, dtype=self.dtype, device=self.device))
         return tuple(examples)
@@ -133,34 +144,32 @@ class CachedGraph(ExportGraph):
 
     def past_inputs(self) -> list[tuple[str, tuple]]:
         past = self.kv_dims("past_sequence")
-        return [(f"past_{part}_{i}", past) for i in range(self.n_layers) for part in ("key", "value")]
+        return [(past_name(i, part), past) for i in range(self.n_layers) for part in ("key", "value")]
 
     def outputs(self):
-        names = [("logits", ("batch", "logit_positions", self.spec.vocab_size))]
+        names = [("logits", ("batch", "sequence", self.spec.vocab_size))]
         if self.kv_cache:
             total = self.kv_dims("past_sequence + sequence")
-            names += [(f"present_{part}_{i}", total) for i in range(self.n_layers) for part in ("key", "value")]
+            names += [(present_name(i, part), total) for i in range(self.n_layers) for part in ("key", "value")]
         return names
 
 
 class DecoderGraph(CachedGraph):
-    """A decoder-only LM: ``input_ids``, ``attention_mask`` (B, past + T), ``logit_index``
-    and, with a cache, ``past_key_{i}``/``past_value_{i}`` → ``logits`` (B, K, V) and
-    ``present_key_{i}``/``present_value_{i}``. An empty past serves prefill."""
+    """A decoder-only LM: ``input_ids``, ``attention_mask`` (B, past + T) and, with a
+    cache, ``past_key_values.{i}.key``/``.value`` → ``logits`` (B, T, V) and
+    ``present.{i}.key``/``.value``. An empty past serves prefill."""
 
     def __init__(self, model: nn.Module, kv_cache: bool) -> None:
         super().__init__(model, kv_cache, model.spec.n_layers)
 
     def inputs(self):
         total = "past_sequence + sequence" if self.kv_cache else "sequence"
-        names = [("input_ids", ("batch", "sequence")), ("attention_mask", ("batch", total)),
-                 ("logit_index", ("logit_positions",))]
+        names = [("input_ids", ("batch", "sequence")), ("attention_mask", ("batch", total))]
         return names + self.past_inputs() if self.kv_cache else names
 
-    def forward(self, input_ids, attention_mask, logit_index, *past):
+    def forward(self, input_ids, attention_mask, *past):
         cache = PastKeyValues(past[0::2], past[1::2]) if self.kv_cache else None
-        logits = self.model(input_ids, attention_mask, cache=cache, logit_index=logit_index,
-                            static_mask=True)  # (B, K, V)
+        logits = self.model(input_ids, attention_mask, cache=cache, static_mask=True)  # (B, T, V)
         return (logits, *cache.interleaved()) if cache is not None else logits
 
 
@@ -214,9 +223,9 @@ class CrossAttentionKVGraph(ExportGraph):
 
 class Seq2SeqDecoderGraph(CachedGraph):
     """The encoder-decoder's decoder: ``tgt_ids``, ``tgt_mask`` (B, past + T),
-    ``src_mask``, ``logit_index`` and either ``memory`` (no cache) or the precomputed
-    ``memory_key_{i}``/``memory_value_{i}`` with ``past_key_{i}``/``past_value_{i}``
-    → ``logits`` (and ``present_key_{i}``/``present_value_{i}``)."""
+    ``src_mask`` and either ``memory`` (no cache) or the precomputed
+    ``memory_key_{i}``/``memory_value_{i}`` with ``past_key_values.{i}.key``/``.value``
+    → ``logits`` (B, T, V) (and ``present.{i}.key``/``.value``)."""
 
     def __init__(self, model: nn.Module, kv_cache: bool) -> None:
         super().__init__(model, kv_cache, model.spec.n_decoder_layers)
@@ -224,22 +233,21 @@ class Seq2SeqDecoderGraph(CachedGraph):
     def inputs(self):
         total = "past_sequence + sequence" if self.kv_cache else "sequence"
         names = [("tgt_ids", ("batch", "sequence")), ("tgt_mask", ("batch", total)),
-                 ("src_mask", ("batch", "source_sequence")), ("logit_index", ("logit_positions",))]
+                 ("src_mask", ("batch", "source_sequence"))]
         if not self.kv_cache:
             return names + [("memory", ("batch", "source_sequence", self.spec.d_model))]
         memory_dims = ("batch", self.spec.n_heads, "source_sequence", self.spec.head_dim)
         memory = [(f"memory_{part}_{i}", memory_dims) for i in range(self.n_layers) for part in ("key", "value")]
         return names + self.past_inputs() + memory
 
-    def forward(self, tgt_ids, tgt_mask, src_mask, logit_index, *rest):
+    def forward(self, tgt_ids, tgt_mask, src_mask, *rest):
         if self.kv_cache:
             past, memory_kv = rest[: 2 * self.n_layers], rest[2 * self.n_layers:]
             memory_cache = {i: (memory_kv[2 * i], memory_kv[2 * i + 1]) for i in range(self.n_layers)}
             cache, memory = PastKeyValues(past[0::2], past[1::2], memory_cache), None
         else:
             cache, memory = None, rest[0]
-        logits = self.model.decode(tgt_ids, memory, src_mask, tgt_mask, cache=cache, logit_index=logit_index,
-                                   static_mask=True)  # (B, K, V)
+        logits = self.model.decode(tgt_ids, memory, src_mask, tgt_mask, cache=cache, static_mask=True)  # (B, T, V)
         return (logits, *cache.interleaved()) if cache is not None else logits
 
 

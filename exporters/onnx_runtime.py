@@ -24,6 +24,7 @@ import torch
 from zoo.core.files import MANIFEST, SPEC, read_json
 from zoo.errors import ZooError, first_line
 from zoo.core.spec import ModelSpec, load_spec
+from zoo.exporters.onnx_graphs import past_name, present_name
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
@@ -187,13 +188,13 @@ class OnnxKVCache:
     def feeds(self) -> dict[str, torch.Tensor]:
         out = {}
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            out[f"past_key_{i}"], out[f"past_value_{i}"] = k, v
+            out[past_name(i, "key")], out[past_name(i, "value")] = k, v
         return out
 
     def store(self, outputs: dict[str, torch.Tensor], new_tokens: int) -> None:
-        """Keep the graph's ``present_*`` outputs and advance ``length``."""
-        self.keys = [outputs[f"present_key_{i}"] for i in range(len(self.keys))]  # (B, KV, past + T, hd)
-        self.values = [outputs[f"present_value_{i}"] for i in range(len(self.values))]
+        """Keep the graph's ``present.*`` outputs and advance ``length``."""
+        self.keys = [outputs[present_name(i, "key")] for i in range(len(self.keys))]  # (B, KV, past + T, hd)
+        self.values = [outputs[present_name(i, "value")] for i in range(len(self.values))]
         self.length += new_tokens
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -228,9 +229,9 @@ class TokenHistory:
         self.ids, self.mask = self.ids.index_select(0, index), self.mask.index_select(0, index)
 
 
-def logit_index(length: int, count: int) -> torch.Tensor:
-    """The sequence indices of the last ``count`` of ``length`` positions."""
-    return torch.arange(length - count, length)
+def last_logits(outputs: dict[str, torch.Tensor], count: int) -> torch.Tensor:
+    """The graph's ``logits`` (B, T, V) at the last ``count`` positions (B, count, V)."""
+    return outputs["logits"][:, -count:]
 
 
 def ones_mask(batch: int, length: int) -> torch.Tensor:
@@ -279,21 +280,20 @@ class OnnxDecoderLM(OnnxModel):
         B, T = input_ids.shape
         if isinstance(cache, TokenHistory):
             ids, mask = cache.extend(input_ids, attention_mask)
-            return self._run(ids, mask, None, 1 if last_only else T)["logits"]
+            return last_logits(self._run(ids, mask, None), 1 if last_only else T)
         past = cache.length if cache is not None else 0
         mask = attention_mask if attention_mask is not None else ones_mask(B, past + T)
         feeds = (cache or self.new_cache(B)).feeds() if self.kv_cache else None
-        outputs = self._run(input_ids, mask, feeds, 1 if last_only else T)
+        outputs = self._run(input_ids, mask, feeds)
         if cache is not None:
             cache.store(outputs, T)
-        return outputs["logits"]
+        return last_logits(outputs, 1 if last_only else T)
 
     forward = __call__
 
-    def _run(self, ids, mask, past: dict | None, count: int) -> dict[str, torch.Tensor]:
-        """Run the decoder graph on ``ids`` (B, T) for logits at the last ``count`` positions."""
-        feeds = {"input_ids": ids, "attention_mask": mask, "logit_index": logit_index(ids.shape[1], count)}
-        return self.graphs["decoder"].run({**feeds, **(past or {})})
+    def _run(self, ids, mask, past: dict | None) -> dict[str, torch.Tensor]:
+        """Run the decoder graph on ``ids`` (B, T): logits (B, T, V) and the present cache."""
+        return self.graphs["decoder"].run({"input_ids": ids, "attention_mask": mask, **(past or {})})
 
 
 class OnnxEncoderDecoder(OnnxModel):
@@ -315,20 +315,20 @@ class OnnxEncoderDecoder(OnnxModel):
             src_mask = ones_mask(B, memory.shape[1])
         if isinstance(cache, TokenHistory):
             ids, mask = cache.extend(tgt_ids, tgt_mask)
-            return self._run(ids, mask, src_mask, {"memory": memory}, 1 if last_only else T)["logits"]
+            return last_logits(self._run(ids, mask, src_mask, {"memory": memory}), 1 if last_only else T)
         if not self.kv_cache:
             mask = tgt_mask if tgt_mask is not None else ones_mask(B, T)
-            return self._run(tgt_ids, mask, src_mask, {"memory": memory}, 1 if last_only else T)["logits"]
+            return last_logits(self._run(tgt_ids, mask, src_mask, {"memory": memory}), 1 if last_only else T)
         work = cache if cache is not None else self.new_cache(B)
         if work.memory is None:
             kv = self.graphs["cross_attention_kv"].run({"memory": memory})
             work.memory = [kv[e["name"]] for e in self.graphs["cross_attention_kv"].outputs]
         memory_feeds = {e["name"]: t for e, t in zip(self.graphs["cross_attention_kv"].outputs, work.memory)}
         mask = tgt_mask if tgt_mask is not None else ones_mask(B, work.length + T)
-        outputs = self._run(tgt_ids, mask, src_mask, {**work.feeds(), **memory_feeds}, 1 if last_only else T)
+        outputs = self._run(tgt_ids, mask, src_mask, {**work.feeds(), **memory_feeds})
         if cache is not None:
             cache.store(outputs, T)
-        return outputs["logits"]
+        return last_logits(outputs, 1 if last_only else T)
 
     def __call__(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None,
                  tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -337,11 +337,9 @@ class OnnxEncoderDecoder(OnnxModel):
 
     forward = __call__
 
-    def _run(self, ids, mask, src_mask, extra: dict, count: int) -> dict[str, torch.Tensor]:
-        """Run the decoder graph on ``ids`` (B, T) for logits at the last ``count`` positions."""
-        feeds = {"tgt_ids": ids, "tgt_mask": mask, "src_mask": src_mask,
-                 "logit_index": logit_index(ids.shape[1], count)}
-        return self.graphs["decoder"].run({**feeds, **extra})
+    def _run(self, ids, mask, src_mask, extra: dict) -> dict[str, torch.Tensor]:
+        """Run the decoder graph on ``ids`` (B, T): logits (B, T, V) and the present cache."""
+        return self.graphs["decoder"].run({"tgt_ids": ids, "tgt_mask": mask, "src_mask": src_mask, **extra})
 
 
 def read_manifest(directory: Path) -> dict:
@@ -352,6 +350,13 @@ def read_manifest(directory: Path) -> dict:
     if manifest.get("format") != "onnx":
         raise ZooError(f"{directory}: holds a {manifest.get('format', 'zoo model')!r} export, not an ONNX one; "
                        f"export it with 'zoo export MODEL --format onnx -o DIR'")
+    if "graphs" not in manifest or not isinstance(manifest.get("files", {}), dict):
+        raise ZooError(f"{path}: has no 'graphs' table; re-export with 'zoo export MODEL --format onnx -o {directory}'")
+    listed = [*manifest.get("files", {}), *(entry["file"] for entry in manifest["graphs"].values())]
+    for name in dict.fromkeys(listed):
+        if not (directory / name).is_file():
+            raise ZooError(f"{directory / name}: missing from the export (listed in {MANIFEST}); "
+                           f"re-export with 'zoo export MODEL --format onnx -o {directory}'")
     return manifest
 
 

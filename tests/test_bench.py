@@ -102,7 +102,8 @@ def test_unknown_runtime_is_one_line_error():
     result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--runtime", "torch,tensorrt"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: --runtime torch,tensorrt: choose from torch, onnxruntime, hf (comma-separated)"]
+        "error: --runtime torch,tensorrt: choose from torch, onnxruntime, onnxruntime-int8, onnxruntime-int4, hf "
+        "(comma-separated)"]
 
 
 def test_encoder_decoder_is_refused_before_measuring():

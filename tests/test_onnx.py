@@ -100,9 +100,15 @@ def test_every_registered_model_exports_and_validates(exported, name, kv_cache):
     decoder = {i["name"]: i["shape"] for i in manifest["graphs"]["decoder"]["inputs"]}
     ids = "tgt_ids" if spec.is_encoder_decoder else "input_ids"
     assert decoder[ids] == ["batch", "sequence"]
-    assert ("past_key_0" in decoder) is kv_cache
+    assert ("past_key_values.0.key" in decoder) is kv_cache and "logit_index" not in decoder
     if kv_cache:
-        assert decoder["past_key_0"] == ["batch", spec.n_kv_heads, "past_sequence", spec.head_dim]
+        assert decoder["past_key_values.0.key"] == ["batch", spec.n_kv_heads, "past_sequence", spec.head_dim]
+    outputs = {o["name"]: o["shape"] for o in manifest["graphs"]["decoder"]["outputs"]}
+    assert outputs["logits"] == ["batch", "sequence", spec.vocab_size]  # every position: no zoo-only input
+    assert ("present.0.value" in outputs) is kv_cache
+    genai = kv_cache and not spec.is_encoder_decoder  # onnxruntime-genai runs it (tests/test_genai.py)
+    assert (manifest["genai"]["config"] == "genai_config.json") is genai
+    assert (out / "genai_config.json").is_file() is genai
     assert zoo.load_spec(out / "spec.yaml") == spec
     if spec.tokenizer == "gpt2":
         assert {"vocab.json", "merges.txt"} <= set(manifest["tokenizer"])
@@ -322,6 +328,20 @@ def test_runtime_rejects_bad_inputs_in_one_line(exported):
         runtime.load(out.parent)
 
 
+@pytest.mark.parametrize("missing", ["genai_config.json", "decoder.onnx", "decoder.onnx.data"])
+def test_runtime_names_a_file_removed_by_hand_in_one_line(exported, tmp_path, missing):
+    import shutil
+
+    _, out = exported("gpt2", True)
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    (edited / missing).unlink()
+    with pytest.raises(ZooError) as error:
+        runtime.load(edited)
+    assert str(error.value) == (f"{edited / missing}: missing from the export (listed in manifest.json); "
+                                f"re-export with 'zoo export MODEL --format onnx -o {edited}'")
+
+
 def test_the_cuda_probe_graph_loads_in_onnxruntime():
     import numpy as np
     import onnxruntime as ort
@@ -376,7 +396,8 @@ def test_cli_export_of_a_weights_directory_then_generate_with_onnxruntime(tmp_pa
     assert result.exit_code == 0, result.output
     assert f"exported gpt2 as onnx -> {out}" in result.output and "validation of gpt2 (fp32" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["tokenizer"] == ["tokenizer.json"]  # the weights directory's tokenizer came along
+    # the weights directory's tokenizer came along, with the config onnxruntime-genai reads
+    assert manifest["tokenizer"] == ["tokenizer.json", "tokenizer_config.json"]
     assert (out / "tokenizer.json").read_bytes() == (weights / "tokenizer.json").read_bytes()
     args = ["--max-new-tokens", "6", "--ignore-eos", "Hello there"]
     onnx_run = runner.invoke(cli, ["generate", str(out), "--runtime", "onnxruntime", *args])

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 from zoo.errors import ZooError
 
-RUNTIMES = ("torch", "onnxruntime", "hf")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-int4", "hf")
+DEFAULT_RUNTIMES = ("torch", "onnxruntime", "hf")
+# ONNX Runtime contenders and the weight quantization of their export (None: fp32)
+ONNX_RUNTIMES = {"onnxruntime": None, "onnxruntime-int8": "int8", "onnxruntime-int4": "int4"}
 
 
 @dataclass
@@ -16,7 +19,7 @@ class BenchOptions:
 
     model: str = "gpt2"
     overrides: dict = field(default_factory=dict)
-    runtimes: tuple[str, ...] = RUNTIMES
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
     device: str = "cpu"
     threads: int | None = None  # None: every core this process may run on
     repeats: int = 5

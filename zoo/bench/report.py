@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from zoo.bench.ceilings import best
+from zoo.bench.options import RUNTIMES
 from zoo.core.files import atomic_file, atomic_path
 
 # (text, measure, runtime, batch, key, threshold, better): the targets for GPT-2 Small fp32 on CPU
@@ -22,6 +23,10 @@ TARGETS = [
      "fraction_of_bandwidth_ceiling", 0.8, "higher"),
     ("decode batch 1: torch >= 3x Hugging Face generate", "decode", "torch", 1, "vs_hf", 3.0, "higher"),
     ("decode batch 1: onnxruntime >= 3x Hugging Face generate", "decode", "onnxruntime", 1, "vs_hf", 3.0, "higher"),
+    ("decode batch 1: onnxruntime-int4 >= 3x the fp32 bandwidth ceiling", "decode", "onnxruntime-int4", 1,
+     "fraction_of_bandwidth_ceiling", 3.0, "higher"),
+    ("decode batch 1: onnxruntime-int8 >= 1.8x the fp32 bandwidth ceiling", "decode", "onnxruntime-int8", 1,
+     "fraction_of_bandwidth_ceiling", 1.8, "higher"),
     ("prefill 1x128: torch at least as fast as Hugging Face", "prefill", "torch", 1, "vs_hf", 1.0, "higher"),
     ("prefill 1x128: torch >= 60% of the fp32 FLOP ceiling", "prefill", "torch", 1,
      "fraction_of_flop_ceiling", 0.6, "higher"),
@@ -30,7 +35,8 @@ TARGETS = [
     ("build from safetensors: zoo peak RSS <= 1.2x the weight bytes", "build", "zoo", None,
      "peak_rss_over_weights", 1.2, "lower"),
 ]
-RUNTIME_COLOURS = {"torch": "#1f77b4", "onnxruntime": "#2ca02c", "hf": "#ff7f0e", "zoo": "#1f77b4"}
+RUNTIME_COLOURS = {"torch": "#1f77b4", "onnxruntime": "#2ca02c", "onnxruntime-int8": "#17becf",
+                   "onnxruntime-int4": "#9467bd", "hf": "#ff7f0e", "zoo": "#1f77b4"}
 
 
 def find_row(results: list[dict], measure: str, runtime: str, batch: int | None) -> dict | None:
@@ -66,7 +72,8 @@ def reason(report: dict, measure: str, runtime: str) -> str | None:
         return f"runtime {runtime} not selected (--runtime)"
     for row in report["results"]:
         if row.get("runtime") == runtime and "not_available" in row and (
-                row["measure"] in (measure, "all") or (runtime == "onnxruntime" and row["measure"] == "onnx_export")):
+                row["measure"] in (measure, "all") or (runtime.startswith("onnxruntime")
+                                                       and row["measure"] == "onnx_export")):
             return f"{runtime}: {row['not_available']}"
     return None
 
@@ -132,14 +139,17 @@ def render(report: dict) -> str:
     decode = [r for r in results if r["measure"] == "decode"]
     if decode:
         lines += [f"decode (greedy, {decode[0]['new_tokens']} new tokens after a {decode[0]['past_tokens']}-token prompt)"]
-        lines += _table(("runtime", "batch", "tokens/s", "ceiling tokens/s", "of bandwidth ceiling", "vs hf"), [
+        lines += _table(("runtime", "batch", "tokens/s", "ceiling tokens/s", "of fp32 bandwidth ceiling", "vs hf"), [
             (r["runtime"], r["batch"], _spread(r["tokens_per_s"]), f"{r['ceiling_tokens_per_s']:.1f}",
              f"{100 * r['fraction_of_bandwidth_ceiling']:.0f}%", f"{r['vs_hf']:.2f}x" if "vs_hf" in r else "")
             for r in decode]) + [""]
     for r in results:
         if r["measure"] == "onnx_export" and "not_available" not in r:
-            lines += [f"onnx export (kv cache, fp32, opset {r['opset']}): {r['seconds']['median']:.1f} s, "
-                      f"{r['bytes'] / 1e6:.0f} MB", ""]
+            ratio = f" ({100 * r['vs_fp32_bytes']:.0f}% of fp32)" if "vs_fp32_bytes" in r else ""
+            lines += [f"onnx export {r['runtime']} (kv cache, {r.get('weights', 'fp32')}, opset {r['opset']}): "
+                      f"{r['seconds']['median']:.1f} s, {r['bytes'] / 1e6:.0f} MB, graphs and weights "
+                      f"{r.get('graph_bytes', r['bytes']) / 1e6:.1f} MB{ratio}"]
+    lines += [""] if any(r["measure"] == "onnx_export" for r in results) else []
     builds = [r for r in results if r["measure"] == "build" and "not_available" not in r]
     if builds:
         lines += [f"build {builds[0]['model']} from a local safetensors file ({builds[0]['weight_bytes'] / 1e9:.2f} GB), "
@@ -188,7 +198,7 @@ def write_chart(report: dict, path: str | Path) -> None:
     batches = report["options"]["batches"]
     groups = [("prefill", b) for b in batches] + [("decode", b) for b in batches]
     labels = [f"prefill {b}x{report['options']['prompt_tokens']}" if m_ == "prefill" else f"decode batch {b}" for m_, b in groups]
-    runtimes = [rt for rt in ("torch", "onnxruntime", "hf") if any(r.get("runtime") == rt and r["measure"] in ("prefill", "decode") for r in results)]
+    runtimes = [rt for rt in RUNTIMES if any(r.get("runtime") == rt and r["measure"] in ("prefill", "decode") for r in results)]
 
     def grouped(ax, value_of, runtimes_shown, ylabel, title):
         width = 0.8 / max(len(runtimes_shown), 1)

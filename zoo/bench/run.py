@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from zoo.bench.ceilings import best, fp32_flop_ceiling, measure_ceilings
-from zoo.bench.options import BenchOptions
+from zoo.bench.options import ONNX_RUNTIMES, BenchOptions
 from zoo.bench.runtimes import load_contenders, measure_runtimes
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import ZooError
@@ -130,8 +130,9 @@ def run_bench(options: BenchOptions) -> dict:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     workdir = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
-    groups = ("torch" in options.runtimes or "hf" in options.runtimes) + ("onnxruntime" in options.runtimes)
-    total = 6 + 1 + 2 * len(options.batches) * groups + ("onnxruntime" in options.runtimes) + (0 if options.skip_xl else 3)
+    onnx_runtimes = sum(r in ONNX_RUNTIMES for r in options.runtimes)
+    groups = ("torch" in options.runtimes or "hf" in options.runtimes) + bool(onnx_runtimes)
+    total = 6 + 1 + 2 * len(options.batches) * groups + onnx_runtimes + (0 if options.skip_xl else 3)
     steps = Steps(total)
     started = time.time()
     try:
@@ -149,10 +150,10 @@ def run_bench(options: BenchOptions) -> dict:
         report["ceilings_used"] = {"fp32_flop_per_s": flop_ceiling, "fp32_flop_from": flop_source,
                                    "read_bytes_per_s": best(report["ceilings"]["read_bandwidth"])}
         steps("load the same random weights into every runtime")
-        contenders, unavailable, model, export = load_contenders(spec, options, workdir, threads, steps)
+        contenders, unavailable, model, exports = load_contenders(spec, options, workdir, threads, steps)
         report["parameters"] = sum(p.numel() for p in model.parameters())
         report["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-        results = list(unavailable) + ([export] if export else [])
+        results = list(unavailable) + exports
         results += measure_runtimes(spec, model, contenders, options, report["ceilings_used"], steps)
         results += build_rows(options, workdir, threads, steps)
         report["results"] = results

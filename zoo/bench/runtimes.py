@@ -1,9 +1,11 @@
-"""The three runtimes side by side: prefill and decode on the same weights.
+"""The runtimes side by side: prefill and decode on the same weights.
 
 ``torch`` is the zoo's PyTorch model with :func:`zoo.generation.sampling.generate`;
 ``onnxruntime`` is its ONNX export through :mod:`zoo.exporters.onnx_runtime`, driven by the same
-generate loop; ``hf`` is ``transformers.GPT2LMHeadModel`` with its own ``generate``. All
-three load one GPT-2 checkpoint in Hugging Face layout, so they compute the same thing.
+generate loop; ``onnxruntime-int8`` / ``onnxruntime-int4`` are the same export with
+weight-only quantized weights (``zoo export --quantize``); ``hf`` is
+``transformers.GPT2LMHeadModel`` with its own ``generate``. All load one GPT-2 checkpoint
+in Hugging Face layout, so they compute the same thing (the quantized ones approximately).
 
 * Prefill: a prompt of B x 128 tokens into an empty cache, logits of the last position.
   FLOP = 2·(linear weights)·B·T + causal attention 2·layers·B·d·T·(T+1) (QKᵀ and AV
@@ -13,6 +15,8 @@ three load one GPT-2 checkpoint in Hugging Face layout, so they compute the same
   timestamped, and tokens/s = B·(N-1) / (last stamp - first stamp), so the prompt is
   not in it. Bytes a step reads = every weight once (a tied head once, the position
   table but one row) + the cached keys and values (2·layers·B·kv_heads·head_dim·keys·4).
+  The ceiling is always the fp32 model's, so a quantized runtime, which reads fewer bytes
+  per weight, shows as a multiple of it (above 1).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from zoo.bench.ceilings import device_sync
-from zoo.bench.options import RUNTIMES, BenchOptions
+from zoo.bench.options import ONNX_RUNTIMES, RUNTIMES, BenchOptions
 from zoo.bench.timing import figure, rate, time_call
 from zoo.core.spec import ModelSpec
 from zoo.errors import ZooError, first_line
@@ -137,13 +141,16 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
         model = build(spec, seed=options.seed, device=device)
     if "torch" in options.runtimes:
         contenders.append(ZooContender("torch", model))
-    if "onnxruntime" in options.runtimes:
-        steps("export to ONNX")
+    exports = []
+    for name in [r for r in options.runtimes if r in ONNX_RUNTIMES]:
+        steps(f"export to ONNX ({name})")
         try:
-            export, runtime_model = export_onnx(spec, model, workdir / "onnx", device, threads)
-            contenders.append(ZooContender("onnxruntime", runtime_model))
+            row, runtime_model = export_onnx(spec, model, workdir / name, device, threads, ONNX_RUNTIMES[name], name)
+            exports.append(row)
+            contenders.append(ZooContender(name, runtime_model))
         except (ZooError, ImportError) as exc:
-            unavailable.append({"measure": "onnx_export", "runtime": "onnxruntime", "not_available": first_line(exc)})
+            unavailable.append({"measure": "onnx_export", "runtime": name, "not_available": first_line(exc)})
+    add_size_ratios(exports)
     if "hf" in options.runtimes:
         if problem is not None:
             unavailable.append({"measure": "all", "runtime": "hf",
@@ -153,25 +160,39 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
 
             hf = GPT2LMHeadModel.from_pretrained(workdir / "hf", dtype=torch.float32).to(device).eval()
             contenders.append(HFContender(hf))
-    return contenders, unavailable, model, export
+    return contenders, unavailable, model, exports
 
 
-def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threads: int):
-    """Export with a key/value cache (fp32, no validation), timed once; then load it."""
+def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threads: int,
+                quantize: str | None = None, name: str = "onnxruntime"):
+    """Export with a key/value cache (fp32 or ``quantize``d weights, no validation), timed
+    once; then load it."""
     from zoo.core.export import export_model
     from zoo.exporters.onnx_runtime import load
 
     start = time.perf_counter()
-    manifest = export_model(model, spec, out, "onnx", kv_cache=True, dtype="fp32", validate=False)
+    options = {"quantize": quantize} if quantize else {}
+    manifest = export_model(model, spec, out, "onnx", kv_cache=True, dtype="fp32", validate=False, **options)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    row = {"measure": "onnx_export", "runtime": "onnxruntime", "opset": manifest.get("opset"),
-           "seconds": figure([seconds], "s"), "bytes": size,
-           "note": "one export (kv_cache, fp32, validate=False), timed cold"}
+    graph_bytes = sum(p.stat().st_size for p in out.glob("*.onnx*") if p.is_file())  # graphs + weights
+    weights = f"{quantize} weights, block {manifest['quantization']['block_size']}" if quantize else "fp32"
+    row = {"measure": "onnx_export", "runtime": name, "opset": manifest.get("opset"),
+           "seconds": figure([seconds], "s"), "bytes": size, "graph_bytes": graph_bytes,
+           "weights": weights,
+           "note": f"one export (kv_cache, {weights}, validate=False), timed cold"}
     runtime_model = load(out, device=device, threads=threads)
     if getattr(runtime_model, "device", torch.device(device)).type != torch.device(device).type:
         raise ZooError(f"ONNX Runtime cannot run on {device} here")
     return row, runtime_model
+
+
+def add_size_ratios(exports: list[dict]) -> None:
+    """``vs_fp32_bytes`` on each quantized export row: its graphs and weights over the fp32 export's."""
+    fp32 = next((r for r in exports if r["runtime"] == "onnxruntime"), None)
+    for row in exports:
+        if fp32 is not None and row is not fp32:
+            row["vs_fp32_bytes"] = row["graph_bytes"] / fp32["graph_bytes"]
 
 
 def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,
@@ -185,7 +206,7 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
     run, and a PyTorch run right after one would be measured against a busy core.
     """
     generator = torch.Generator().manual_seed(options.seed)
-    groups = [[c for c in contenders if c.name != "onnxruntime"], [c for c in contenders if c.name == "onnxruntime"]]
+    groups = [[c for c in contenders if c.name not in ONNX_RUNTIMES], [c for c in contenders if c.name in ONNX_RUNTIMES]]
     rows = []
     for group in filter(None, groups):
         for measure in ("prefill", "decode"):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, load_spec_arg, model_from_args, run_weights, spec_options
+from zoo.errors import ExportError
 
 
 @click.command()
@@ -17,22 +18,44 @@ from zoo.cli.options import WEIGHTS_HELP, default_weights, load_spec_arg, model_
 @click.option("--kv-cache", is_flag=True, help="Export past key/values as inputs and present ones as outputs.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's choice).")
+@click.option("--quantize", default=None, metavar="int4|int8",
+              help="onnx: store the weights quantized (weight-only, ONNX Runtime's MatMulNBits), the LM head "
+                   "and embedding table included.")
+@click.option("--block-size", type=int, default=None,
+              help="With --quantize: weights per quantization block (a power of two >= 16 dividing the hidden "
+                   "size; default 32 for int4, 128 for int8, or the largest that divides).")
 @click.option("--no-validate", is_flag=True, help="Skip running the exported model against PyTorch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, no_validate, seed, force):
-    """Export MODEL to another format; the directory appears complete or not at all."""
+def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, no_validate,
+           seed, force):
+    """Export MODEL to another format; the directory appears complete or not at all.
+
+    MODEL may be a run directory of 'zoo train' (its weights and vocabulary go along):
+    zoo export RUN_DIR --format hf gives a MarianMTModel with its tokenizer."""
     from zoo.core.export import export_model
 
     spec = load_spec_arg(model, overrides)
-    weights = default_weights(model, weights)
+    extra = quantize_options(fmt, quantize, block_size, spec, dtype)
+    weights = run_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed)
-    extra = {}
-    if fmt == "onnx" and weights and Path(weights).is_dir():
+    if (fmt == "onnx" or spec.is_encoder_decoder) and weights and Path(weights).is_dir():
         extra["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
                             opset=opset, validate=not no_validate, **extra)
     click.echo(f"exported {spec.name} as {fmt} -> {output} ({len(manifest.get('files', {}))} files)")
+
+
+def quantize_options(fmt: str, quantize: str | None, block_size: int | None, spec, dtype: str) -> dict:
+    """The exporter's quantization options, checked before the model is built."""
+    if quantize is None and block_size is None:
+        return {}
+    if fmt != "onnx":
+        raise ExportError(f"--quantize and --block-size apply to --format onnx, not {fmt}")
+    from zoo.exporters.onnx_quantize import quantize_settings
+
+    quantize_settings(quantize, block_size, spec, dtype)  # one-line errors before any work
+    return {"quantize": quantize, "block_size": block_size}
 
 
 COMMANDS = (export,)

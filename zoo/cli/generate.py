@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, run_weights, load_spec_arg, model_from_args, spec_options
 from zoo.errors import ZooError
 
 
@@ -47,7 +47,7 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     else:  # the checkpoint's own tokenizer.json; GPT-2 keeps its shipped tokenizer
         from zoo.hf.tokenizer import weights_tokenizer
 
-        weights = default_weights(model, weights)
+        weights = run_weights(model, weights)
         tokenizer = weights_tokenizer(load_spec_arg(model, overrides), tokenizer_dir, weights)
     batch = tokenizer(list(prompts), padding=True, return_tensors="pt")
     empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, run_weights, load_spec_arg, model_from_args, spec_options
 
 MODELS_HOME = "ZOO_HOME"  # zoo build writes to $ZOO_HOME/models/NAME, else ./models/NAME
 
@@ -79,7 +79,7 @@ def build(model, overrides, output, weights, seed, dtype, force):
     from zoo.core.model_dir import save_model
 
     spec = load_spec_arg(model, overrides)
-    weights = default_weights(model, weights)
+    weights = run_weights(model, weights)
     output = output or default_output(spec.name)
     net = model_from_args(spec, weights, seed=seed, dtype=getattr(torch, dtype))
     manifest = save_model(net, spec, output, overwrite=force)

@@ -68,11 +68,22 @@ def load_spec_arg(model: str, overrides) -> "ModelSpec":  # noqa: F821
     return load_spec(model, dict(overrides) or None)
 
 
-def default_weights(model: str, weights: str | None) -> str | None:
-    """``--weights``, or MODEL itself when MODEL is a Hugging Face directory."""
+def run_weights(model: str, weights: str | None) -> str | None:
+    """``--weights``, defaulting to MODEL itself when MODEL is a directory holding weights:
+    a zoo model (or ``zoo train`` run) directory, so ``zoo export RUN_DIR`` means that run's
+    trained model, or a Hugging Face directory, so ``zoo build HF_DIR`` reads its checkpoint."""
+    from pathlib import Path
+
+    from zoo.core.files import WEIGHTS
+    from zoo.core.model_dir import is_model_directory
     from zoo.hf.checkpoint import local_hf_directory
 
-    return weights or (model if local_hf_directory(model) is not None else None)
+    path = Path(model)
+    if weights is None and path.is_dir() and is_model_directory(path) and (path / WEIGHTS).is_file():
+        return model
+    if weights is None and local_hf_directory(model) is not None:
+        return model
+    return weights
 
 
 def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu", dtype=None):

@@ -1,4 +1,5 @@
-"""``zoo verify``: a model against its family's transformers class on the same weights."""
+"""``zoo verify``: a model against its family's transformers class (GPT2LMHeadModel, LlamaForCausalLM,
+...; a translator: MarianMTModel) on the same weights."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import click
 
-from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, default_weights, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, load_spec_arg, model_from_args, run_weights, spec_options
 
 
 @click.command()
@@ -24,17 +25,31 @@ from zoo.cli.options import TOKENIZER_HELP, WEIGHTS_HELP, default_weights, load_
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, atol, seed, device):
     """Run MODEL and its family's transformers class on the same weights and print a parity
-    report; exit 0 only when logits are within tolerance and greedy tokens identical."""
+    report; exit 0 only when logits are within tolerance and greedy tokens identical.
+    A translator's run directory (zoo verify RUN_DIR) is compared with MarianMTModel."""
     from zoo.hf.verify import PROMPTS, verify as verify_model
 
     spec = load_spec_arg(model, overrides)
-    weights = default_weights(model, weights)
+    weights = run_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed, device=device)
-    report = verify_model(net, against, weights, tokenizer_dir, prompts or PROMPTS, steps, atol,
-                          label=weights or f"random init (seed {seed})")
+    if spec.is_encoder_decoder:  # a translator: MarianMTModel, with the run directory's vocabulary
+        report = translator_report(net, weights, prompts, steps, atol)
+    else:
+        report = verify_model(net, against, weights, tokenizer_dir, prompts or PROMPTS, steps, atol,
+                              label=weights or f"random init (seed {seed})")
     click.echo("\n".join(report.lines()))
     if not report.passed:
         sys.exit(1)
+
+
+def translator_report(net, weights, prompts, steps, atol):
+    """``zoo verify RUN_DIR``: the translator against MarianMTModel, reading the run's vocabulary."""
+    from zoo.errors import ZooError
+    from zoo.hf.verify import TRANSLATION_PROMPTS, verify_translator
+
+    if weights is None:
+        raise ZooError("a translator is verified with its vocabulary: zoo verify RUN_DIR --against hf")
+    return verify_translator(net, weights, prompts or TRANSLATION_PROMPTS, steps, atol)
 
 
 COMMANDS = (verify,)

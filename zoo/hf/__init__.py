@@ -1,0 +1,1 @@
+"""Hugging Face: checkpoint reading, name tables and config mapping, parity checks against transformers."""

@@ -47,11 +47,11 @@ class ParityReport:
     """Every check of one :func:`verify_against_hf` run."""
 
     model: str
-    architecture: str
     weights: str
     dtype: str
     atol: float
     checks: list[Check] = field(default_factory=list)
+    reference: str = "GPT2LMHeadModel"  # the transformers class compared with
 
     @property
     def passed(self) -> bool:
@@ -62,7 +62,7 @@ class ParityReport:
         rows = [(c.name, _num(c.max_abs), _num(c.max_rel), "ok" if c.passed else "FAIL", c.detail) for c in self.checks]
         header = ("check", "max abs", "max rel", "result", "")
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(4)]
-        out = [f"{self.model} vs transformers {self.architecture}; weights: {self.weights}; {self.dtype}; "
+        out = [f"{self.model} vs transformers {self.reference}; weights: {self.weights}; {self.dtype}; "
                f"logits within {self.atol:g} absolute"]
         for row in (header, *rows):
             out.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else ""))
@@ -92,7 +92,8 @@ def verify_against_hf(model: nn.Module, hf_model: nn.Module, tokenizer, prompts=
     """Run the four parity checks of zoo ``model`` against ``hf_model`` (same weights)."""
     param = model.token_table.weight
     atol = atol if atol is not None else DEFAULT_ATOL.get(param.dtype, 1e-2)
-    report = ParityReport(model.spec.name, type(hf_model).__name__, weights, str(param.dtype).removeprefix("torch."), atol)
+    report = ParityReport(model.spec.name, weights, str(param.dtype).removeprefix("torch."), atol,
+                          reference=type(hf_model).__name__)
     device = param.device
 
     for i, text in enumerate(prompts, 1):
@@ -166,3 +167,70 @@ def verify(model: nn.Module, against: str = "hf", weights: str | None = None, to
         tokenizer = tokenizer_for(model.spec, tokenizer, getattr(reference, "name_or_path", None) or None)
     return verify_against_hf(model, reference, tokenizer, prompts, steps, atol,
                              weights=label or weights or "the model's own")
+
+
+TRANSLATION_PROMPTS = (
+    "Tom sees the red cat.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Where is the station? I don't know.",
+    "She has a new book",
+)
+
+
+def first_tokens(hf_tokens: torch.Tensor, eos: int) -> list[list[int]]:
+    """``generate()``'s rows (B, T) as the zoo's greedy search returns them: no start token, cut at ``</s>``."""
+    rows = []
+    for row in hf_tokens[:, 1:].tolist():
+        rows.append(row[: row.index(eos)] if eos in row else row)
+    return rows
+
+
+@torch.inference_mode()
+def verify_translator(model: nn.Module, run_dir: str | Path, prompts=TRANSLATION_PROMPTS, steps: int = 20,
+                      atol: float | None = None, label: str | None = None) -> ParityReport:
+    """Check zoo translator ``model`` (trained in ``run_dir``, whose vocabulary it reads) against
+    transformers' ``MarianMTModel`` holding the same weights, as ``zoo export --format hf``
+    writes them: logits of each sentence alone and of the right-padded batch (teacher-forced
+    on the zoo's own greedy translation), and greedy tokens against ``generate()``."""
+    from zoo.hf.marian import marian_layout_problem, marian_tokenizer, shared_vocabulary_problem, to_marian_model
+    from zoo.translation.search import greedy_search
+    from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+
+    spec = model.spec
+    problem = marian_layout_problem(spec) or shared_vocabulary_problem(Path(run_dir))
+    if problem:
+        raise ZooError(f"cannot verify against hf: {problem}")
+    param = model.token_table.weight
+    atol = atol if atol is not None else DEFAULT_ATOL.get(param.dtype, 1e-2)
+    report = ParityReport(spec.name, label or str(run_dir), str(param.dtype).removeprefix("torch."), atol,
+                          reference="MarianMTModel")
+    hf_model = to_marian_model(model).to(param.device)
+    tokenizer = marian_tokenizer(Vocabulary.load(run_dir).source, spec.context_length)
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(param.device)
+    src, mask = batch.input_ids, batch.attention_mask  # (B, S), right padding
+    ours = greedy_search(model, src, mask, steps)
+    targets = tokenizer.pad({"input_ids": [[BOS_ID, *row] for row in ours]}, return_tensors="pt")
+    tgt, tgt_mask = targets.input_ids.to(param.device), targets.attention_mask.to(param.device)  # (B, T)
+
+    for i, length in enumerate(mask.sum(1).tolist()):
+        n = int(tgt_mask[i].sum())
+        s, t = src[i : i + 1, :length], tgt[i : i + 1, :n]  # (1, S_i), (1, T_i)
+        diff, rel = logit_difference(model(s, t), hf_model(input_ids=s, decoder_input_ids=t).logits)
+        report.checks.append(Check(f"sentence {i + 1} ({length}+{n} tokens)", diff <= atol, diff, rel))
+    real = tgt_mask.bool()
+    diff, rel = logit_difference(model(src, tgt, mask)[real],
+                                 hf_model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits[real])
+    report.checks.append(Check(f"padded batch ({src.shape[0]}x{src.shape[1]}, right)", diff <= atol, diff, rel))
+
+    theirs = first_tokens(hf_model.generate(input_ids=src, attention_mask=mask, max_new_tokens=steps,
+                                            do_sample=False, num_beams=1, decoder_start_token_id=BOS_ID,
+                                            eos_token_id=EOS_ID, pad_token_id=PAD_ID).cpu(), EOS_ID)
+    same = ours == theirs
+    detail = "tokens identical" if same else next(f"sentence {i + 1} differs: {a} vs {b}"
+                                                   for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    report.checks.append(Check(f"greedy {steps} steps vs generate()", same, detail=detail))
+    uncached = greedy_search(model, src, mask, steps, use_cache=False)
+    same = ours == uncached
+    report.checks.append(Check(f"greedy {steps} steps, cache vs none", same,
+                               detail="tokens identical" if same else "cached and uncached greedy tokens differ"))
+    return report

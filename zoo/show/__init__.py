@@ -1,0 +1,1 @@
+"""``zoo show``: pictures of models, positional schemes and attention maps."""

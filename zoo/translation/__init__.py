@@ -1,0 +1,1 @@
+"""English-Italian translation: data, subword vocabulary, training and its snapshots, search and evaluation."""

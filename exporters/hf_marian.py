@@ -1,0 +1,114 @@
+"""The ``hf`` exporter's encoder-decoder path: a zoo translator run as a ``MarianMTModel`` directory.
+
+    zoo export RUN_DIR --format hf -o out/en-it-hf
+    pipeline("translation", model="out/en-it-hf")           # translates as zoo translate does
+
+Writes ``config.json``, ``generation_config.json`` and ``model.safetensors`` (through the
+table and channel permutation of :mod:`zoo.hf.marian`), the run's shared subword
+vocabulary as ``tokenizer.json`` + ``tokenizer_config.json`` (``AutoTokenizer`` loads it),
+and ``manifest.json``. Validation loads the directory back with transformers, checks the
+weights it holds are the ones written, the tokenizer encodes as the zoo's vocabulary does,
+and the logits on a right-padded batch are within ``ATOL`` of the zoo model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.core.files import MANIFEST, sha256_file
+from zoo.core.spec import ModelSpec
+from zoo.errors import ExportError, first_line
+from zoo.hf.marian import (marian_config, marian_inexact, marian_layout_problem, marian_tokenizer,
+                           shared_vocabulary_problem, to_marian_model, to_marian_state_dict)
+
+ATOL = 1e-4  # both sides run in fp32 on the exported weights
+CHECK_SENTENCES = ("Tom sees the red cat.", "Where is the station? I don't know.")
+
+
+def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.dtype = torch.float32,
+                  validate: bool = True, tokenizer_dir: str | Path | None = None) -> dict:
+    """Write translator ``model`` into ``out`` as a ``MarianMTModel`` with its tokenizer; return the manifest.
+
+    ``dtype``: of the written weights (the hf exporter checks ``--dtype``); ``tokenizer_dir``: the run
+    directory whose shared ``tokenizer.json`` goes along.
+    """
+    from zoo.translation.vocabulary import Vocabulary
+
+    problem = marian_layout_problem(spec)
+    if problem:
+        raise ExportError(f"no Hugging Face MarianMTModel can hold this model: {problem}")
+    if tokenizer_dir is None:
+        raise ExportError(f"{spec.name}: a translator's vocabulary lives in its run directory; "
+                          "export the run: zoo export RUN_DIR --format hf -o OUT")
+    problem = shared_vocabulary_problem(Path(tokenizer_dir))
+    if problem:
+        raise ExportError(problem)
+    vocabulary = Vocabulary.load(tokenizer_dir)
+    if vocabulary.size != spec.vocab_size:
+        raise ExportError(f"{tokenizer_dir}: its vocabulary has {vocabulary.size} tokens but {spec.name} has "
+                          f"vocab_size {spec.vocab_size}; export the run directory the model was trained in")
+
+    to_marian_model(model, torch.float32).to(dtype).save_pretrained(out)
+    write_generation_config(spec, out)
+    before = set(out.iterdir())
+    marian_tokenizer(vocabulary.source, spec.context_length).save_pretrained(out)
+    manifest = {"format": "hf", "model": spec.name, "dtype": "fp16" if dtype == torch.float16 else "fp32",
+                "architecture": "MarianMTModel",
+                "tokenizer": sorted(p.name for p in set(out.iterdir()) - before),
+                "channel_order": "zoo channels 0, 2, 4, ... then 1, 3, 5, ... (Marian's sines-then-cosines)",
+                "inexact": marian_inexact(spec)}
+    if validate:
+        manifest["validation"] = validate_marian(model, spec, vocabulary, out, dtype)
+    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                         for p in sorted(out.iterdir()) if p.is_file()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def write_generation_config(spec: ModelSpec, out: Path) -> None:
+    """Greedy decoding that starts at ``<s>`` and stops at ``</s>``, as the zoo's greedy search does."""
+    from transformers import GenerationConfig
+
+    config = marian_config(spec)
+    GenerationConfig(decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
+                     eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+                     max_length=spec.context_length, num_beams=1, do_sample=False).save_pretrained(out)
+
+
+def validate_marian(model: nn.Module, spec: ModelSpec, vocabulary, out: Path, dtype: torch.dtype) -> dict:
+    """Load ``out`` with transformers; compare weights, tokenization and fp32 logits with the zoo's."""
+    from transformers import AutoTokenizer, MarianMTModel
+
+    try:
+        theirs = MarianMTModel.from_pretrained(out, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"transformers cannot load the export of {spec.name}: {first_line(exc)}") from None
+    ours = copy.deepcopy(model).to("cpu", dtype).float().eval()  # the zoo model at the exported precision
+    loaded = theirs.state_dict()
+    changed = [name for name, t in to_marian_state_dict(ours).items() if not torch.equal(loaded[name], t)]
+    if changed:
+        raise ExportError(f"MarianMTModel does not load the export of {spec.name} as written ({', '.join(changed[:3])} "
+                          "differ); nothing was written")
+    expected = vocabulary.encode_source(CHECK_SENTENCES)
+    if tokenizer(list(CHECK_SENTENCES)).input_ids != expected:
+        raise ExportError(f"the exported tokenizer of {spec.name} does not encode as the run's vocabulary does; "
+                          "nothing was written")
+    generator = torch.Generator().manual_seed(0)
+    src = torch.randint(4, spec.vocab_size, (2, 12), generator=generator)  # (2, S)
+    src[1, 7:] = 0  # right padding, as the translator pads
+    tgt = torch.randint(4, spec.vocab_size, (2, 9), generator=generator)  # (2, T)
+    tgt[:, 0] = 1
+    mask = (src != 0).long()
+    with torch.inference_mode():
+        diff = (ours(src, tgt, mask) - theirs(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits)
+    diff = diff.abs().max().item()
+    if diff > ATOL:
+        raise ExportError(f"MarianMTModel and the zoo disagree on the export of {spec.name}: max |difference| "
+                          f"{diff:.2e} exceeds {ATOL}; nothing was written")
+    return {"max_abs_diff": diff, "atol": ATOL, "weights": "as written", "tokenizer": "encodes as the run's"}
