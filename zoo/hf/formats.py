@@ -99,6 +99,9 @@ class CheckpointFormat:
     renamed: dict[str, str] = field(default_factory=dict)  # checkpoint name -> the transformers module's, where they differ
     description: str = ""
 
+    def __repr__(self) -> str:  # how ``zoo plugins`` names a format
+        return f"{type(self).__qualname__}({self.model_type!r}: {self.architecture})"
+
     # ------------------------------------------------------------------ weights
 
     def table(self, spec: ModelSpec) -> dict[str, Any]:
