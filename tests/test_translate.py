@@ -187,3 +187,10 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
     result = CliRunner().invoke(cli, ["translate", str(exported), "--runtime", "onnxruntime", *sentences])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-2:] == load_translator(run_dir).translate(sentences)
+    evaluated = {}
+    for label, args in (("torch", []), ("onnx", ["--onnx", str(exported)])):
+        result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--samples", "0", *args])
+        assert result.exit_code == 0, result.output
+        evaluated[label] = json.loads((run_dir / "eval" / ("test-greedy.json" if label == "torch" else
+                                                            "test-greedy-onnx-onnx.json")).read_text(encoding="utf-8"))
+    assert evaluated["onnx"]["all_references"] == evaluated["torch"]["all_references"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 from pathlib import Path
@@ -74,16 +76,20 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Sample translations to print.")
-def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, samples):
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Translate with this ONNX export of the run (zoo export RUN_DIR --format onnx --kv-cache "
+                   "[--quantize ...]) in ONNX Runtime instead of PyTorch.")
+def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, samples, onnx_dir):
     """Translate a split of the run's data and report BLEU, chrF (sacrebleu), CER and WER.
 
-    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json.
+    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json;
+    with --onnx, DECODING names the export too (test-greedy-onnx-NAME.tsv).
     """
     from zoo.translation.data import group_references, read_pairs, split_pairs
     from zoo.translation.evaluate import evaluate as evaluate_split, write_evaluation
     from zoo.translation.search import load_translator
 
-    translator = load_translator(run_dir, "torch", device)
+    translator = load_translator(onnx_dir, "onnxruntime", device) if onnx_dir else load_translator(run_dir, "torch", device)
     config = TrainConfig.load(run_dir)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
     pairs = read_pairs(data or config.data, config.skip_bad_lines, warn)
@@ -95,6 +101,8 @@ def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, sampl
         raise ZooError(f"the {split} split of {data or config.data} is empty")
     result, hypotheses = evaluate_split(translator, sources, references, split, beam=beam, alpha=alpha,
                                         batch_size=batch_size, progress=True)
+    if onnx_dir:
+        result = dataclasses.replace(result, decoding=f"{result.decoding}-onnx-{onnx_dir.resolve().name}")
     tsv, _ = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
     click.echo(f"{split}: {result.sources:,} English sources, {result.pairs:,} pairs, {result.decoding}, "
                f"{result.sentences_per_second:.1f} sentences/s")

@@ -222,11 +222,7 @@ def load_translator(directory: str | os.PathLike, runtime: str = "torch", device
             raise DataError(f"{directory}: model {model.spec.name} is a {model.spec.family}, not a translation model")
         return Translator(model, vocabulary, device)
     if runtime == "onnxruntime":
-        import inspect
+        from zoo.exporters.onnx_runtime import load
 
-        import zoo.exporters.onnx_runtime
-
-        load = zoo.exporters.onnx_runtime.load
-        takes_device = "device" in inspect.signature(load).parameters
-        return Translator(load(directory, device=device) if takes_device else load(directory), vocabulary, "cpu")
+        return Translator(load(directory, device=device), vocabulary, "cpu")
     raise DataError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
