@@ -42,8 +42,21 @@ class Case:
         return f"{self.output}, batch {self.batch}, sequence {self.sequence}, past {self.past}{pad}"
 
 
+class Report:
+    """What both validation reports share: ``summary()`` merged into the dict form."""
+
+    def summary(self) -> dict:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **self.summary()}
+
+    def verdict(self) -> str:
+        return "passed" if self.passed else "FAILED"
+
+
 @dataclass
-class ValidationReport:
+class ValidationReport(Report):
     model: str
     dtype: str
     provider: str
@@ -61,12 +74,9 @@ class ValidationReport:
         return {"passed": self.passed, "case_count": len(self.cases), "provider": self.provider,
                 "max_abs_diff": max(c.max_abs_diff for c in self.cases), "tolerance": self.cases[0].tolerance}
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), **self.summary()}
-
     def text(self) -> str:
         """The report as a table, headed by its verdict."""
-        verdict = "passed" if self.passed else "FAILED"
+        verdict = self.verdict()
         lines = [f"validation of {self.model} ({self.dtype}, ONNX Runtime {self.provider} vs PyTorch): "
                  f"{len(self.cases)} cases, max |difference| {max(c.max_abs_diff for c in self.cases):.2e}, "
                  f"tolerance {self.cases[0].tolerance}: {verdict}"]
@@ -120,11 +130,10 @@ def _ids(generator, vocab: int, batch: int, length: int) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=generator)
 
 
-def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, runtime_step,
-                 padded: bool = False) -> list[Case]:
-    """Logits cases at each sequence and past length: both sides fill their cache with the
-    past tokens, then run the rest; ``*_step(ids, mask, cache)`` runs one side."""
-    cases = []
+def cached_runs(model, runtime, generator, batch: int, model_step, runtime_step):
+    """At each sequence and past length, both sides fill their own cache with the past
+    tokens, then run the rest; ``*_step(ids, mask, cache)`` runs one side. Yields
+    ``(got, want, mask, sequence, past)``."""
     for sequence in SEQUENCES:
         for past in PASTS if runtime.kv_cache else (0,):
             ids = _ids(generator, model.spec.vocab_size, batch, past + sequence)
@@ -135,9 +144,15 @@ def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, r
                 runtime_step(ids[:, :past], mask[:, :past], ort_cache)
             want = model_step(ids[:, past:], mask, cache)
             got = runtime_step(ids[:, past:], mask, ort_cache)
-            cases.append(compare("logits", got, want, (batch, sequence, past), padded or bool((mask == 0).any()),
-                                 tolerance))
-    return cases
+            yield got, want, mask, sequence, past
+
+
+def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, runtime_step,
+                 padded: bool = False) -> list[Case]:
+    """Logits cases of :func:`cached_runs`, each within ``tolerance``."""
+    return [compare("logits", got, want, (batch, sequence, past), padded or bool((mask == 0).any()), tolerance)
+            for got, want, mask, sequence, past in cached_runs(model, runtime, generator, batch, model_step,
+                                                               runtime_step)]
 
 
 def validate_decoder(model, runtime, generator, tolerance) -> list[Case]:
@@ -205,7 +220,7 @@ class QuantizedCase:
 
 
 @dataclass
-class QuantizedReport:
+class QuantizedReport(Report):
     model: str
     scheme: str
     provider: str
@@ -231,11 +246,8 @@ class QuantizedReport:
                 "scheme": self.scheme, "top1_agreement": self.top1_agreement,
                 "relative_error": self.relative_error, "thresholds": self.thresholds}
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), **self.summary()}
-
     def text(self) -> str:
-        verdict = "passed" if self.passed else "FAILED"
+        verdict = self.verdict()
         lines = [f"validation of {self.model} ({self.scheme} weights, ONNX Runtime {self.provider} vs fp32 PyTorch): "
                  f"top-1 agreement {self.top1_agreement:.1%} (>= {self.thresholds['top1_agreement']:.0%}), "
                  f"relative logit error {self.relative_error:.3f} (<= {self.thresholds['relative_error']}): {verdict}"]
@@ -289,24 +301,16 @@ def validate_quantized_export(model: nn.Module, directory, scheme: str, seed: in
             if model.spec.is_encoder_decoder:
                 quantized_encoder_decoder_cases(model, runtime, generator, batch, agreement)
             else:
-                quantized_cases(model, runtime, generator, batch, agreement, model, runtime)
+                quantized_cases(model, runtime, generator, batch, agreement,
+                                lambda ids, mask, cache: model(ids, attention_mask=mask, cache=cache),
+                                lambda ids, mask, cache: runtime(ids, attention_mask=mask, cache=cache))
     return agreement.report(model.spec.name, scheme, runtime.provider)
 
 
 def quantized_cases(model, runtime, generator, batch: int, agreement: Agreement, model_step, runtime_step) -> None:
-    """Each sequence and past length: both sides fill their own cache with the past, then
-    run the rest; ``*_step(ids, attention_mask=, cache=)`` runs one side."""
-    for sequence in SEQUENCES:
-        for past in PASTS if runtime.kv_cache else (0,):
-            ids = _ids(generator, model.spec.vocab_size, batch, past + sequence)
-            mask = padded_mask(batch, past + sequence)
-            cache, ort_cache = model.new_cache(batch, past + sequence), runtime.new_cache(batch, past + sequence)
-            if past:
-                model_step(ids[:, :past], attention_mask=mask[:, :past], cache=cache)
-                runtime_step(ids[:, :past], attention_mask=mask[:, :past], cache=ort_cache)
-            want = model_step(ids[:, past:], attention_mask=mask, cache=cache)
-            got = runtime_step(ids[:, past:], attention_mask=mask, cache=ort_cache)
-            agreement.add("logits", got, want, mask[:, past:], past)
+    """Pool the logits of :func:`cached_runs` into ``agreement`` (real positions only)."""
+    for got, want, mask, _, past in cached_runs(model, runtime, generator, batch, model_step, runtime_step):
+        agreement.add("logits", got, want, mask[:, past:], past)
 
 
 def quantized_encoder_decoder_cases(model, runtime, generator, batch: int, agreement: Agreement) -> None:

@@ -44,12 +44,17 @@ ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new"}  # zoo M
 # permutation applies to: "reads" -> weight columns; "writes" -> weight rows and bias; "norm" -> both.
 READS, WRITES, NORM = "reads", "writes", "norm"
 
+
+
+def projections(marian_attention: str, parts: str, zoo_module: str) -> dict:
+    """Marian's separate ``{q,k,v}_proj`` cut, in order, out of one fused zoo projection."""
+    return {f"{marian_attention}.{part}_proj": (zoo_module, i, len(parts), READS) for i, part in enumerate(parts)}
+
+
 # Marian module under ``model.{encoder,decoder}.layers.{i}.`` -> (zoo module under
 # ``{encoder,decoder}.h.{i}.``, chunk index, chunks of the fused zoo projection, role).
 ENCODER_LAYER = {
-    "self_attn.q_proj": ("attn.c_attn", 0, 3, READS),
-    "self_attn.k_proj": ("attn.c_attn", 1, 3, READS),
-    "self_attn.v_proj": ("attn.c_attn", 2, 3, READS),
+    **projections("self_attn", "qkv", "attn.c_attn"),
     "self_attn.out_proj": ("attn.c_proj", 0, 1, WRITES),
     "self_attn_layer_norm": ("ln_1", 0, 1, NORM),
     "fc1": ("mlp.c_fc", 0, 1, READS),
@@ -58,9 +63,8 @@ ENCODER_LAYER = {
 }
 DECODER_LAYER = {
     **ENCODER_LAYER,
-    "encoder_attn.q_proj": ("crossattention.q_attn", 0, 1, READS),
-    "encoder_attn.k_proj": ("crossattention.c_attn", 0, 2, READS),
-    "encoder_attn.v_proj": ("crossattention.c_attn", 1, 2, READS),
+    **projections("encoder_attn", "q", "crossattention.q_attn"),
+    **projections("encoder_attn", "kv", "crossattention.c_attn"),
     "encoder_attn.out_proj": ("crossattention.c_proj", 0, 1, WRITES),
     "encoder_attn_layer_norm": ("ln_cross_attn", 0, 1, NORM),
 }
