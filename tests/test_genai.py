@@ -54,9 +54,10 @@ def run_genai(directory: Path, prompts: list, tokenizer: bool = True) -> dict:
 
 
 def until_eos(tokens: list[int], prompt: int, eos: int | None) -> list[int]:
-    """``tokens`` up to and including the first ``eos`` generated after ``prompt`` tokens."""
+    """``tokens`` up to the first ``eos`` generated after ``prompt`` tokens, without it:
+    zoo keeps the ``eos`` it generates, genai's sequence ends before it."""
     new = tokens[prompt:]
-    return tokens[:prompt] + (new[: new.index(eos) + 1] if eos in new else new)
+    return tokens[:prompt] + (new[: new.index(eos)] if eos in new else new)
 
 
 def zoo_greedy(model, ids: list[int]) -> list[int]:
