@@ -43,7 +43,7 @@ def test_plugins_lists_kinds_and_origins():
 def test_describe_totals(name, total):
     result = run("describe", name)
     assert result.exit_code == 0
-    assert f"total " in result.output and total in result.output.splitlines()[-1]
+    assert "total " in result.output and total in result.output.splitlines()[-1]
     assert "d_model:" in result.output and "tied to token embedding" in result.output
 
 

@@ -130,7 +130,7 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
     from zoo.hf.gpt2 import gpt2_layout_problem
 
     device = options.device
-    unavailable, contenders, export = [], [], None
+    unavailable, contenders = [], []
     problem = gpt2_layout_problem(spec)
     if problem is None:
         write_hf_checkpoint(spec, workdir / "hf", seed=options.seed)
