@@ -23,7 +23,7 @@ from zoo.errors import ExportError
                    "and embedding table included.")
 @click.option("--block-size", type=int, default=None,
               help="With --quantize: weights per quantization block (a power of two >= 16 dividing the hidden "
-                   "size; default 32 for int4, 128 for int8, or the largest that divides).")
+                   "size; default 128, or the largest that divides).")
 @click.option("--no-validate", is_flag=True, help="Skip running the exported model against PyTorch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
