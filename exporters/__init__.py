@@ -7,19 +7,19 @@ from zoo import Exporter, hookimpl
 
 
 class OnnxExporter(Exporter):
-    """ONNX graphs for ONNX Runtime; see :mod:`zoo.exporters.onnx`."""
+    """ONNX graphs for ONNX Runtime; see :mod:`zoo.exporters.onnx.exporter`."""
 
     def __call__(self, model, spec, out_dir, **options):
-        from zoo.exporters.onnx import onnx_exporter
+        from zoo.exporters.onnx.exporter import onnx_exporter
 
         return onnx_exporter(model, spec, out_dir, **options)
 
 
 class HFExporter(Exporter):
-    """A Hugging Face GPT-2 directory; see :mod:`zoo.exporters.hf`."""
+    """A Hugging Face GPT-2 directory; see :mod:`zoo.exporters.hf.exporter`."""
 
     def __call__(self, model, spec, out_dir, **options):
-        from zoo.exporters.hf import hf_exporter
+        from zoo.exporters.hf.exporter import hf_exporter
 
         return hf_exporter(model, spec, out_dir, **options)
 

@@ -114,7 +114,7 @@ def test_generate_and_export_through_the_public_face(tmp_path):
     assert tokens.shape == (1, 9) and torch.equal(tokens[:, :5], ids)
     manifest = zoo.export(model, tmp_path / "onnx", "onnx", kv_cache=True)
     assert (tmp_path / "onnx" / "manifest.json").is_file() and manifest["files"]
-    from zoo.exporters.onnx_runtime import load as load_onnx
+    from zoo.exporters.onnx.runtime import load as load_onnx
 
     runtime_tokens = zoo.generate(load_onnx(tmp_path / "onnx"), ids, max_new_tokens=4)
     assert torch.equal(runtime_tokens, tokens)

@@ -16,8 +16,8 @@ import torch
 import zoo
 from conftest import REPO, tiny_overrides
 from zoo.core import registry
-from zoo.exporters import onnx_runtime as runtime
-from zoo.exporters.onnx import export
+from zoo.exporters.onnx import runtime
+from zoo.exporters.onnx.exporter import export
 
 CAUSAL_SLOPES = textwrap.dedent('''
     """A distance penalty per head: symmetric when bidirectional, signed and steeper when causal."""
@@ -135,7 +135,7 @@ def calls_in(tree: ast.AST) -> list[str]:
 
 
 def test_the_graph_module_restates_no_embedding_position_or_mask_code():
-    source = (REPO / "exporters" / "onnx_graphs.py").read_text()
+    source = (REPO / "exporters" / "onnx" / "graphs.py").read_text()
     tree = ast.parse(source)
     calls = calls_in(tree)
     assert "model" in calls and "decode" in calls and "encode" in calls  # the graphs drive the model

@@ -24,8 +24,8 @@ import zoo
 from conftest import REPO, tiny_overrides
 from zoo.cli import cli
 from zoo.core import registry
-from zoo.exporters import onnx_runtime as runtime
-from zoo.exporters.onnx import export
+from zoo.exporters.onnx import runtime
+from zoo.exporters.onnx.exporter import export
 
 CLIENT = Path(__file__).with_name("genai_client.py")
 NEW_TOKENS = 8

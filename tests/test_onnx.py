@@ -18,10 +18,10 @@ from click.testing import CliRunner
 import zoo
 from conftest import REPO, tiny_overrides
 from zoo.core import registry
-from zoo.exporters import onnx_runtime as runtime
+from zoo.exporters.onnx import runtime
 from zoo.cli import cli
 from zoo.errors import ExportError, ZooError
-from zoo.exporters.onnx import export
+from zoo.exporters.onnx.exporter import export
 from zoo.core.files import sha256_file
 
 # one layer per stack keeps the registry loop fast; the full-size GPT-2 test covers depth

@@ -16,10 +16,10 @@ import zoo
 from conftest import tiny_overrides
 from zoo.cli import cli
 from zoo.errors import ExportError
-from zoo.exporters import onnx_quantize
-from zoo.exporters import onnx_runtime as runtime
-from zoo.exporters.onnx import export
-from zoo.exporters.onnx_validation import QUANTIZED_THRESHOLDS
+from zoo.exporters.onnx import quantize as onnx_quantize
+from zoo.exporters.onnx import runtime
+from zoo.exporters.onnx.exporter import export
+from zoo.exporters.onnx.validation import QUANTIZED_THRESHOLDS
 
 # a table-dominated decoder: the 16384 x 64 table is ~30x the weights of its one layer, so it
 # outweighs the graph file itself (~70 kB of nodes, fixed)

@@ -1,7 +1,7 @@
 """The runtimes side by side: prefill and decode on the same weights.
 
 ``torch`` is the zoo's PyTorch model with :func:`zoo.generation.sampling.generate`;
-``onnxruntime`` is its ONNX export through :mod:`zoo.exporters.onnx_runtime`, driven by the same
+``onnxruntime`` is its ONNX export through :mod:`zoo.exporters.onnx.runtime`, driven by the same
 generate loop; ``onnxruntime-int8`` / ``onnxruntime-int4`` are the same export with
 weight-only quantized weights (``zoo export --quantize``); ``hf`` is
 ``transformers.GPT2LMHeadModel`` with its own ``generate``. All load one GPT-2 checkpoint
@@ -168,7 +168,7 @@ def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threa
     """Export with a key/value cache (fp32 or ``quantize``d weights, no validation), timed
     once; then load it."""
     from zoo.core.export import export_model
-    from zoo.exporters.onnx_runtime import load
+    from zoo.exporters.onnx.runtime import load
 
     start = time.perf_counter()
     options = {"quantize": quantize} if quantize else {}

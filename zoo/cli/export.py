@@ -52,7 +52,7 @@ def quantize_options(fmt: str, quantize: str | None, block_size: int | None, spe
         return {}
     if fmt != "onnx":
         raise ExportError(f"--quantize and --block-size apply to --format onnx, not {fmt}")
-    from zoo.exporters.onnx_quantize import quantize_settings
+    from zoo.exporters.onnx.quantize import quantize_settings
 
     quantize_settings(quantize, block_size, spec, dtype)  # one-line errors before any work
     return {"quantize": quantize, "block_size": block_size}

@@ -56,7 +56,7 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     if runtime == "onnxruntime":
         if overrides or weights:
             raise ZooError("--set and --weights do not apply to --runtime onnxruntime: MODEL is an exported directory")
-        from zoo.exporters.onnx_runtime import load
+        from zoo.exporters.onnx.runtime import load
 
         net = load(model, device=device)
         device = str(net.device)  # cpu when ONNX Runtime's CUDA provider does not load (it says so)

@@ -222,7 +222,7 @@ def load_translator(directory: str | os.PathLike, runtime: str = "torch", device
             raise DataError(f"{directory}: model {model.spec.name} is a {model.spec.family}, not a translation model")
         return Translator(model, vocabulary, device)
     if runtime == "onnxruntime":
-        from zoo.exporters.onnx_runtime import load
+        from zoo.exporters.onnx.runtime import load
 
         return Translator(load(directory, device=device), vocabulary, "cpu")
     raise DataError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")

@@ -6,7 +6,7 @@
 
 A decoder-only export with a key/value cache gets ``genai_config.json``: the decoder's
 file, shape and input/output names (the shared ones of
-:mod:`zoo.exporters.onnx_graphs`) and greedy search defaults. A GPT-2 vocabulary also
+:mod:`zoo.exporters.onnx.graphs`) and greedy search defaults. A GPT-2 vocabulary also
 gets ``tokenizer.json`` + ``tokenizer_config.json``; any other vocabulary has no
 tokenizer zoo knows, so none is written and genai is given token ids
 (``generator.append_tokens``). What was written, or why not, goes into the manifest.

@@ -2,7 +2,7 @@
 
 Batch 1 and 3 (rows of batch 3 left-padded by 0, 2 and 5 tokens), new sequence 1 and
 17, and with a key/value cache a past of 0 and 9 tokens that the runtime itself filled.
-The export goes through :func:`zoo.exporters.onnx_runtime.load`, the same path users take, and every
+The export goes through :func:`zoo.exporters.onnx.runtime.load`, the same path users take, and every
 logit is compared: ``|onnx - torch| <= atol + rtol * |torch|``.
 """
 
@@ -113,7 +113,7 @@ def compare(output: str, onnx_out: torch.Tensor, torch_out: torch.Tensor, shape:
 
 def validate_export(model: nn.Module, directory, device: str | None = None, seed: int = 0):
     """Compare the export in ``directory`` with ``model`` (in the export's dtype)."""
-    from zoo.exporters.onnx_runtime import load
+    from zoo.exporters.onnx.runtime import load
 
     device = device or next(model.parameters()).device.type
     runtime = load(directory, device=device)
@@ -303,7 +303,7 @@ def decisive_positions(got: torch.Tensor, want: torch.Tensor, margin: float = 3.
 
 def validate_quantized_export(model: nn.Module, directory, scheme: str, seed: int = 0) -> QuantizedReport:
     """Compare the quantized export in ``directory`` with the fp32 ``model``."""
-    from zoo.exporters.onnx_runtime import load
+    from zoo.exporters.onnx.runtime import load
 
     runtime = load(directory, device="cpu")
     model = model.eval()

@@ -1,18 +1,18 @@
 """The ``onnx`` exporter: zoo models as ONNX graphs that ONNX Runtime runs.
 
     import zoo
-    from zoo.exporters.onnx import export
+    from zoo.exporters.onnx.exporter import export
     export(zoo.build("gpt2"), "out/gpt2-onnx", kv_cache=True)   # written atomically
-    lm = zoo.exporters.onnx_runtime.load("out/gpt2-onnx")
+    lm = zoo.exporters.onnx.runtime.load("out/gpt2-onnx")
 
-Each graph of :func:`zoo.exporters.onnx_graphs.graphs_for` is traced with
+Each graph of :func:`zoo.exporters.onnx.graphs.graphs_for` is traced with
 ``torch.export`` (dynamic batch and sequence dimensions), translated by
 ``torch.onnx.export`` at opset 23 by default, where attention becomes ONNX's fused
 ``Attention`` operator, and saved as ``NAME.onnx`` with its weights in
 ``NAME.onnx.data`` (external data, so gpt2-xl's 6 GB fit past protobuf's 2 GB limit).
 The directory also holds the resolved ``spec.yaml``, the tokenizer files when known,
 ``genai_config.json`` (so onnxruntime-genai runs a decoder with ``--kv-cache`` as it is;
-see :mod:`zoo.exporters.genai`), ``validation.json`` and ``manifest.json`` (graphs with
+see :mod:`zoo.exporters.onnx.genai`), ``validation.json`` and ``manifest.json`` (graphs with
 input/output names and shapes, opset, dtype, and the sha256 of every file).
 """
 
@@ -38,10 +38,10 @@ from tqdm import tqdm
 from zoo.core.files import MANIFEST, SPEC, TOKENIZER_FILES, VALIDATION, sha256_file
 from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
-from zoo.exporters.genai import write_genai_files
-from zoo.exporters.onnx_errors import export_failure
-from zoo.exporters.onnx_graphs import ExportGraph, graphs_for
-from zoo.exporters.onnx_quantize import QuantizeSettings, quantize_export, quantize_settings
+from zoo.exporters.onnx.genai import write_genai_files
+from zoo.exporters.onnx.errors import export_failure
+from zoo.exporters.onnx.graphs import ExportGraph, graphs_for
+from zoo.exporters.onnx.quantize import QuantizeSettings, quantize_export, quantize_settings
 from zoo.core.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
@@ -63,7 +63,7 @@ def export(model: nn.Module, out_dir: str | Path, *, spec: ModelSpec | None = No
     fails the export on a mismatch; ``tokenizer_dir`` is a directory whose
     ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along; ``quantize``
     (``"int4"`` or ``"int8"``, with ``block_size``) stores the weights quantized
-    (:mod:`zoo.exporters.onnx_quantize`).
+    (:mod:`zoo.exporters.onnx.quantize`).
     """
     from zoo.core.export import export_model
 
@@ -252,7 +252,7 @@ def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None)
 
 def run_validation(model: nn.Module, out: Path) -> dict:
     """Run ONNX Runtime against PyTorch, print and save the report; raise on a mismatch."""
-    from zoo.exporters.onnx_validation import validate_export
+    from zoo.exporters.onnx.validation import validate_export
 
     try:
         report = validate_export(model, out)
@@ -285,7 +285,7 @@ def write_manifest(out: Path, manifest: dict, files: bool = True) -> dict:
 def run_quantized_validation(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:
     """Compare a quantized export with the fp32 model on quantization's criteria (top-1
     agreement, relative logit error); save the report and raise when it fails."""
-    from zoo.exporters.onnx_validation import validate_quantized_export
+    from zoo.exporters.onnx.validation import validate_quantized_export
 
     try:
         report = validate_quantized_export(model, out, settings.scheme)

@@ -42,8 +42,8 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
         raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
     if opset is not None:
         raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
-    if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf_marian.py)
-        from zoo.exporters.hf_marian import export_marian
+    if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf/marian.py)
+        from zoo.exporters.hf.marian import export_marian
 
         return export_marian(model, spec, out, dtype=DTYPES[dtype], validate=validate, tokenizer_dir=tokenizer_dir)
     problem = layout_problem(spec)

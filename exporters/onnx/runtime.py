@@ -1,6 +1,6 @@
 """ONNX Runtime inference for directories written by ``zoo export --format onnx``.
 
-    lm = zoo.exporters.onnx_runtime.load("out/gpt2-onnx", device="cuda", threads=2)
+    lm = zoo.exporters.onnx.runtime.load("out/gpt2-onnx", device="cuda", threads=2)
     cache = lm.new_cache(1, 64)
     logits = lm(input_ids, cache=cache, last_only=True)   # (1, 1, V), a torch tensor
 
@@ -24,7 +24,7 @@ import torch
 from zoo.core.files import MANIFEST, SPEC, read_json
 from zoo.errors import ZooError, first_line
 from zoo.core.spec import ModelSpec, load_spec
-from zoo.exporters.onnx_graphs import past_name, present_name
+from zoo.exporters.onnx.graphs import past_name, present_name
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
