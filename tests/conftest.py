@@ -40,3 +40,12 @@ def fresh_registry(monkeypatch):
     yield
     registry.use_local_plugins(())
     registry.reset()
+
+
+def local_plugin(directory: Path, file_name: str, source: str) -> Path:
+    """Write ``source`` as plugin file ``directory/file_name`` and name it with ``--plugin``
+    for every later registry look-up (use with the ``fresh_registry`` fixture)."""
+    path = directory / file_name
+    path.write_text(source)
+    registry.use_local_plugins([str(path)])
+    return path

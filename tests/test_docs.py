@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import zoo
-from conftest import REPO, tiny_overrides
+from conftest import REPO, local_plugin, tiny_overrides
 from zoo.cli import cli
 from zoo.core import hookspecs, registry
 
@@ -36,9 +36,7 @@ def file_name(source: str) -> str:
 
 def load_example(source: str, tmp_path):
     """``source`` as a local plugin file: (path, its registry entries, its module)."""
-    path = tmp_path / file_name(source)
-    path.write_text(source)
-    registry.use_local_plugins([str(path)])
+    path = local_plugin(tmp_path, file_name(source), source)
     entries = [e for e in zoo.get_registry().entries() if e.origin == f"local file {path}"]
     return path, entries, registry.get_plugin_manager().get_plugin(f"local:{path}")
 

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import REPO, tiny_overrides
-from zoo.core import registry
+from conftest import REPO, local_plugin, tiny_overrides
 from zoo.exporters.onnx import runtime
 from zoo.exporters.onnx.exporter import export
 
@@ -48,10 +47,7 @@ CAUSAL_SLOPES = textwrap.dedent('''
 
 @pytest.fixture
 def causal_slopes(fresh_registry, tmp_path):
-    path = tmp_path / "causal_slopes.py"
-    path.write_text(CAUSAL_SLOPES)
-    registry.use_local_plugins([str(path)])
-    return path
+    return local_plugin(tmp_path, "causal_slopes.py", CAUSAL_SLOPES)
 
 
 def build_tiny(name: str, **extra):

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from conftest import REPO, tiny_overrides
+from conftest import REPO, local_plugin, tiny_overrides
 from zoo.core import registry
 from zoo.exporters.onnx import runtime
 from zoo.cli import cli
@@ -251,10 +251,7 @@ BAD_PLUGINS = textwrap.dedent('''
 
 @pytest.fixture
 def bad_plugins(fresh_registry, tmp_path):
-    path = tmp_path / "bad_plugins.py"
-    path.write_text(BAD_PLUGINS)
-    registry.use_local_plugins([str(path)])
-    return path
+    return local_plugin(tmp_path, "bad_plugins.py", BAD_PLUGINS)
 
 
 def leftovers(parent: Path, name: str) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from conftest import REPO, tiny_overrides
+from conftest import REPO, local_plugin, tiny_overrides
 from zoo.core import registry
 from zoo.cli import cli
 from zoo.errors import PluginError, RegistryError
@@ -229,9 +229,7 @@ def zoo_register_components(registry):
 
 @pytest.fixture
 def init_plugin(fresh_registry, tmp_path):
-    path = tmp_path / "init_plugin.py"
-    path.write_text(INIT_PLUGIN)
-    registry.use_local_plugins([str(path)])
+    local_plugin(tmp_path, "init_plugin.py", INIT_PLUGIN)
 
 
 def init_model(seed=0, **extra):

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import zoo
-from conftest import tiny_overrides
-from zoo.core import registry
+from conftest import local_plugin, tiny_overrides
 from zoo.core.model_dir import load_model, save_model
 from zoo.cli import cli
 from zoo.errors import PluginError
@@ -203,10 +202,7 @@ ZIGZAG_PLUGIN = textwrap.dedent('''
 
 @pytest.fixture
 def zigzag_plugin(fresh_registry, tmp_path):
-    path = tmp_path / "zigzag.py"
-    path.write_text(ZIGZAG_PLUGIN)
-    registry.use_local_plugins([str(path)])
-    return path
+    return local_plugin(tmp_path, "zigzag.py", ZIGZAG_PLUGIN)
 
 
 def test_a_positional_plugin_draws_its_own_picture(zigzag_plugin, tmp_path):
@@ -227,10 +223,8 @@ def test_a_positional_plugin_draws_its_own_picture(zigzag_plugin, tmp_path):
 
 
 def test_a_failing_picture_plugin_is_one_line(fresh_registry, tmp_path):
-    path = tmp_path / "broken_picture.py"
-    path.write_text("import zoo\n\n@zoo.hookimpl\ndef zoo_positional_picture(scheme, spec, length, figure):\n"
-                    "    raise ValueError('no ink')\n")
-    registry.use_local_plugins([str(path)])
+    local_plugin(tmp_path, "broken_picture.py", "import zoo\n\n@zoo.hookimpl\ndef zoo_positional_picture(scheme, spec, length, figure):\n"
+                 "    raise ValueError('no ink')\n")
     spec = positional_spec("sinusoidal", length=8)
     with pytest.raises(PluginError, match="picture of positional scheme 'sinusoidal' failed: ValueError: no ink"):
         positional_figure(fresh_scheme(spec), spec, 8)
@@ -299,9 +293,7 @@ COSINE_PLUGIN = textwrap.dedent('''
 
 
 def test_a_plugins_own_attend_is_what_gets_captured(fresh_registry, tmp_path):
-    path = tmp_path / "cosine.py"
-    path.write_text(COSINE_PLUGIN)
-    registry.use_local_plugins([str(path)])
+    local_plugin(tmp_path, "cosine.py", COSINE_PLUGIN)
     model = tiny_decoder(attention="cosine")
     maps = attention_maps(model, "The cat sat on the mat")
     with torch.no_grad():
