@@ -93,11 +93,9 @@ def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu
 
     dtype = dtype or torch.float32
     if weights:
-        from zoo.core.limits import check_fits
         from zoo.hf.checkpoint import load_weights
 
-        check_fits(spec, device, dtype)
-        return load_weights(spec, weights, device=device, dtype=dtype)
+        return load_weights(spec, weights, device=device, dtype=dtype)  # both check the size first
     from zoo.core.builder import build as build_model
 
-    return build_model(spec, seed=seed, device=device, dtype=dtype)  # build() checks the size itself
+    return build_model(spec, seed=seed, device=device, dtype=dtype)

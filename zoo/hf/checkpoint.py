@@ -28,6 +28,7 @@ from torch import nn
 
 from zoo.core.builder import construct
 from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SAFETENSORS_SHARDS, read_json
+from zoo.core.limits import check_fits
 from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
 from zoo.core.spec import ModelSpec
 from zoo.errors import WeightsError, first_line
@@ -224,8 +225,10 @@ def load_weights(spec: ModelSpec, source: str, device: str | torch.device = "cpu
     """The model ``spec`` describes, with weights from ``source``, in eval mode.
 
     ``source``: ``"hf"`` (the spec's ``weights.hf`` hub id), a hub id, a local Hugging
-    Face directory or a zoo model directory.
+    Face directory or a zoo model directory. A model that cannot fit in ``device``'s memory
+    is refused before anything is read.
     """
+    check_fits(spec, device, dtype)
     directory = hf_source_directory(spec, source)
     if directory is None:
         return load_model_for_spec(spec, Path(source).expanduser(), device, dtype).eval()
