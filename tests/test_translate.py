@@ -102,12 +102,31 @@ def test_edit_distance_and_scores():
     assert edit_distance("", "abc") == 3
     assert edit_distance("a b c".split(), "a c".split()) == 1
     refs = [["Il gatto è rosso.", "Il gatto è rosso!"], ["Vado a casa."]]
-    perfect, per_pair = score(["Il gatto è rosso.", "Vado a casa."], refs)
+    perfect, single = score(["Il gatto è rosso.", "Vado a casa."], refs)
     assert perfect.bleu == pytest.approx(100) and perfect.chrf == pytest.approx(100)
     assert perfect.cer == 0 and perfect.wer == 0
-    assert per_pair.bleu < 100 and per_pair.cer > 0  # the second reference of the first source differs
-    worse, _ = score(["Il cane è blu.", "Vado."], refs)
+    assert single.bleu < 100 and single.cer > 0  # the second reference of the first source differs
+    worse = score(["Il cane è blu.", "Vado."], refs).multi_reference
     assert worse.bleu < perfect.bleu and worse.cer > 0 and worse.wer > 0
+
+
+def test_single_reference_headline_is_sacrebleus_corpus_bleu_over_the_pairs():
+    from sacrebleu.metrics import BLEU, CHRF
+
+    refs = [["Il gatto è rosso.", "Il gatto è rosso!", "Un gatto rosso."], ["Vado a casa."], ["Lei ha il libro."]]
+    hyps = ["Il gatto è rosso.", "Vado a casa mia.", "Ha il libro nuovo."]
+    views = score(hyps, refs)
+    pair_hyps = ["Il gatto è rosso."] * 3 + ["Vado a casa mia.", "Ha il libro nuovo."]
+    pair_refs = ["Il gatto è rosso.", "Il gatto è rosso!", "Un gatto rosso.", "Vado a casa.", "Lei ha il libro."]
+    bleu, chrf = BLEU(), CHRF()
+    assert views.single_reference.bleu == pytest.approx(bleu.corpus_score(pair_hyps, [pair_refs]).score)
+    assert views.single_reference.chrf == pytest.approx(chrf.corpus_score(pair_hyps, [pair_refs]).score)
+    assert views.single_reference.bleu_signature == str(bleu.get_signature())
+    assert views.single_reference.bleu_signature.startswith("nrefs:1|")
+    assert views.single_reference.chrf_signature == str(chrf.get_signature())
+    assert views.multi_reference.bleu_signature.startswith("nrefs:var|")
+    assert views.multi_reference.bleu > views.single_reference.bleu
+    assert score(hyps, refs)[0] == views.multi_reference  # the order validation has always read
 
 
 # --------------------------------------------------------------------------- translator and commands
@@ -162,10 +181,17 @@ def test_translate_and_evaluate_refuse_a_missing_run_directory(tmp_path):
 def test_evaluate_command_reports_scores_and_writes_samples(run_dir):
     result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "test", "--beam", "2", "--samples", "1"])
     assert result.exit_code == 0, result.output
-    assert "all references  BLEU" in result.output and "per pair        BLEU" in result.output
+    lines = result.output.splitlines()
+    headline = next(i for i, line in enumerate(lines) if line.startswith("  BLEU "))
+    assert lines[headline].split()[2].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.")
+    assert lines[headline + 1].startswith("  chrF ") and "nrefs:1|" in lines[headline + 1]
+    assert lines[headline + 3].startswith("  multi-reference (nrefs:var")
     metrics = json.loads((run_dir / "eval" / "test-beam2.json").read_text(encoding="utf-8"))
-    assert metrics["split"] == "test" and metrics["sources"] > 0
-    assert set(metrics["all_references"]) == {"bleu", "chrf", "cer", "wer"}
+    assert metrics["split"] == "test" and metrics["sources"] > 0 and metrics["limit"] is None
+    fields = {"bleu", "chrf", "cer", "wer", "bleu_signature", "chrf_signature"}
+    assert set(metrics["single_reference"]) == set(metrics["multi_reference"]) == fields
+    assert metrics["single_reference"]["bleu_signature"] == lines[headline].split()[2]
+    assert metrics["single_reference"]["bleu"] == pytest.approx(float(lines[headline].split()[1]), abs=0.01)
     rows = (run_dir / "eval" / "test-beam2.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "source\thypothesis\treferences" and len(rows) == metrics["sources"] + 1
 
@@ -193,4 +219,57 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
         assert result.exit_code == 0, result.output
         evaluated[label] = json.loads((run_dir / "eval" / ("test-greedy.json" if label == "torch" else
                                                             "test-greedy-onnx-onnx.json")).read_text(encoding="utf-8"))
-    assert evaluated["onnx"]["all_references"] == evaluated["torch"]["all_references"]
+    assert evaluated["onnx"]["single_reference"] == evaluated["torch"]["single_reference"]
+
+
+def test_evaluate_limit_takes_a_seeded_sample_across_the_split(run_dir):
+    runner = CliRunner()
+    full = runner.invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--samples", "0"])
+    assert full.exit_code == 0, full.output
+    every = [row.split("\t")[0] for row in (run_dir / "eval" / "train-greedy.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    picked = {}
+    for seed in (0, 0, 1):
+        result = runner.invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--limit", "30", "--seed", str(seed),
+                                     "--samples", "0"])
+        assert result.exit_code == 0, result.output
+        assert f"30 English sources (sampled from {len(every):,}, seed {seed})" in result.output
+        rows = (run_dir / "eval" / "train-greedy.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        picked.setdefault(seed, []).append([row.split("\t")[0] for row in rows])
+        metrics = json.loads((run_dir / "eval" / "train-greedy.json").read_text(encoding="utf-8"))
+        assert (metrics["limit"], metrics["seed"], metrics["sources"]) == (30, seed, 30)
+    assert picked[0][0] == picked[0][1] and picked[0][0] != picked[1][0]  # same seed, same sample
+    positions = [every.index(source) for source in picked[0][0]]
+    assert positions == sorted(positions)  # the split's order
+    third = len(every) // 3
+    assert min(positions) < third and max(positions) >= 2 * third
+    assert any(third <= p < 2 * third for p in positions)
+
+
+def test_evaluate_data_file_scores_all_its_pairs(run_dir, tmp_path):
+    pairs = [("Tom sees the red cat.", "Tom vede il gatto rosso."), ("She has the new book.", "Lei ha il libro nuovo."),
+             ("She has the new book.", "Ha il libro nuovo."), ("He buys the old dog.", "Lui compra il cane vecchio.")]
+    data = write_tsv(tmp_path / "mine.tsv", pairs)
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"{data}: 3 English sources, 4 pairs, greedy" in result.output
+    metrics = json.loads((run_dir / "eval" / "mine-greedy.json").read_text(encoding="utf-8"))
+    assert (metrics["name"], metrics["split"], metrics["data"]) == ("mine", None, str(data))
+    assert metrics["single_reference"]["bleu_signature"].startswith("nrefs:1|")
+    rows = (run_dir / "eval" / "mine-greedy.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[2].split("\t") == ["She has the new book.", rows[2].split("\t")[1], "Lei ha il libro nuovo.", "Ha il libro nuovo."]
+
+
+def test_evaluate_data_refuses_a_missing_or_bad_file_and_split(run_dir, tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("Hello.\tCiao.\nno tab here\n", encoding="utf-8")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    for path, message in ((tmp_path / "nope.tsv", "no such data file"), (bad, "bad.tsv:2: malformed line"),
+                          (empty, "no sentence pairs found")):
+        result = runner.invoke(cli, ["evaluate", str(run_dir), "--data", str(path)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output
+        assert not list((run_dir / "eval").glob(f"{path.stem}-*"))
+    both = runner.invoke(cli, ["evaluate", str(run_dir), "--data", str(bad), "--split", "test"])
+    assert both.exit_code == 2 and "--split" in both.output and "--data" in both.output

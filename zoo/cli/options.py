@@ -41,11 +41,17 @@ class IntervalType(click.ParamType):
         return value
 
 
-def spec_options(func):
+def spec_options(func, model_required: bool = True):
     """``MODEL`` argument (catalog name or spec file) plus repeatable ``--set``."""
     func = click.option("--set", "overrides", multiple=True, type=OverrideType(),
                         help="Override a spec field, e.g. --set attention.n_kv_heads=4 (repeatable).")(func)
-    return click.argument("model")(func)
+    return click.argument("model", required=model_required)(func)
+
+
+def optional_spec_options(func):
+    """:func:`spec_options` with ``MODEL`` optional, for a command that can read it from
+    elsewhere (``zoo train --resume RUN_DIR`` reads it from the run)."""
+    return spec_options(func, model_required=False)
 
 
 def given_options(ctx: click.Context, names) -> set[str]:

@@ -10,18 +10,21 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import IntervalType, given_options, spec_options
+from zoo.cli.options import IntervalType, given_options, optional_spec_options
 from zoo.errors import ZooError
+from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 from zoo.translation.train_config import TrainConfig
 
 _TRAIN = TrainConfig()  # zoo train's defaults
 
 
 @click.command()
-@spec_options
-@click.option("--data", required=True, help="A TSV (English<TAB>Italian) or JSONL (en/it) file, or 'opus_books' from the local Hugging Face cache.")
+@optional_spec_options
+@click.option("--data", default=None, help="A TSV (English<TAB>Italian) or JSONL (en/it) file, or 'opus_books' from the local "
+              "Hugging Face cache. Needed with -o; with --resume, the run's own.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run directory.")
-@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None, help="Continue this run directory from its newest checkpoint.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Continue this run directory from its newest checkpoint, with its model, data and settings.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this much training time (over all sessions).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True, help="Stop after this many passes over the data.")
@@ -46,7 +49,9 @@ _TRAIN = TrainConfig()  # zoo train's defaults
 @click.option("--force", is_flag=True, help="Replace an existing -o directory.")
 @click.pass_context
 def train(ctx, model, overrides, data, output, resume, force, **options):
-    """Train translation MODEL on English-Italian pairs; -o starts a run, --resume continues one.
+    """Train translation MODEL on English-Italian pairs: MODEL --data FILE -o RUN_DIR starts a run,
+    --resume RUN_DIR continues one (MODEL, --data and the settings come from RUN_DIR/train.json;
+    only the budget options, e.g. --max-minutes, may change).
 
     Runs distributed, unchanged, under torchrun (gloo on CPU, NCCL on GPU).
     """
@@ -55,6 +60,9 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
 
     if (output is None) == (resume is None):
         raise click.UsageError("give -o RUN_DIR to start a run or --resume RUN_DIR to continue one")
+    if output is not None and (model is None or data is None):
+        missing = " and ".join(name for name, value in (("MODEL", model), ("--data FILE", data)) if value is None)
+        raise click.UsageError(f"a new run (-o) needs {missing}, e.g. zoo train transformer-en-it-small --data pairs.tsv -o RUN_DIR")
     config = run_config(model, data, dict(overrides), options, given_options(ctx, options), resume)
     run_dir = resume or output
     summary = train_run(config, run_dir, resume=resume is not None, force=force,
@@ -68,46 +76,65 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
-@click.option("--data", default=None, help="Parallel data to split (default: the run's training data).")
-@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
-@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N sources of the split.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
+              help="The split of the run's training data to score.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Score all pairs of this file instead (TSV English<TAB>Italian or JSONL en/it; no split), "
+                   "grouped by English source; writes RUN_DIR/eval/FILESTEM-DECODING.tsv/.json.")
+@click.option("--beam", type=click.IntRange(min=1), default=DEFAULT_BEAM, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=DEFAULT_LENGTH_PENALTY, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Score N English sources sampled at random (--seed) across the whole split, in its order.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The --limit sample's seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Sample translations to print.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed data lines (reported) instead of stopping.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Translate with this ONNX export of the run (zoo export RUN_DIR --format onnx --kv-cache "
                    "[--quantize ...]) in ONNX Runtime instead of PyTorch.")
-def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, samples, onnx_dir):
-    """Translate a split of the run's data and report BLEU, chrF (sacrebleu), CER and WER.
+@click.pass_context
+def evaluate(ctx, run_dir, split, data, beam, alpha, limit, seed, batch_size, device, samples, skip_bad_lines, onnx_dir):
+    """Translate a split of the run's data (or a --data file) and report BLEU, chrF (sacrebleu), CER and WER.
 
+    The headline is sacrebleu's single-reference corpus BLEU and chrF (every pair scored on its
+    own, as published single-reference figures are), printed with sacrebleu's signatures; the
+    multi-reference figure (each English source against all its Italian translations) follows.
     Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json;
     with --onnx, DECODING names the export too (test-greedy-onnx-NAME.tsv).
     """
-    from zoo.translation.data import group_references, read_pairs, split_pairs
-    from zoo.translation.evaluate import evaluate as evaluate_split, write_evaluation
+    from zoo.translation.data import group_references, read_pairs, sample_sources, split_pairs
+    from zoo.translation.evaluate import evaluate as evaluate_sources, report, write_evaluation
     from zoo.translation.search import load_translator
 
+    if data is not None and "split" in given_options(ctx, ["split"]):
+        raise click.UsageError("--split chooses a split of the run's data; --data FILE scores all of FILE: give one")
     translator = load_translator(onnx_dir, "onnxruntime", device) if onnx_dir else load_translator(run_dir, "torch", device)
     config = TrainConfig.load(run_dir)
     warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
-    pairs = read_pairs(data or config.data, config.skip_bad_lines, warn)
-    chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
+    if data is not None:
+        chosen, name, split, where = read_pairs(data, skip_bad_lines, warn), data.stem, None, str(data)
+    else:
+        pairs = read_pairs(config.data, config.skip_bad_lines or skip_bad_lines, warn)
+        chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
+        name, where = split, f"the {split} split of {config.data}"
     sources, references = group_references(chosen)
-    if limit:
-        sources, references = sources[:limit], references[:limit]
     if not sources:
-        raise ZooError(f"the {split} split of {data or config.data} is empty")
-    result, hypotheses = evaluate_split(translator, sources, references, split, beam=beam, alpha=alpha,
-                                        batch_size=batch_size, progress=True)
+        raise ZooError(f"{where} is empty; evaluate another split or give --data FILE")
+    total = len(sources)
+    if limit:
+        sources, references = sample_sources(sources, references, limit, seed)
+    result, hypotheses = evaluate_sources(translator, sources, references, name, data=str(data or config.data),
+                                          split=split, limit=limit, seed=seed if limit else None, beam=beam,
+                                          alpha=alpha, batch_size=batch_size, progress=True)
     if onnx_dir:
         result = dataclasses.replace(result, decoding=f"{result.decoding}-onnx-{onnx_dir.resolve().name}")
     tsv, _ = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
-    click.echo(f"{split}: {result.sources:,} English sources, {result.pairs:,} pairs, {result.decoding}, "
+    sampled = f" (sampled from {total:,}, seed {seed})" if len(sources) < total else ""
+    click.echo(f"{where}: {result.sources:,} English sources{sampled}, {result.pairs:,} pairs, {result.decoding}, "
                f"{result.sentences_per_second:.1f} sentences/s")
-    click.echo(f"  all references  {result.all_references.line()}")
-    click.echo(f"  per pair        {result.per_pair.line()}")
+    for line in report(result):
+        click.echo(line)
     for src, hyp, refs in list(zip(sources, hypotheses, references))[:samples]:
         click.echo(f"  EN  {src}\n  MT  {hyp}\n  REF {refs[0]}" + (f"  (+{len(refs) - 1} more)" if len(refs) > 1 else ""))
     click.echo(f"translations next to their references: {tsv}")
@@ -116,8 +143,8 @@ def evaluate(run_dir, split, data, beam, alpha, limit, batch_size, device, sampl
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("sentences", nargs=-1)
-@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy.")
-@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=0.6, show_default=True)
+@click.option("--beam", type=click.IntRange(min=1), default=DEFAULT_BEAM, show_default=True, help="Beam size; 1 is greedy.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=DEFAULT_LENGTH_PENALTY, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="torch: DIRECTORY is a run directory; onnxruntime: an exported directory holding tokenizer.json.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -175,6 +176,16 @@ def group_references(pairs: Sequence[SentencePair]) -> tuple[list[str], list[lis
     for pair in pairs:
         refs.setdefault(pair.en, []).append(pair.it)
     return list(refs), list(refs.values())
+
+
+def sample_sources(sources: Sequence[str], references: Sequence[Sequence[str]], limit: int,
+                   seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """``limit`` sources (with their references) drawn at random, seeded, from the whole list,
+    kept in the list's order: a fair sample of a split sorted by length, not its shortest end."""
+    if limit >= len(sources):
+        return list(sources), [list(refs) for refs in references]
+    chosen = sorted(random.Random(seed).sample(range(len(sources)), limit))
+    return [sources[i] for i in chosen], [list(references[i]) for i in chosen]
 
 
 # --------------------------------------------------------------------------- batches

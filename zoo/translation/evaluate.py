@@ -1,9 +1,13 @@
 """Translation quality: sacrebleu BLEU and chrF, character and word error rates, sample files.
 
 Each unique English source of a split is translated once. Scores are given two ways:
-against *all* Italian translations of that source in the split (multi-reference BLEU and
-chrF; CER/WER against the closest reference), and *per pair*, where every line of the
-split is a hypothesis-reference pair with one reference, as a line-by-line scorer sees it.
+
+- *single reference* (the headline): every pair of the split is a hypothesis-reference
+  pair with one reference, as a line-by-line scorer and published single-reference
+  figures see it (sacrebleu signature ``nrefs:1``);
+- *multi-reference*: each source once, against *all* Italian translations of it in the
+  split (``nrefs:var``; CER/WER against the closest reference). Higher, since a hypothesis
+  may match any of the references; not comparable with single-reference figures.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
 from zoo.core.files import atomic_file
+from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -35,30 +40,45 @@ def edit_distance(a: Sequence, b: Sequence) -> int:
 
 @dataclass
 class Scores:
-    """Corpus scores in percent (BLEU, chrF, CER, WER)."""
+    """Corpus scores in percent (BLEU, chrF, CER, WER), with sacrebleu's signatures of the two
+    sacrebleu metrics (what a published figure must match to be comparable)."""
 
     bleu: float
     chrf: float
     cer: float
     wer: float
+    bleu_signature: str
+    chrf_signature: str
 
     def line(self) -> str:
         return f"BLEU {self.bleu:5.2f}  chrF {self.chrf:5.2f}  CER {self.cer:5.2f}%  WER {self.wer:5.2f}%"
 
 
-def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[Scores, Scores]:
-    """Scores of one hypothesis per source against that source's references.
+class ScoreViews(NamedTuple):
+    """The two views of one set of hypotheses; see the module docstring.
 
-    Returns ``(all_references, per_pair)``; see the module docstring for the two views.
+    ``single_reference`` is the headline. The tuple order (multi first) is the one
+    ``score(...)[0]`` callers have always read.
     """
+
+    multi_reference: Scores
+    single_reference: Scores
+
+
+def _sacrebleu(hypotheses: list[str], streams: list[list[str | None]]) -> tuple[float, float, str, str]:
+    bleu, chrf = BLEU(), CHRF()
+    b, c = bleu.corpus_score(hypotheses, streams).score, chrf.corpus_score(hypotheses, streams).score
+    return b, c, str(bleu.get_signature()), str(chrf.get_signature())
+
+
+def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ScoreViews:
+    """Scores of one hypothesis per source against that source's references, both views."""
     width = max(len(refs) for refs in references)
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
-    multi_bleu = BLEU().corpus_score(list(hypotheses), streams).score
-    multi_chrf = CHRF().corpus_score(list(hypotheses), streams).score
+    multi = _sacrebleu(list(hypotheses), streams)
     pair_hyps = [h for h, refs in zip(hypotheses, references) for _ in refs]
     pair_refs = [r for refs in references for r in refs]
-    pair_bleu = BLEU().corpus_score(pair_hyps, [pair_refs]).score
-    pair_chrf = CHRF().corpus_score(pair_hyps, [pair_refs]).score
+    single = _sacrebleu(pair_hyps, [pair_refs])
     errors = {"char": [0, 0, 0, 0], "word": [0, 0, 0, 0]}  # closest edits, closest length, pair edits, pair length
     for hyp, refs in zip(hypotheses, references):
         for unit, split in (("char", list), ("word", str.split)):
@@ -75,20 +95,27 @@ def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tup
         return 100.0 * edits / max(length, 1)
 
     c, w = errors["char"], errors["word"]
-    return (Scores(multi_bleu, multi_chrf, rate(c[0], c[1]), rate(w[0], w[1])),
-            Scores(pair_bleu, pair_chrf, rate(c[2], c[3]), rate(w[2], w[3])))
+    bleu, chrf, bleu_signature, chrf_signature = multi
+    multi_scores = Scores(bleu, chrf, rate(c[0], c[1]), rate(w[0], w[1]), bleu_signature, chrf_signature)
+    bleu, chrf, bleu_signature, chrf_signature = single
+    single_scores = Scores(bleu, chrf, rate(c[2], c[3]), rate(w[2], w[3]), bleu_signature, chrf_signature)
+    return ScoreViews(multi_scores, single_scores)
 
 
 @dataclass
 class Evaluation:
-    """The outcome of translating and scoring one split."""
+    """The outcome of translating and scoring one set of sources (a split, or a user's file)."""
 
-    split: str
+    name: str  # the split, or a data file's stem: names the output files
+    data: str  # the pairs file (or dataset) read
+    split: str | None  # None: all of the file's pairs
+    limit: int | None  # --limit: sources sampled (seeded) from the whole split
+    seed: int | None  # the sample's seed
     decoding: str
     sources: int
     pairs: int
-    all_references: Scores
-    per_pair: Scores
+    single_reference: Scores  # the headline: every pair on its own, one reference each
+    multi_reference: Scores  # each source once, against all its references
     seconds: float
     sentences_per_second: float
 
@@ -96,25 +123,39 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(translator, sources: Sequence[str], references: Sequence[Sequence[str]], split: str,
-             beam: int = 1, alpha: float = 0.6, batch_size: int = 64,
+def evaluate(translator, sources: Sequence[str], references: Sequence[Sequence[str]], name: str, *,
+             data: str = "", split: str | None = None, limit: int | None = None, seed: int | None = None,
+             beam: int = DEFAULT_BEAM, alpha: float = DEFAULT_LENGTH_PENALTY, batch_size: int = 64,
              progress: bool = False) -> tuple[Evaluation, list[str]]:
     """Translate ``sources`` and score them; returns the evaluation and the hypotheses."""
     start = time.perf_counter()
     hypotheses = translator.translate(sources, beam=beam, alpha=alpha, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    multi, pair = score(hypotheses, references)
+    views = score(hypotheses, references)
     decoding = "greedy" if beam == 1 else f"beam{beam}"
-    result = Evaluation(split, decoding, len(sources), sum(len(r) for r in references), multi, pair,
+    result = Evaluation(name, data, split, limit, seed, decoding, len(sources), sum(len(r) for r in references),
+                        views.single_reference, views.multi_reference,
                         round(seconds, 2), round(len(sources) / max(seconds, 1e-9), 2))
     return result, hypotheses
 
 
+def report(result: Evaluation) -> list[str]:
+    """The lines ``zoo evaluate`` prints: the single-reference headline with sacrebleu's
+    signatures first, then the multi-reference view."""
+    single, multi = result.single_reference, result.multi_reference
+    nrefs = multi.bleu_signature.split("|")[0]
+    return [f"  BLEU {single.bleu:5.2f}  {single.bleu_signature}",
+            f"  chrF {single.chrf:5.2f}  {single.chrf_signature}",
+            f"  CER  {single.cer:5.2f}%  WER {single.wer:5.2f}%  (every pair, one reference each)",
+            f"  multi-reference ({nrefs}: each English source once, against all its Italian translations; "
+            f"CER/WER against the closest): {multi.line()}"]
+
+
 def write_evaluation(out_dir: str | os.PathLike, result: Evaluation, sources: Sequence[str],
                      hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[Path, Path]:
-    """Write ``{split}-{decoding}.tsv`` (source, hypothesis, references) and the scores as JSON."""
+    """Write ``{name}-{decoding}.tsv`` (source, hypothesis, references) and the scores as JSON."""
     out_dir = Path(out_dir)
-    stem = f"{result.split}-{result.decoding}"
+    stem = f"{result.name}-{result.decoding}"
     samples, metrics = out_dir / f"{stem}.tsv", out_dir / f"{stem}.json"
     lines = ["source\thypothesis\treferences"]
     lines += ["\t".join([src, hyp, *refs]) for src, hyp, refs in zip(sources, hypotheses, references)]

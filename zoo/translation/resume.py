@@ -27,19 +27,22 @@ def data_source(data: str) -> str:
     return str(path.resolve()) if path.is_file() else data
 
 
-def run_config(model: str, data: str, overrides: dict, options: dict[str, Any], given: set[str],
+def run_config(model: str | None, data: str | None, overrides: dict, options: dict[str, Any], given: set[str],
                resume: Path | None = None) -> TrainConfig:
     """The settings of a new run, or of run directory ``resume`` continued.
 
     ``options`` are the training settings by :class:`TrainConfig` field name; ``given`` names
-    those the user set explicitly (the rest are defaults, which a resumed run ignores).
+    those the user set explicitly (the rest are defaults, which a resumed run ignores). A
+    resumed run reads ``model`` and ``data`` from the run when they are None; a new run needs both.
     """
-    data = data_source(data)
     if resume is None:
-        return TrainConfig(model=model, data=data, overrides=dict(overrides), **options)
+        if model is None or data is None:
+            raise ZooError("a new run needs MODEL and --data; to continue a run give --resume RUN_DIR")
+        return TrainConfig(model=model, data=data_source(data), overrides=dict(overrides), **options)
     config = TrainConfig.load(resume)
-    if config.model != model:
+    if model is not None and config.model != model:
         raise ZooError(f"{resume} trains {config.model}, not {model}; name the same model to resume it")
+    data = config.data if data is None else data_source(data)
     if config.data != data:
         raise ZooError(f"{resume} was trained on {config.data}, not {data}; resume it with the same --data")
     changed = [name for name in TRAJECTORY if name in given and options[name] != getattr(config, name)]

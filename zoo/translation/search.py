@@ -18,6 +18,7 @@ from typing import Protocol, Sequence
 import torch
 
 from zoo.translation.data import pad_sequences
+from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 from zoo.errors import DataError
 from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
@@ -171,8 +172,8 @@ class Translator:
         """Target tokens allowed for a source of ``src_len`` tokens."""
         return min(self.context_length - 1, int(1.5 * src_len) + 10)
 
-    def translate_ids(self, sources: Sequence[Sequence[int]], beam: int = 1, alpha: float = 0.6,
-                      use_cache: bool = True) -> list[list[int]]:
+    def translate_ids(self, sources: Sequence[Sequence[int]], beam: int = DEFAULT_BEAM,
+                      alpha: float = DEFAULT_LENGTH_PENALTY, use_cache: bool = True) -> list[list[int]]:
         """Target ids for one batch of source id sequences (each ending in ``</s>``)."""
         sources = [list(s[: self.context_length - 1]) + ([EOS_ID] if len(s) >= self.context_length else [])
                    for s in sources]
@@ -183,8 +184,8 @@ class Translator:
             return beam_search(self.model, src, mask, max_len, beam=beam, alpha=alpha)
         return greedy_search(self.model, src, mask, max_len, use_cache=use_cache)
 
-    def translate(self, sentences: Sequence[str], beam: int = 1, alpha: float = 0.6, batch_size: int = 64,
-                  progress: bool = False) -> list[str]:
+    def translate(self, sentences: Sequence[str], beam: int = DEFAULT_BEAM, alpha: float = DEFAULT_LENGTH_PENALTY,
+                  batch_size: int = 64, progress: bool = False) -> list[str]:
         """Italian for each English sentence; batches hold sentences of similar length."""
         from tqdm import tqdm
 
