@@ -75,4 +75,8 @@ def test_resume_keeps_the_trajectory_and_moves_the_budget(tmp_path):
         run_config("transformer-en-it-small", str(data), {"d_model": 64}, options, set(), resume=tmp_path)
     with pytest.raises(ZooError, match="trains transformer-en-it-small, not gpt2"):
         run_config("gpt2", str(data), {}, options, set(), resume=tmp_path)
+    alone = run_config(None, None, {}, {**options, "max_steps": 30}, {"max_steps"}, resume=tmp_path)
+    assert (alone.model, alone.data, alone.max_steps) == ("transformer-en-it-small", str(data.resolve()), 30)
+    with pytest.raises(ZooError, match="a new run needs MODEL and --data"):
+        run_config(None, str(data), {}, options, set())
     assert isinstance(again, TrainConfig)

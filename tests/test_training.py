@@ -70,7 +70,8 @@ class Killed(KeyboardInterrupt):
     pass
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("resume_with", ["python", "cli"])
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, resume_with):
     data = write_tsv(tmp_path / "pairs.tsv")
     config = tiny_config(data, max_steps=14, overrides={**TINY_OVERRIDES, "dropout": 0.1})
     train(config, tmp_path / "straight", progress=False)
@@ -82,8 +83,13 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     with pytest.raises(Killed):
         train(config, tmp_path / "killed", progress=False, on_step=kill_at_step_10)
     assert [p.name for p in sorted((tmp_path / "killed/checkpoints").iterdir())] == ["step-00000004", "step-00000008"]
-    summary = train(TrainConfig.load(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
-    assert summary["steps"] == 14
+    if resume_with == "python":
+        summary = train(TrainConfig.load(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
+        assert summary["steps"] == 14
+    else:  # the run directory alone: model, data and settings come from its train.json
+        resumed = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "killed")])
+        assert resumed.exit_code == 0, resumed.output
+        assert "trained transformer-en-it-small: 14 steps" in resumed.output
     straight = load_file(tmp_path / "straight/model.safetensors")
     resumed = load_file(tmp_path / "killed/model.safetensors")
     assert straight.keys() == resumed.keys()
@@ -109,6 +115,16 @@ def test_train_command_resume_and_refusals(tmp_path):
     more = runner.invoke(cli, [*base, "--resume", str(run), "--max-steps", "5"])
     assert more.exit_code == 0, more.output
     assert "5 steps" in more.output
+    alone = runner.invoke(cli, ["train", "--resume", str(run), "--max-steps", "6"])
+    assert alone.exit_code == 0, alone.output
+    assert "trained transformer-en-it-small: 6 steps" in alone.output
+    other = write_tsv(tmp_path / "other.tsv")
+    elsewhere = runner.invoke(cli, ["train", "--resume", str(run), "--data", str(other)])
+    assert elsewhere.exit_code == 1 and "resume it with the same --data" in elsewhere.output
+    for args, what in ((["--data", str(data)], "MODEL"), (["transformer-en-it-small"], "--data FILE")):
+        new = runner.invoke(cli, ["train", *args, "-o", str(tmp_path / "new")])
+        assert new.exit_code == 2 and f"a new run (-o) needs {what}" in new.output, new.output
+    assert not (tmp_path / "new").exists()
     missing = runner.invoke(cli, [*base, "--resume", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "no train.json" in missing.output and "Traceback" not in missing.output
     neither = runner.invoke(cli, base)

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from synthetic_pairs import TINY_MODEL, one_thread, synthetic_pairs, write_tsv
 from zoo.cli import cli
-from zoo.translation.data import SentencePair, TokenBatches, group_references, read_pairs, split_key, split_pairs
+from zoo.translation.data import (SentencePair, TokenBatches, group_references, read_pairs, sample_sources, split_key,
+                                  split_pairs)
 from zoo.errors import DataError
 from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Vocabulary
 
@@ -127,6 +128,19 @@ def random_corpus(n=300, seed=0):
     src = [rng.integers(4, 50, size=rng.integers(2, 30)).astype(np.int32) for _ in range(n)]
     tgt = [rng.integers(4, 50, size=rng.integers(3, 30)).astype(np.int32) for _ in range(n)]
     return src, tgt
+
+
+def test_sample_sources_is_seeded_spans_the_list_and_keeps_its_order():
+    sources = [f"sentence {i}" for i in range(300)]  # a split sorted by length: the head is the short end
+    references = [[f"frase {i}", f"frase {i}!"] for i in range(300)]
+    picked, refs = sample_sources(sources, references, 30, seed=0)
+    assert len(picked) == 30 and all(r == references[sources.index(s)] for s, r in zip(picked, refs))
+    assert sample_sources(sources, references, 30, seed=0) == (picked, refs)
+    assert sample_sources(sources, references, 30, seed=1)[0] != picked
+    positions = [sources.index(s) for s in picked]
+    assert positions == sorted(positions)
+    assert min(positions) < 100 and max(positions) >= 200 and any(100 <= p < 200 for p in positions)
+    assert sample_sources(sources, references, 500) == (sources, references)
 
 
 def test_token_batches_cover_every_pair_once_within_the_token_budget():
