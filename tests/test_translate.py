@@ -253,7 +253,7 @@ def test_evaluate_data_file_scores_all_its_pairs(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"{data}: 3 English sources, 4 pairs, greedy" in result.output
     metrics = json.loads((run_dir / "eval" / "mine-greedy.json").read_text(encoding="utf-8"))
-    assert (metrics["name"], metrics["split"], metrics["data"]) == ("mine", None, str(data))
+    assert (metrics["name"], metrics["split"], metrics["data"]) == ("mine", None, str(data.resolve()))
     assert metrics["single_reference"]["bleu_signature"].startswith("nrefs:1|")
     rows = (run_dir / "eval" / "mine-greedy.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[2].split("\t") == ["She has the new book.", rows[2].split("\t")[1], "Lei ha il libro nuovo.", "Ha il libro nuovo."]

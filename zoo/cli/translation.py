@@ -84,7 +84,7 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
 @click.option("--beam", type=click.IntRange(min=1), default=DEFAULT_BEAM, show_default=True, help="Beam size; 1 is greedy.")
 @click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=DEFAULT_LENGTH_PENALTY, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Score N English sources sampled at random (--seed) across the whole split, in its order.")
+              help="Score N English sources sampled at random (--seed) across the whole split or file, in its order.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The --limit sample's seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -100,11 +100,13 @@ def evaluate(ctx, run_dir, split, data, beam, alpha, limit, seed, batch_size, de
     The headline is sacrebleu's single-reference corpus BLEU and chrF (every pair scored on its
     own, as published single-reference figures are), printed with sacrebleu's signatures; the
     multi-reference figure (each English source against all its Italian translations) follows.
-    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json;
-    with --onnx, DECODING names the export too (test-greedy-onnx-NAME.tsv).
+    Writes RUN_DIR/eval/SPLIT-DECODING.tsv (source, translation, references) and .json
+    (FILESTEM-DECODING with --data); with --onnx, DECODING names the export too
+    (test-greedy-onnx-NAME.tsv).
     """
     from zoo.translation.data import group_references, read_pairs, sample_sources, split_pairs
     from zoo.translation.evaluate import evaluate as evaluate_sources, report, write_evaluation
+    from zoo.translation.resume import data_source
     from zoo.translation.search import load_translator
 
     if data is not None and "split" in given_options(ctx, ["split"]):
@@ -124,7 +126,8 @@ def evaluate(ctx, run_dir, split, data, beam, alpha, limit, seed, batch_size, de
     total = len(sources)
     if limit:
         sources, references = sample_sources(sources, references, limit, seed)
-    result, hypotheses = evaluate_sources(translator, sources, references, name, data=str(data or config.data),
+    result, hypotheses = evaluate_sources(translator, sources, references, name,
+                                          data=data_source(data) if data else config.data,
                                           split=split, limit=limit, seed=seed if limit else None, beam=beam,
                                           alpha=alpha, batch_size=batch_size, progress=True)
     if onnx_dir:

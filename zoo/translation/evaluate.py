@@ -147,8 +147,7 @@ def report(result: Evaluation) -> list[str]:
     return [f"  BLEU {single.bleu:5.2f}  {single.bleu_signature}",
             f"  chrF {single.chrf:5.2f}  {single.chrf_signature}",
             f"  CER  {single.cer:5.2f}%  WER {single.wer:5.2f}%  (every pair, one reference each)",
-            f"  multi-reference ({nrefs}: each English source once, against all its Italian translations; "
-            f"CER/WER against the closest): {multi.line()}"]
+            f"  multi-reference ({nrefs}, each source against all its translations): {multi.line()}"]
 
 
 def write_evaluation(out_dir: str | os.PathLike, result: Evaluation, sources: Sequence[str],
