@@ -65,20 +65,19 @@ class ScoreViews(NamedTuple):
     single_reference: Scores
 
 
-def _sacrebleu(hypotheses: list[str], streams: list[list[str | None]]) -> tuple[float, float, str, str]:
+def _scores(hypotheses: list[str], streams: list[list[str | None]], cer: float, wer: float) -> Scores:
+    """sacrebleu's corpus BLEU and chrF of ``hypotheses`` against reference ``streams``, with the error rates."""
     bleu, chrf = BLEU(), CHRF()
-    b, c = bleu.corpus_score(hypotheses, streams).score, chrf.corpus_score(hypotheses, streams).score
-    return b, c, str(bleu.get_signature()), str(chrf.get_signature())
+    return Scores(bleu.corpus_score(hypotheses, streams).score, chrf.corpus_score(hypotheses, streams).score, cer, wer,
+                  str(bleu.get_signature()), str(chrf.get_signature()))
 
 
 def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> ScoreViews:
     """Scores of one hypothesis per source against that source's references, both views."""
     width = max(len(refs) for refs in references)
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
-    multi = _sacrebleu(list(hypotheses), streams)
     pair_hyps = [h for h, refs in zip(hypotheses, references) for _ in refs]
     pair_refs = [r for refs in references for r in refs]
-    single = _sacrebleu(pair_hyps, [pair_refs])
     errors = {"char": [0, 0, 0, 0], "word": [0, 0, 0, 0]}  # closest edits, closest length, pair edits, pair length
     for hyp, refs in zip(hypotheses, references):
         for unit, split in (("char", list), ("word", str.split)):
@@ -95,11 +94,8 @@ def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Sco
         return 100.0 * edits / max(length, 1)
 
     c, w = errors["char"], errors["word"]
-    bleu, chrf, bleu_signature, chrf_signature = multi
-    multi_scores = Scores(bleu, chrf, rate(c[0], c[1]), rate(w[0], w[1]), bleu_signature, chrf_signature)
-    bleu, chrf, bleu_signature, chrf_signature = single
-    single_scores = Scores(bleu, chrf, rate(c[2], c[3]), rate(w[2], w[3]), bleu_signature, chrf_signature)
-    return ScoreViews(multi_scores, single_scores)
+    return ScoreViews(_scores(list(hypotheses), streams, rate(c[0], c[1]), rate(w[0], w[1])),
+                      _scores(pair_hyps, [pair_refs], rate(c[2], c[3]), rate(w[2], w[3])))
 
 
 @dataclass
