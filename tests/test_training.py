@@ -160,3 +160,46 @@ def test_training_on_gpu_with_mixed_precision(tmp_path):
     assert summary["steps"] == 20 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0]
     assert load_model(tmp_path / "run", device="cuda").spec.vocab_size == Vocabulary.load(tmp_path / "run").size
+
+
+def test_checkpoint_averaging_publishes_the_mean_of_the_points_it_names(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    summary = train(tiny_config(data, max_steps=10, average_every=2, average_last=3), run, progress=False)
+    assert summary["averaged_steps"] == [6, 8, 10]
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["training"]["averaged_steps"] == [6, 8, 10]
+    assert sorted(p.name for p in (run / "averaging").iterdir()) == [f"step-{s:08d}.safetensors" for s in (6, 8, 10)]
+    points = [load_file(run / "averaging" / f"step-{s:08d}.safetensors") for s in (6, 8, 10)]
+    published = load_file(run / "model.safetensors")
+    assert published.keys() == points[0].keys()
+    for name, value in published.items():
+        expected = (points[0][name] + points[1][name] + points[2][name]) / 3
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    assert any(not torch.equal(points[0][n], points[2][n]) for n in published)  # the points differ: a real mean
+    # the training snapshot keeps the weights as trained, so a resumed run continues from them
+    trained = load_file(run / "checkpoints/step-00000010/model.safetensors")
+    assert all(torch.equal(trained[n], points[2][n]) for n in published)
+    validations = records(run, "validation")
+    assert "averaged_steps" not in validations[-2] and validations[-1]["averaged_steps"] == [6, 8, 10]
+
+
+def test_mfu_is_logged_and_train_profile_compares_the_loop_before_and_after(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    train(tiny_config(data, max_steps=4), run, progress=False)
+    start = records(run, "start")[0]
+    assert start["flops_per_token"] > 0 and start["dtype"] in ("float32", "bfloat16")
+    assert all(0 < r["mfu"] < 1 for r in records(run, "train"))
+    out = tmp_path / "profile.json"
+    result = CliRunner().invoke(cli, ["train", "transformer-en-it-small", "--data", str(data), *TINY_MODEL,
+                                      "--vocab-size", "120", "--batch-tokens", "256", "--profile",
+                                      "--profile-steps", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    profile = json.loads(out.read_text(encoding="utf-8"))
+    names = [s["name"] for s in profile["stages"]]
+    assert names[0].startswith("before:") and names[-1] == "+ 256-token batches (the defaults)"
+    assert profile["stages"][0]["speedup"] == 1.0 and all(s["tokens_per_second"] > 0 for s in profile["stages"])
+    assert set(profile["operators"]) == {names[0], names[-1]}
+    assert "MFU" in result.output and "where a step's time goes" in result.output
+    assert not (tmp_path / "run2").exists()

@@ -160,7 +160,7 @@ def test_translate_command_from_arguments_and_stdin(run_dir):
     args = runner.invoke(cli, ["translate", str(run_dir), "Tom sees the red cat.", "She has the new book."])
     assert args.exit_code == 0, args.output
     assert len(args.output.splitlines()) == 2
-    stdin = runner.invoke(cli, ["translate", str(run_dir), "--beam", "1"],
+    stdin = runner.invoke(cli, ["translate", str(run_dir)],
                           input="Tom sees the red cat.\n\nShe has the new book.\n")
     assert stdin.exit_code == 0, stdin.output
     lines = stdin.output.splitlines()
@@ -215,7 +215,7 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
     assert result.output.splitlines()[-2:] == load_translator(run_dir).translate(sentences)
     evaluated = {}
     for label, args in (("torch", []), ("onnx", ["--onnx", str(exported)])):
-        result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--samples", "0", *args])
+        result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--beam", "1", "--samples", "0", *args])
         assert result.exit_code == 0, result.output
         evaluated[label] = json.loads((run_dir / "eval" / ("test-greedy.json" if label == "torch" else
                                                             "test-greedy-onnx-onnx.json")).read_text(encoding="utf-8"))
@@ -224,12 +224,12 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
 
 def test_evaluate_limit_takes_a_seeded_sample_across_the_split(run_dir):
     runner = CliRunner()
-    full = runner.invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--samples", "0"])
+    full = runner.invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--beam", "1", "--samples", "0"])
     assert full.exit_code == 0, full.output
     every = [row.split("\t")[0] for row in (run_dir / "eval" / "train-greedy.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     picked = {}
     for seed in (0, 0, 1):
-        result = runner.invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--limit", "30", "--seed", str(seed),
+        result = runner.invoke(cli, ["evaluate", str(run_dir), "--beam", "1", "--split", "train", "--limit", "30", "--seed", str(seed),
                                      "--samples", "0"])
         assert result.exit_code == 0, result.output
         assert f"30 English sources (sampled from {len(every):,}, seed {seed})" in result.output
@@ -249,7 +249,7 @@ def test_evaluate_data_file_scores_all_its_pairs(run_dir, tmp_path):
     pairs = [("Tom sees the red cat.", "Tom vede il gatto rosso."), ("She has the new book.", "Lei ha il libro nuovo."),
              ("She has the new book.", "Ha il libro nuovo."), ("He buys the old dog.", "Lui compra il cane vecchio.")]
     data = write_tsv(tmp_path / "mine.tsv", pairs)
-    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--samples", "0"])
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--data", str(data), "--beam", "1", "--samples", "0"])
     assert result.exit_code == 0, result.output
     assert f"{data}: 3 English sources, 4 pairs, greedy" in result.output
     metrics = json.loads((run_dir / "eval" / "mine-greedy.json").read_text(encoding="utf-8"))

@@ -126,6 +126,12 @@ def fp32_flop_ceiling(ceilings: dict) -> tuple[str, float]:
     return max(measured, key=lambda item: item[1])
 
 
+def matmul_size(device: str | torch.device, tiny: bool = False) -> int:
+    """The side of the square matrices a ceiling multiplies: large enough to keep the
+    matrix units busy, small enough that one product takes a fraction of a second."""
+    return 512 if tiny else (8192 if torch.device(device).type == "cuda" else 2048)
+
+
 def measure_ceilings(device: str, warmup: int, repeats: int, threads: int, tiny: bool = False,
                      step=lambda name: None) -> dict:
     """Every ceiling, keyed by name; ``step(name)`` is called before each measurement.
@@ -134,7 +140,7 @@ def measure_ceilings(device: str, warmup: int, repeats: int, threads: int, tiny:
     a CPU, a fraction of a second), so that the best run finds the machine free even
     when it is shared.
     """
-    size = 512 if tiny else (8192 if torch.device(device).type == "cuda" else 2048)
+    size = matmul_size(device, tiny)
     nbytes = (64 << 20) if tiny else GiB
     repeats = repeats if tiny else max(repeats, 10)
     out = {}

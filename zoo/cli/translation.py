@@ -42,20 +42,35 @@ _TRAIN = TrainConfig()  # zoo train's defaults
               help="Between checkpoints: steps (200) or training time (90s, 5m).")
 @click.option("--eval-every", type=IntervalType(), default=_TRAIN.eval_every, show_default=True,
               help="Between validation runs: steps (500) or training time (5m).")
+@click.option("--average-last", type=click.IntRange(min=1), default=_TRAIN.average_last, show_default=True,
+              help="Publish the mean of the last N weight points (checkpoint averaging); 1 publishes the last weights.")
+@click.option("--average-every", type=IntervalType(), default=_TRAIN.average_every, show_default=True,
+              help="Between weight points for --average-last: steps (100) or training time (30s, 1m).")
 @click.option("--eval-sentences", type=click.IntRange(min=0), default=_TRAIN.eval_sentences, show_default=True, help="Validation sources translated for BLEU.")
 @click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed data lines (reported) instead of stopping.")
 @click.option("--force", is_flag=True, help="Replace an existing -o directory.")
+@click.option("--profile", is_flag=True, help="Train nothing: time the training step before and after each measured "
+              "speed-up, side by side on the same batches, with tokens/s, MFU and where the time goes.")
+@click.option("--profile-steps", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Steps per stage and round for --profile.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --profile: also write the figures to this JSON file.")
 @click.pass_context
-def train(ctx, model, overrides, data, output, resume, force, **options):
+def train(ctx, model, overrides, data, output, resume, force, profile, profile_steps, json_out, **options):
     """Train translation MODEL on English-Italian pairs: MODEL --data FILE -o RUN_DIR starts a run,
     --resume RUN_DIR continues one (MODEL, --data and the settings come from RUN_DIR/train.json;
     only the budget options, e.g. --max-minutes, may change).
 
-    Runs distributed, unchanged, under torchrun (gloo on CPU, NCCL on GPU).
+    Runs distributed, unchanged, under torchrun (gloo on CPU, NCCL on GPU). The progress bar,
+    metrics.jsonl and the summary show tokens/s and model FLOP utilisation (MFU: the model's
+    FLOPs per second over the matmul ceiling measured at start).
     """
     from zoo.translation.resume import run_config
+
+    if profile:
+        return _profile(ctx, model, overrides, data, resume, profile_steps, json_out, options)
     from zoo.translation.training import train as train_run
 
     if (output is None) == (resume is None):
@@ -69,9 +84,31 @@ def train(ctx, model, overrides, data, output, resume, force, **options):
                         warn=lambda message: click.echo(f"warning: {message}", err=True))
     if int(os.environ.get("RANK", "0")) == 0:
         bleu = summary["validation_bleu"]
+        mfu = "" if summary["mfu"] is None else f" ({summary['mfu']:.1%} MFU)"
+        averaged = f", weights averaged over {len(summary['averaged_steps'])} points" if summary["averaged_steps"] else ""
         click.echo(f"trained {config.model}: {summary['steps']:,} steps ({summary['epochs']} epochs) in "
-                   f"{summary['seconds'] / 60:.1f} min, {summary['tokens_per_second'] or 0:,.0f} tokens/s; "
-                   f"validation BLEU {bleu if bleu is None else round(bleu, 2)} -> {run_dir}")
+                   f"{summary['seconds'] / 60:.1f} min, {summary['tokens_per_second'] or 0:,.0f} tokens/s{mfu}; "
+                   f"validation BLEU {bleu if bleu is None else round(bleu, 2)}{averaged} -> {run_dir}")
+
+
+def _profile(ctx, model, overrides, data, resume, steps, json_out, options) -> None:
+    """``zoo train --profile``: the step profile of a new run's settings (or of --resume RUN_DIR's)."""
+    import json
+
+    from zoo.core.files import atomic_file
+    from zoo.translation.profile import profile_training, report_lines
+    from zoo.translation.resume import run_config
+
+    if resume is None and (model is None or data is None):
+        raise click.UsageError("--profile needs MODEL and --data FILE (or --resume RUN_DIR for a run's settings)")
+    config = run_config(model or "", data or "", dict(overrides), options, given_options(ctx, options), resume) \
+        if resume is None else TrainConfig.load(resume)
+    result = profile_training(config, steps=steps, warn=lambda message: click.echo(f"warning: {message}", err=True))
+    for line in report_lines(result):
+        click.echo(line)
+    if json_out is not None:
+        with atomic_file(json_out) as f:
+            f.write((json.dumps(result, indent=2) + "\n").encode("utf-8"))
 
 
 @click.command()

@@ -40,6 +40,7 @@ CURVES = "curves.png"
 SNAPSHOTS = "checkpoints"  # the folder of training snapshots (its name on disk predates the word)
 SNAPSHOT_STATE = "state.json"
 OPTIMIZER_STATE = "optimizer.safetensors"
+AVERAGING = "averaging"  # the folder of weight points that checkpoint averaging takes the mean of
 
 
 def _umask() -> int:

@@ -18,7 +18,8 @@ from zoo.translation.train_config import TrainConfig
 TRAJECTORY = ("batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_norm", "weight_decay", "vocab_size",
               "tokenizer", "vocabulary", "amp", "seed")
 # ... and those a resumed run may change: when to stop, checkpoint and validate.
-ADJUSTABLE = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_every", "eval_sentences")
+ADJUSTABLE = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_every", "eval_sentences",
+              "average_last", "average_every")
 
 
 def data_source(data: str) -> str:

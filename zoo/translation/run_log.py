@@ -50,7 +50,7 @@ class RunLog:
         loss_ax.legend()
         loss_ax.grid(alpha=0.3)
         bleu_ax.plot([r["step"] for r in val], [r["bleu"] for r in val], "o-", color="tab:green")
-        bleu_ax.set(xlabel="step", ylabel="BLEU", title="validation BLEU (greedy, all references)")
+        bleu_ax.set(xlabel="step", ylabel="BLEU", title="validation BLEU (greedy, single reference)")
         bleu_ax.grid(alpha=0.3)
         fig.tight_layout()
         target = self.path.with_name(CURVES)

@@ -33,9 +33,9 @@ class TrainConfig:
     skip_bad_lines: bool = False
     # optimisation
     # measured on the 2-core CPU (see the README): small batches learn fastest per second
-    batch_tokens: int = 512  # padded tokens per batch and process, longest side
+    batch_tokens: int = 1024  # padded tokens per batch and process, longest side
     lr: float = 1e-3  # peak, reached after warmup_steps
-    warmup_steps: int = 800
+    warmup_steps: int = 400
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
@@ -49,6 +49,10 @@ class TrainConfig:
     # training snapshots (the field names are those train.json has always had)
     checkpoint_every: int | str = "5m"  # steps ("200") or minutes/seconds ("5m", "90s")
     keep_checkpoints: int = 2  # snapshots kept
+    # checkpoint averaging (zoo.translation.averaging): the published weights are the mean
+    # of the last ``average_last`` weight points, one every ``average_every`` (1: no averaging)
+    average_last: int = 5
+    average_every: int | str = "1m"
     eval_every: int | str = "5m"
     eval_sentences: int = 200
     eval_pairs: int = 2000

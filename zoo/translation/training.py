@@ -3,12 +3,14 @@
 Label-smoothed cross-entropy, AdamW with warm-up then inverse-square-root decay
 (Vaswani et al., 2017), gradient clipping, length-bucketed token-count batches, mixed
 precision (bf16 or fp16 on GPU, bf16 on CPUs that have it), training snapshots written atomically and resumable,
-DistributedDataParallel when launched by ``torchrun``. A run directory holds::
+DistributedDataParallel when launched by ``torchrun``, model FLOP utilisation on screen.
+A run directory holds::
 
     spec.yaml model.safetensors manifest.json   the latest weights, a zoo model directory
     tokenizer.json                              the subword vocabulary (see zoo.translation.vocabulary)
     train.json                                  this run's TrainConfig
     checkpoints/step-N/                         training snapshots to resume from (zoo.translation.snapshots)
+    averaging/step-N.safetensors                the last weights, whose mean is published (zoo.translation.averaging)
     metrics.jsonl curves.png                    loss, tokens/s, validation loss and BLEU
 """
 
@@ -22,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,10 +37,12 @@ from zoo.core.files import MANIFEST, SPEC, TRAIN_CONFIG, WEIGHTS, atomic_directo
 from zoo.core.model_dir import write_model_files
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import DataError, ZooError
-from zoo.translation.data import TokenBatches, group_references, read_pairs, split_pairs
+from zoo.translation.averaging import average, point_step, points, save_point
+from zoo.translation.data import Batch, TokenBatches, group_references, read_pairs, split_pairs
 from zoo.translation.distributed import Distributed
 from zoo.translation.run_log import RunLog
-from zoo.translation.snapshots import Progress, load_snapshot, random_state, save_snapshot, set_random_state, snapshots
+from zoo.translation.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
+                                       set_random_state, snapshots)
 from zoo.translation.train_config import TrainConfig, parse_interval  # noqa: F401 (public here too)
 from zoo.translation.vocabulary import PAD_ID, Vocabulary
 
@@ -85,7 +89,8 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_for(config: TrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
-    """The mixed-precision context for ``config.amp`` and whether fp16 gradient scaling is needed."""
+    """The mixed-precision context for ``config.amp`` and whether fp16 gradient scaling is needed
+    (the context's ``fast_dtype`` is the dtype matmuls run in; float32 without autocast)."""
     mode = config.amp
     if mode == "auto" and device.type == "cuda":
         mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -105,6 +110,98 @@ def parameter_digest(model: nn.Module) -> str:
     for param in model.parameters():
         digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How a step is carried out: choices that change its speed, not its arithmetic.
+
+    Measured with ``zoo train --profile`` (see :mod:`zoo.translation.profile`) on the
+    2-core CPU with AMX-bf16: the fused AdamW kernel instead of a Python loop over
+    parameters, and the plain ("math") attention kernel, which beats the flash-attention
+    kernel's backward pass several times over on sentences of 5-20 tokens. CUDA keeps
+    PyTorch's choice of attention kernel.
+    """
+
+    optimizer: str = "fused"  # fused | foreach | for-loop: the AdamW implementation
+    attention: str = "math"  # math | auto: scaled_dot_product_attention's kernel on a CPU
+    sync_every_step: bool = False  # read the loss back to the host after every step
+
+
+# The loop before the measurement (zoo train --profile shows both)
+BEFORE = Loop(optimizer="for-loop", attention="auto", sync_every_step=True)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, loop: Loop = Loop()) -> torch.optim.Optimizer:
+    """AdamW (β = 0.9, 0.98, ε = 1e-9, the 2017 paper's), no weight decay on biases and norms."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[loop.optimizer]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.lr, betas=(0.9, 0.98), eps=1e-9, **kernel)
+
+
+def attention_kernel(loop: Loop, device: torch.device) -> contextlib.AbstractContextManager:
+    """The scaled_dot_product_attention kernel ``loop`` asks for on this device."""
+    if loop.attention == "math" and device.type == "cpu":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
+def train_step(net: nn.Module, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, scaler,
+               autocast, config: TrainConfig, loop: Loop, lr: float) -> torch.Tensor:
+    """One optimizer step on ``batch``; returns the summed label-smoothed loss (a detached tensor)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast, attention_kernel(loop, batch.src.device):
+        loss_sum = translation_loss(net, batch.src, batch.tgt_in, batch.tgt_out, config.label_smoothing)
+    scaler.scale(loss_sum / batch.n_tgt_tokens).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=loop.optimizer != "for-loop")
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = loss_sum.detach()
+    if loop.sync_every_step:
+        loss_sum = torch.tensor(loss_sum.item())
+    return loss_sum
+
+
+@dataclass
+class Utilisation:
+    """Model FLOP utilisation: the model's FLOPs per second over the device's matmul ceiling."""
+
+    flops_per_token: float  # one training pass, per source + target token, at the data's mean lengths
+    ceiling: float | None  # FLOP/s of a large matmul in the dtype training computes in
+    dtype: str
+
+    def of(self, tokens_per_second: float) -> float | None:
+        """The fraction of the ceiling ``tokens_per_second`` uses."""
+        return tokens_per_second * self.flops_per_token / self.ceiling if self.ceiling else None
+
+    def to_dict(self) -> dict:
+        return {"flops_per_token": round(self.flops_per_token), "matmul_ceiling_flop_per_s": self.ceiling,
+                "dtype": self.dtype}
+
+
+def measure_utilisation(spec: ModelSpec, batches: TokenBatches, device: torch.device,
+                        dtype: torch.dtype) -> Utilisation:
+    """Count the model's FLOPs per token at the data's mean lengths and time the device's
+    matmul ceiling in ``dtype`` (as ``zoo bench`` does, briefly: about a second)."""
+    from zoo.bench.ceilings import matmul_ceiling, matmul_size
+    from zoo.core.flops import training_flops_per_token
+
+    source, target = max(1, round(float(batches.src_len.mean()))), max(1, round(float(batches.tgt_len.mean())))
+    per_token = training_flops_per_token(spec, target, source)
+    ceiling = matmul_ceiling(dtype, str(device), matmul_size(device), warmup=1, repeats=10)
+    best = ceiling["flop_per_s"]["max"] if "flop_per_s" in ceiling else None
+    return Utilisation(per_token, best, str(dtype).removeprefix("torch."))
 
 
 # --------------------------------------------------------------------------- data
@@ -179,7 +276,7 @@ def publish_weights(run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dic
 @torch.no_grad()
 def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: TrainConfig,
              device: torch.device, autocast) -> dict:
-    """Validation NLL per target token and greedy multi-reference BLEU on the first sources."""
+    """Validation NLL per target token and greedy single-reference BLEU on the first sources."""
     from zoo.translation.evaluate import score
     from zoo.translation.search import Translator
 
@@ -197,7 +294,7 @@ def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: T
     if sources:
         with autocast:
             hypotheses = Translator(model, vocabulary, device).translate(sources, batch_size=100)
-        bleu = score(hypotheses, references)[0].bleu
+        bleu = score(hypotheses, references).single_reference.bleu
     model.train()
     return {"loss": loss_sum / max(tokens, 1), "bleu": bleu, "sentences": len(sources)}
 
@@ -207,7 +304,7 @@ def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: T
 
 def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, force: bool = False,
           progress: bool = True, warn: Callable[[str], None] | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, loop: Loop = Loop()) -> dict:
     """Train into ``run_dir`` (new, or continued from its newest training snapshot with ``resume``).
 
     Returns a summary (steps, tokens, seconds, tokens/s, last validation BLEU). ``on_step``
@@ -217,12 +314,12 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     run_dir = Path(run_dir)
     dist = Distributed.start(config.device)
     try:
-        return _train(config, run_dir, resume, force, progress, warn, on_step, dist)
+        return _train(config, run_dir, resume, force, progress, warn, on_step, dist, loop)
     finally:
         dist.stop()
 
 
-def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distributed) -> dict:
+def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distributed, loop: Loop) -> dict:
     from tqdm import tqdm
 
     from zoo.core.builder import build
@@ -246,12 +343,9 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
         warn(f"left out {corpus.dropped} training pairs longer than the context length ({spec.context_length} tokens)")
 
     model = build(spec, seed=config.seed, device=device).train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.lr, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = make_optimizer(model, config, loop)
     autocast, needs_scaling = autocast_for(config, device)
+    utilisation = measure_utilisation(spec, corpus.batches, device, getattr(autocast, "fast_dtype", torch.float32))
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaling)
     torch.manual_seed(config.seed * 1000 + dist.rank)  # dropout
     progress_state = Progress()
@@ -278,14 +372,15 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                     "train_pairs_used": sum(len(b) for b in corpus.batches.plan(0)) * dist.world,
                     "steps_per_epoch": steps_per_epoch, "vocab_size": vocabulary.size, "world": dist.world,
                     "device": str(device), "threads": torch.get_num_threads(),
-                    "parameters": sum(t.numel() for t in model.parameters())})
+                    "parameters": sum(t.numel() for t in model.parameters()), **utilisation.to_dict()})
     bar = tqdm(total=int(budget) if timed else int(total_steps) if total_steps < math.inf else None,
                initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
                desc="training", file=sys.stderr, dynamic_ncols=True, disable=not (progress and dist.is_main))
-    window = {"loss": 0.0, "tgt": 0, "tokens": 0, "seconds": 0.0}
+    window = {"loss": torch.zeros((), device=device), "tgt": 0, "tokens": 0, "seconds": 0.0}
     totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
     evaluation_due = Every(config.eval_every, p.seconds)
     snapshot_due = Every(config.checkpoint_every, p.seconds)
+    point_due = Every(config.average_every, p.seconds)
     last_validation: dict = {}
     session_start, seconds_before = time.perf_counter(), p.seconds
 
@@ -293,17 +388,19 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
         """Log the loss and throughput of the steps since the last record."""
         nonlocal window
         tokens = int(dist.sum(window["tokens"]))
-        loss = dist.sum(window["loss"]) / max(dist.sum(window["tgt"]), 1)
+        loss = dist.sum(float(window["loss"])) / max(dist.sum(window["tgt"]), 1)
         rate = tokens / max(window["seconds"], 1e-9)
+        mfu = utilisation.of(rate)
         p.tokens += tokens
         totals["tokens"] += tokens
         totals["seconds"] += window["seconds"]
         if dist.is_main:
             log.append({"event": "train", "step": p.step, "epoch": round(p.epoch + p.batch / steps_per_epoch, 4),
                         "loss": round(loss, 4), "lr": lr, "tokens_per_second": round(rate, 1),
-                        "seconds": round(p.seconds, 1)})
-        bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
-        window = dict.fromkeys(window, 0)
+                        "mfu": None if mfu is None else round(mfu, 4), "seconds": round(p.seconds, 1)})
+        bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}",
+                        mfu="n/a" if mfu is None else f"{mfu:.1%}", lr=f"{lr:.2e}", refresh=False)
+        window = {**dict.fromkeys(window, 0), "loss": torch.zeros((), device=device)}
 
     def snapshot() -> None:
         randoms = dist.gather(random_state(device))
@@ -321,16 +418,32 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                 warn(f"step {p.step}: the {dist.world} replicas' weights differ")
         dist.barrier()
 
-    def evaluate_now() -> None:
+    def evaluate_now(averaged: list[int] | None = None) -> None:
         nonlocal last_validation
         if dist.is_main:
             result = validate(model, vocabulary, corpus, config, device, autocast)
             last_validation = {"event": "validation", "step": p.step, "seconds": round(p.seconds, 1), **result}
+            if averaged:
+                last_validation["averaged_steps"] = averaged
             log.append(last_validation)
             log.plot()
+            what = f"mean of the weights at steps {averaged[0]:,}-{averaged[-1]:,} ({len(averaged)})" if averaged else "greedy"
             bar.write(f"step {p.step}: validation loss {result['loss']:.3f}, BLEU {result['bleu'] or 0:.2f} "
-                      f"({result['sentences']} sentences, greedy)", file=sys.stderr)
+                      f"({result['sentences']} sentences, {what})", file=sys.stderr)
         dist.barrier()
+
+    def average_weights() -> None:
+        """Replace the model's weights with the mean of the newest weight points, publish and validate them."""
+        if dist.is_main:
+            save_point(run_dir, model, p.step, config.average_last)
+            chosen = points(run_dir)[-config.average_last:]
+            copy_weights(model, average(chosen), f"the mean of {len(chosen)} weight points")
+            averaged = [point_step(path) for path in chosen]
+        evaluate_now(averaged if dist.is_main else None)
+        if dist.is_main:
+            publish_weights(run_dir, model, spec, {"training": {
+                "step": p.step, "tokens": p.tokens, "seconds": round(p.seconds, 1),
+                "validation_bleu": last_validation.get("bleu"), "averaged_steps": averaged}})
 
     try:
         stop = p.step >= total_steps or p.seconds >= budget
@@ -339,18 +452,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
             batch = corpus.batches.collate(index).to(device)
             tick = time.perf_counter()
             lr = learning_rate(p.step + 1, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                loss_sum = translation_loss(net, batch.src, batch.tgt_in, batch.tgt_out, config.label_smoothing)
-            scaler.scale(loss_sum / batch.n_tgt_tokens).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
-            window["loss"] += loss_sum.item()
+            window["loss"] += train_step(net, model, batch, optimizer, scaler, autocast, config, loop, lr)
             window["tgt"] += batch.n_tgt_tokens
             window["tokens"] += batch.n_src_tokens + batch.n_tgt_tokens
             window["seconds"] += time.perf_counter() - tick
@@ -368,7 +470,10 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                 bar.update(1)
             stop = p.step >= total_steps or p.seconds >= budget
             evaluate, save = evaluation_due.due(p.step, p.seconds), snapshot_due.due(p.step, p.seconds)
-            stop, evaluate, save = dist.broadcast((stop, evaluate, save))  # rank 0's clock decides for all
+            point = point_due.due(p.step, p.seconds) and config.average_last > 1
+            stop, evaluate, save, point = dist.broadcast((stop, evaluate, save, point))  # rank 0's clock decides for all
+            if point and not stop and dist.is_main:
+                save_point(run_dir, model, p.step, config.average_last)
             if evaluate and not stop:
                 evaluate_now()
             if save and not stop:
@@ -379,11 +484,15 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
             flush_window(learning_rate(p.step, config))
         evaluate_now()
         snapshot()
+        if config.average_last > 1:
+            average_weights()
     finally:
         bar.close()
     session_seconds = time.perf_counter() - session_start
     return {"run_dir": str(run_dir), "steps": p.step, "epochs": round(p.epoch + p.batch / steps_per_epoch, 3),
             "tokens": p.tokens, "seconds": round(p.seconds, 1), "session_seconds": round(session_seconds, 1),
             "tokens_per_second": round(totals["tokens"] / totals["seconds"], 1) if totals["seconds"] else None,
+            "mfu": utilisation.of(totals["tokens"] / totals["seconds"]) if totals["seconds"] else None,
+            "averaged_steps": last_validation.get("averaged_steps"),
             "validation_bleu": last_validation.get("bleu"), "validation_loss": last_validation.get("loss"),
             "world": dist.world}
