@@ -390,7 +390,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
         tokens = int(dist.sum(window["tokens"]))
         loss = dist.sum(float(window["loss"])) / max(dist.sum(window["tgt"]), 1)
         rate = tokens / max(window["seconds"], 1e-9)
-        mfu = utilisation.of(rate)
+        mfu = utilisation.of(rate / dist.world)  # each process has its own device and ceiling
         p.tokens += tokens
         totals["tokens"] += tokens
         totals["seconds"] += window["seconds"]
@@ -492,7 +492,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     return {"run_dir": str(run_dir), "steps": p.step, "epochs": round(p.epoch + p.batch / steps_per_epoch, 3),
             "tokens": p.tokens, "seconds": round(p.seconds, 1), "session_seconds": round(session_seconds, 1),
             "tokens_per_second": round(totals["tokens"] / totals["seconds"], 1) if totals["seconds"] else None,
-            "mfu": utilisation.of(totals["tokens"] / totals["seconds"]) if totals["seconds"] else None,
+            "mfu": utilisation.of(totals["tokens"] / totals["seconds"] / dist.world) if totals["seconds"] else None,
             "averaged_steps": last_validation.get("averaged_steps"),
             "validation_bleu": last_validation.get("bleu"), "validation_loss": last_validation.get("loss"),
             "world": dist.world}
