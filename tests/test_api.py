@@ -118,3 +118,17 @@ def test_generate_and_export_through_the_public_face(tmp_path):
 
     runtime_tokens = zoo.generate(load_onnx(tmp_path / "onnx"), ids, max_new_tokens=4)
     assert torch.equal(runtime_tokens, tokens)
+
+
+def test_load_refuses_a_model_directory_whose_spec_cannot_fit(tmp_path):
+    """A hand-edited spec.yaml is checked against free memory before any weight is read."""
+    model = zoo.build(zoo.load_spec("gpt2", {"n_layers": 1, "d_model": 32, "attention.n_heads": 2, "mlp.d_ff": 64,
+                                             "vocab_size": 64, "context_length": 16, "bos_token_id": 0,
+                                             "eos_token_id": 0}))
+    zoo.save(model, tmp_path / "small")
+    spec_file = tmp_path / "small" / "spec.yaml"
+    spec_file.write_text(spec_file.read_text(encoding="utf-8").replace("n_layers: 1", "n_layers: 1000000000"),
+                         encoding="utf-8")
+    (tmp_path / "small" / "model.safetensors").write_bytes(b"not read")  # refused before reading it
+    with pytest.raises(zoo.ZooError, match=r"needs .* of float32 weights .*; make the model smaller"):
+        zoo.load(tmp_path / "small")

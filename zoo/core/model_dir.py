@@ -112,6 +112,7 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """Load a directory written by :func:`save_model` (or ``zoo build -o``)."""
     from zoo.core.builder import construct
+    from zoo.core.limits import check_fits
 
     path = Path(path)
     if not path.is_dir():
@@ -119,6 +120,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     if not (path / WEIGHTS).is_file():
         raise WeightsError(f"{path}: no {WEIGHTS} in this directory; is it a zoo model directory?")
     spec = load_spec(path / SPEC)
+    check_fits(spec, device, dtype or stored_dtype(path))  # a hand-edited spec.yaml may ask for too much
     try:
         tensors = load_file(str(path / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as exc:
@@ -127,6 +129,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     model = load_state(construct(spec, device), tensors, str(path / WEIGHTS))
     return model.eval()
+
+
+def stored_dtype(path: Path) -> torch.dtype:
+    """The dtype the directory's manifest says its weights are stored in (float32 if it does not say)."""
+    try:
+        name = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("dtype", "float32")
+    except (OSError, ValueError, AttributeError):
+        name = "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def is_model_directory(path: Path) -> bool:
