@@ -51,6 +51,7 @@ def test_a_few_dozen_steps_lower_the_loss_and_leave_a_complete_run_directory(tmp
     summary = train(tiny_config(data, max_steps=40), run, progress=False)
     losses = [r["loss"] for r in records(run, "train")]
     assert summary["steps"] == 40 and len(losses) == 20
+    assert summary["averaged_steps"] is None  # shorter than one --average-every: the last weights, not a mean of one
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert all(r["tokens_per_second"] > 0 for r in records(run, "train"))
     validation = records(run, "validation")[-1]

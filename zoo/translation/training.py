@@ -434,9 +434,13 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
 
     def average_weights() -> None:
         """Replace the model's weights with the mean of the newest weight points, publish and validate them."""
+        chosen: list[Path] = []
         if dist.is_main:
             save_point(run_dir, model, p.step, config.average_last)
             chosen = points(run_dir)[-config.average_last:]
+        if dist.broadcast(len(chosen)) < 2:  # one point is the last weights, published already
+            return
+        if dist.is_main:
             copy_weights(model, average(chosen), f"the mean of {len(chosen)} weight points")
             averaged = [point_step(path) for path in chosen]
         evaluate_now(averaged if dist.is_main else None)
