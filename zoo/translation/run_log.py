@@ -34,24 +34,42 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> Path:
-        """Draw training loss, validation loss and validation BLEU against steps into ``curves.png``."""
+        """Draw training loss, validation loss, validation BLEU and training speed (tokens/s, MFU)
+        against steps into ``curves.png``."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         train = [r for r in self.records if r.get("event") == "train"]
-        val = [r for r in self.records if r.get("event") == "validation"]
-        fig, (loss_ax, bleu_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        validations = [r for r in self.records if r.get("event") == "validation"]
+        val = [r for r in validations if "averaged_steps" not in r]
+        averaged = [r for r in validations if "averaged_steps" in r]  # the published mean of the last weights
+        fig, (loss_ax, bleu_ax, speed_ax) = plt.subplots(1, 3, figsize=(16, 4))
         loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train (label-smoothed)")
         if val:
             loss_ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation (NLL)")
+        if averaged:
+            loss_ax.plot([r["step"] for r in averaged], [r["loss"] for r in averaged], "*", color="tab:red",
+                         markersize=10, label="validation, weights averaged")
         loss_ax.set(xlabel="step", ylabel="loss per target token", title="loss")
         loss_ax.legend()
         loss_ax.grid(alpha=0.3)
-        bleu_ax.plot([r["step"] for r in val], [r["bleu"] for r in val], "o-", color="tab:green")
+        bleu_ax.plot([r["step"] for r in val], [r["bleu"] for r in val], "o-", color="tab:green", label="last weights")
+        if averaged:
+            bleu_ax.plot([r["step"] for r in averaged], [r["bleu"] for r in averaged], "*", color="tab:red",
+                         markersize=10, label="weights averaged")
+            bleu_ax.legend()
         bleu_ax.set(xlabel="step", ylabel="BLEU", title="validation BLEU (greedy, single reference)")
         bleu_ax.grid(alpha=0.3)
+        speed_ax.plot([r["step"] for r in train], [r["tokens_per_second"] for r in train], color="tab:purple")
+        speed_ax.set(xlabel="step", ylabel="tokens/s (source + target)", title="training speed")
+        speed_ax.grid(alpha=0.3)
+        with_mfu = [r for r in train if r.get("mfu") is not None]
+        if with_mfu:  # the right-hand axis: the same speed as model FLOP utilisation
+            mfu_ax = speed_ax.twinx()
+            mfu_ax.plot([r["step"] for r in with_mfu], [100 * r["mfu"] for r in with_mfu], alpha=0)
+            mfu_ax.set_ylabel("MFU (%)")
         fig.tight_layout()
         target = self.path.with_name(CURVES)
         with atomic_path(target) as tmp:

@@ -38,7 +38,7 @@ from zoo.core.model_dir import write_model_files
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import DataError, ZooError
 from zoo.translation.averaging import average, point_step, points, save_point
-from zoo.translation.data import Batch, TokenBatches, group_references, read_pairs, split_pairs
+from zoo.translation.data import Batch, TokenBatches, group_references, read_pairs, sample_sources, split_pairs
 from zoo.translation.distributed import Distributed
 from zoo.translation.run_log import RunLog
 from zoo.translation.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
@@ -276,7 +276,7 @@ def publish_weights(run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dic
 @torch.no_grad()
 def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: TrainConfig,
              device: torch.device, autocast) -> dict:
-    """Validation NLL per target token and greedy single-reference BLEU on the first sources."""
+    """Validation NLL per target token and greedy single-reference BLEU on a seeded sample of the sources."""
     from zoo.translation.evaluate import score
     from zoo.translation.search import Translator
 
@@ -289,7 +289,7 @@ def validate(model: nn.Module, vocabulary: Vocabulary, corpus: Corpus, config: T
             loss_sum += translation_loss(model, batch.src, batch.tgt_in, batch.tgt_out, 0.0).item()
         tokens += batch.n_tgt_tokens
     sources, references = group_references(corpus.splits["validation"])
-    sources, references = sources[: config.eval_sentences], references[: config.eval_sentences]
+    sources, references = sample_sources(sources, references, config.eval_sentences)  # across the split, not its shortest end
     bleu = None
     if sources:
         with autocast:
