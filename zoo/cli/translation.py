@@ -101,8 +101,8 @@ def _profile(ctx, model, overrides, data, resume, steps, json_out, options) -> N
 
     if resume is None and (model is None or data is None):
         raise click.UsageError("--profile needs MODEL and --data FILE (or --resume RUN_DIR for a run's settings)")
-    config = run_config(model or "", data or "", dict(overrides), options, given_options(ctx, options), resume) \
-        if resume is None else TrainConfig.load(resume)
+    config = TrainConfig.load(resume) if resume is not None else \
+        run_config(model, data, dict(overrides), options, given_options(ctx, options))
     result = profile_training(config, steps=steps, warn=lambda message: click.echo(f"warning: {message}", err=True))
     for line in report_lines(result):
         click.echo(line)

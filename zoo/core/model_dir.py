@@ -12,9 +12,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.core.files import HF_CONFIG, MANIFEST, SPEC, WEIGHTS, atomic_directory, sha256_file
+from zoo.core.files import HF_CONFIG, MANIFEST, SPEC, WEIGHTS, atomic_directory, read_json, sha256_file
 from zoo.core.spec import ModelSpec, load_spec
-from zoo.errors import WeightsError, first_line
+from zoo.errors import WeightsError, ZooError, first_line
 
 # Spec fields that do not change which weights fit.
 ARCHITECTURE_IGNORED = {"name", "description", "weights", "dropout", "tokenizer", "init",
@@ -134,8 +134,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
 def stored_dtype(path: Path) -> torch.dtype:
     """The dtype the directory's manifest says its weights are stored in (float32 if it does not say)."""
     try:
-        name = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("dtype", "float32")
-    except (OSError, ValueError, AttributeError):
+        name = read_json(path / MANIFEST).get("dtype", "float32")
+    except ZooError:
         name = "float32"
     dtype = getattr(torch, str(name), None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32

@@ -35,10 +35,11 @@ def points(run_dir: Path) -> list[Path]:
     """The run's weight points, oldest first."""
     folder = Path(run_dir) / AVERAGING
     found = folder.glob("step-*.safetensors") if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+    return sorted(found, key=point_step)
 
 
 def point_step(path: Path) -> int:
+    """The training step a weight point was taken at (from its name)."""
     return int(Path(path).stem.split("-")[1])
 
 

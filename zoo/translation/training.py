@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -376,7 +376,11 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     bar = tqdm(total=int(budget) if timed else int(total_steps) if total_steps < math.inf else None,
                initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
                desc="training", file=sys.stderr, dynamic_ncols=True, disable=not (progress and dist.is_main))
-    window = {"loss": torch.zeros((), device=device), "tgt": 0, "tokens": 0, "seconds": 0.0}
+    def new_window() -> dict:
+        """The steps since the last log record: summed loss (kept on the device), target tokens, tokens, seconds."""
+        return {"loss": torch.zeros((), device=device), "tgt": 0, "tokens": 0, "seconds": 0.0}
+
+    window = new_window()
     totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
     evaluation_due = Every(config.eval_every, p.seconds)
     snapshot_due = Every(config.checkpoint_every, p.seconds)
@@ -400,7 +404,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
                         "mfu": None if mfu is None else round(mfu, 4), "seconds": round(p.seconds, 1)})
         bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}",
                         mfu="n/a" if mfu is None else f"{mfu:.1%}", lr=f"{lr:.2e}", refresh=False)
-        window = {**dict.fromkeys(window, 0), "loss": torch.zeros((), device=device)}
+        window = new_window()
 
     def snapshot() -> None:
         randoms = dist.gather(random_state(device))
