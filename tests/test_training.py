@@ -199,8 +199,10 @@ def test_mfu_is_logged_and_train_profile_compares_the_loop_before_and_after(tmp_
     assert result.exit_code == 0, result.output
     profile = json.loads(out.read_text(encoding="utf-8"))
     names = [s["name"] for s in profile["stages"]]
-    assert names[0].startswith("before:") and names[-1] == "+ 256-token batches (the defaults)"
+    assert names[0].startswith("before:") and names[-1] == "+ dropout 0, the model's recipe (the defaults)"
+    assert "+ 256-token batches" in names and "+ zoo's dropout mask" in names
     assert profile["stages"][0]["speedup"] == 1.0 and all(s["tokens_per_second"] > 0 for s in profile["stages"])
+    assert all(0 < s["training_loss"] < 20 for s in profile["stages"])
     assert set(profile["operators"]) == {names[0], names[-1]}
     assert "MFU" in result.output and "where a step's time goes" in result.output
     assert not (tmp_path / "run2").exists()

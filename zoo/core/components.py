@@ -31,6 +31,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from zoo.core.dropout import Dropout
+
 
 @dataclass
 class NoOptions:
@@ -137,7 +139,7 @@ class Block(nn.Module):
             self.crossattention = None
         self.ln_2 = parts.norm()
         self.mlp = parts.mlp
-        self.dropout = nn.Dropout(parts.dropout)
+        self.dropout = Dropout(parts.dropout)
 
 
 class Exporter:

@@ -21,6 +21,7 @@ from torch import nn
 
 from zoo.core.cache import KVCache
 from zoo.core.components import BlockParts, Context
+from zoo.core.dropout import Dropout
 from zoo.core.masks import build_mask, memory_mask, positions_from_mask
 from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
@@ -97,7 +98,7 @@ class LanguageModel(nn.Module):
         self.spec = spec
         setattr(self, self.table_name, nn.Embedding(spec.vocab_size, spec.d_model))
         self.positional = make_component(spec, "positional")
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = Dropout(spec.dropout)
         self.embed_scale = math.sqrt(spec.d_model) if spec.scale_embeddings else 1.0
 
     @property

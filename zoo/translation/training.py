@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.dropout import Dropout
 from zoo.core.files import MANIFEST, SPEC, TRAIN_CONFIG, WEIGHTS, atomic_directory
 from zoo.core.model_dir import write_model_files
 from zoo.core.spec import ModelSpec, load_spec
@@ -40,6 +41,7 @@ from zoo.errors import DataError, ZooError
 from zoo.translation.averaging import average, point_step, points, save_point
 from zoo.translation.data import Batch, TokenBatches, group_references, read_pairs, sample_sources, split_pairs
 from zoo.translation.distributed import Distributed
+from zoo.translation.loss import smoothed_cross_entropy
 from zoo.translation.run_log import RunLog
 from zoo.translation.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
                                        set_random_state, snapshots)
@@ -73,9 +75,12 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def translation_loss(model: nn.Module, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
-                     smoothing: float) -> torch.Tensor:
-    """Summed label-smoothed cross-entropy over the non-padding target tokens."""
+                     smoothing: float, blocked: bool = True) -> torch.Tensor:
+    """Summed label-smoothed cross-entropy over the non-padding target tokens (``blocked``: see
+    :mod:`zoo.translation.loss`; else ``F.cross_entropy``, the same value)."""
     logits = model(src, tgt_in, (src != PAD_ID).long())  # (B, T, V)
+    if blocked:
+        return smoothed_cross_entropy(logits, tgt_out, smoothing, PAD_ID)
     return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
                            label_smoothing=smoothing, reduction="sum")
 
@@ -121,18 +126,29 @@ class Loop:
 
     Measured with ``zoo train --profile`` (see :mod:`zoo.translation.profile`) on the
     2-core CPU with AMX-bf16: the fused AdamW kernel instead of a Python loop over
-    parameters, and the plain ("math") attention kernel, which beats the flash-attention
-    kernel's backward pass several times over on sentences of 5-20 tokens. CUDA keeps
-    PyTorch's choice of attention kernel.
+    parameters; the plain ("math") attention kernel, which beats the flash-attention
+    kernel's backward pass several times over on sentences of 5-20 tokens; zoo's dropout
+    mask (:mod:`zoo.core.dropout`) and the blocked cross-entropy
+    (:mod:`zoo.translation.loss`). CUDA keeps PyTorch's kernels.
     """
 
     optimizer: str = "fused"  # fused | foreach | for-loop: the AdamW implementation
     attention: str = "math"  # math | auto: scaled_dot_product_attention's kernel on a CPU
     sync_every_step: bool = False  # read the loss back to the host after every step
+    dropout: str = "zoo"  # zoo | torch: whose dropout mask (the same distribution)
+    loss: str = "blocked"  # blocked | torch: how the cross-entropy is computed (the same value)
 
 
 # The loop before the measurement (zoo train --profile shows both)
-BEFORE = Loop(optimizer="for-loop", attention="auto", sync_every_step=True)
+BEFORE = Loop(optimizer="for-loop", attention="auto", sync_every_step=True, dropout="torch", loss="torch")
+
+
+def use_loop(model: nn.Module, loop: Loop) -> nn.Module:
+    """Set the model's dropout layers to the mask ``loop`` asks for; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.cheap_mask = loop.dropout == "zoo"
+    return model
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, loop: Loop = Loop()) -> torch.optim.Optimizer:
@@ -160,7 +176,8 @@ def train_step(net: nn.Module, model: nn.Module, batch: Batch, optimizer: torch.
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast, attention_kernel(loop, batch.src.device):
-        loss_sum = translation_loss(net, batch.src, batch.tgt_in, batch.tgt_out, config.label_smoothing)
+        loss_sum = translation_loss(net, batch.src, batch.tgt_in, batch.tgt_out, config.label_smoothing,
+                                    blocked=loop.loss == "blocked")
     scaler.scale(loss_sum / batch.n_tgt_tokens).backward()
     scaler.unscale_(optimizer)
     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=loop.optimizer != "for-loop")
@@ -342,7 +359,7 @@ def _train(config, run_dir, resume, force, progress, warn, on_step, dist: Distri
     if corpus.dropped and dist.is_main:
         warn(f"left out {corpus.dropped} training pairs longer than the context length ({spec.context_length} tokens)")
 
-    model = build(spec, seed=config.seed, device=device).train()
+    model = use_loop(build(spec, seed=config.seed, device=device).train(), loop)
     optimizer = make_optimizer(model, config, loop)
     autocast, needs_scaling = autocast_for(config, device)
     utilisation = measure_utilisation(spec, corpus.batches, device, getattr(autocast, "fast_dtype", torch.float32))
