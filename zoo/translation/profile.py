@@ -116,7 +116,8 @@ def profile_training(config: TrainConfig, steps: int = 40, rounds: int = 2, prog
     utilisation = measure_utilisation(spec, runs[plan[-1].name][0], dist.device,
                                       getattr(autocast, "fast_dtype", torch.float32))
 
-    def run(stage: Stage, first: int, count: int) -> None:
+    def run(stage: Stage, first: int, count: int, record: bool = True) -> None:
+        """Train ``count`` steps of ``stage``; add their tokens, seconds and loss to it if ``record``."""
         batches, model, optimizer = runs[stage.name]
         batch_plan = batches.plan(0)
         tokens, target_tokens, loss_sum, start = 0, 0, torch.zeros((), device=dist.device), time.perf_counter()
@@ -126,24 +127,22 @@ def profile_training(config: TrainConfig, steps: int = 40, rounds: int = 2, prog
                                    lr=config.lr / 10)
             tokens += batch.n_src_tokens + batch.n_tgt_tokens
             target_tokens += batch.n_tgt_tokens
-        stage.seconds += time.perf_counter() - start
-        stage.tokens, stage.target_tokens, stage.loss_sum = (stage.tokens + tokens, stage.target_tokens + target_tokens,
-                                                             stage.loss_sum + float(loss_sum))
+        if record:
+            stage.seconds += time.perf_counter() - start
+            stage.tokens, stage.target_tokens = stage.tokens + tokens, stage.target_tokens + target_tokens
+            stage.loss_sum += float(loss_sum)
 
     bar = tqdm(total=len(plan) * (rounds + 1), desc="profiling", unit="stage", disable=not progress)
     for stage in plan:  # warm-up: first calls allocate and pick kernels
-        run(stage, 0, 3)
+        run(stage, 0, 3, record=False)
         bar.update()
-    for stage in plan:
-        stage.tokens, stage.seconds, stage.loss_sum, stage.target_tokens = 0, 0.0, 0.0, 0
     for r in range(rounds):
         for stage in plan:
             run(stage, 3 + r * steps, steps)
             bar.update()
     bar.close()
-    measured = {stage.name: replace(stage) for stage in plan}
-    operators = {stage.name: top_operators(lambda: run(stage, 0, min(steps, 10))) for stage in (plan[0], plan[-1])}
-    plan = [measured[stage.name] for stage in plan]
+    operators = {stage.name: top_operators(lambda: run(stage, 0, min(steps, 10), record=False))
+                 for stage in (plan[0], plan[-1])}
     base = plan[0].tokens_per_second or 1.0
     return {"model": spec.name, "device": str(dist.device), "threads": torch.get_num_threads(),
             "dtype": utilisation.dtype, "steps_per_stage": steps * rounds, **utilisation.to_dict(),
