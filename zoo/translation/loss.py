@@ -57,11 +57,13 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         return out, None, None, None
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float,
-                           ignore_index: int) -> torch.Tensor:
-    """The summed loss over tokens whose target is not ``ignore_index``; logits (..., V), target (...)."""
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int,
+                           blocked: bool = True) -> torch.Tensor:
+    """The summed loss over tokens whose target is not ``ignore_index``; logits (..., V), target (...).
+
+    ``blocked=False``, or logits off the CPU (CUDA has fused kernels), uses ``F.cross_entropy``."""
     logits, target = logits.flatten(0, -2), target.flatten()
-    if logits.device.type != "cpu":  # CUDA: PyTorch's fused kernels
+    if not blocked or logits.device.type != "cpu":
         return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, label_smoothing=smoothing,
                                reduction="sum")
     return SmoothedCrossEntropy.apply(logits, target, smoothing, ignore_index)

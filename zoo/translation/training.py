@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.dropout import Dropout
@@ -79,10 +78,7 @@ def translation_loss(model: nn.Module, src: torch.Tensor, tgt_in: torch.Tensor, 
     """Summed label-smoothed cross-entropy over the non-padding target tokens (``blocked``: see
     :mod:`zoo.translation.loss`; else ``F.cross_entropy``, the same value)."""
     logits = model(src, tgt_in, (src != PAD_ID).long())  # (B, T, V)
-    if blocked:
-        return smoothed_cross_entropy(logits, tgt_out, smoothing, PAD_ID)
-    return F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID,
-                           label_smoothing=smoothing, reduction="sum")
+    return smoothed_cross_entropy(logits, tgt_out, smoothing, PAD_ID, blocked)
 
 
 def cpu_has_bf16() -> bool:
