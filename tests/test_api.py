@@ -65,7 +65,9 @@ def test_load_a_zoo_model_directory(hf_directory, tmp_path):
     again = zoo.load(tmp_path / "zoo")
     assert again.spec.name == model.spec.name
     ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(logits(again, ids), logits(model, ids), atol=0, rtol=0)
+    # the Hugging Face load keeps GPT-2's Conv1D weights as transposed views of the file; the saved
+    # copy is contiguous, and on some CPUs (AMD Zen 4) the two layouts take different matmul kernels
+    torch.testing.assert_close(logits(again, ids), logits(model, ids), atol=1e-5, rtol=0)
     torch.testing.assert_close(logits(again, ids), logits(hf_model, ids), atol=1e-4, rtol=0)
 
 

@@ -57,8 +57,12 @@ def test_python_m_zoo_cli_runs():
 
 def test_resume_keeps_the_trajectory_and_moves_the_budget(tmp_path):
     from zoo.errors import ZooError
-    from zoo.translation.resume import run_config
-    from zoo.translation.train_config import TrainConfig
+    from functools import partial
+
+    from zoo.training.resume import run_config
+    from zoo.translation.train_config import TranslationConfig as TrainConfig
+
+    run_config = partial(run_config, TrainConfig)
 
     data = tmp_path / "pairs.tsv"
     data.write_text("a\tb\n")

@@ -6,7 +6,7 @@ import pytest
 
 from zoo.core.flops import training_flops, training_flops_per_token
 from zoo.core.spec import load_spec
-from zoo.translation.training import Utilisation
+from zoo.training.loop import Utilisation
 
 
 def matmul(m: int, k: int, n: int) -> int:

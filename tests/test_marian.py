@@ -18,7 +18,8 @@ from zoo.core.spec import load_spec
 from zoo.hf.marian import marian_inexact, marian_table, stream_permutation, to_marian_model
 from zoo.plugins.positional.sinusoidal import sinusoid_table
 from zoo.translation.search import greedy_search, load_translator
-from zoo.translation.training import TrainConfig, train
+from zoo.translation.train_config import TranslationConfig as TrainConfig
+from zoo.training.run import train_run as train
 from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 single_thread = pytest.fixture(autouse=True)(one_thread)

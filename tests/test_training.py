@@ -17,7 +17,9 @@ from synthetic_pairs import TINY_MODEL, TINY_OVERRIDES, one_thread, write_tsv
 from zoo.core.model_dir import load_model
 from zoo.cli import cli
 from zoo.translation.vocabulary import Vocabulary
-from zoo.translation.training import TrainConfig, learning_rate, train
+from zoo.training.loop import learning_rate
+from zoo.training.run import train_run as train
+from zoo.translation.train_config import TranslationConfig as TrainConfig
 
 single_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -163,15 +165,31 @@ def test_training_on_gpu_with_mixed_precision(tmp_path):
     assert load_model(tmp_path / "run", device="cuda").spec.vocab_size == Vocabulary.load(tmp_path / "run").size
 
 
-def test_checkpoint_averaging_publishes_the_mean_of_the_points_it_names(tmp_path):
+def final_losses(monkeypatch, last: float, mean: float) -> None:
+    """Make the end of a run validate the last weights at ``last`` and their mean at ``mean``."""
+    from zoo.translation.task import TranslationTask
+
+    real = TranslationTask.validate
+    finals = iter([last, mean])
+
+    def validate(self, model, device, autocast, final):
+        result = real(self, model, device, autocast, final)
+        return {**result, "loss": next(finals)} if final else result
+
+    monkeypatch.setattr(TranslationTask, "validate", validate)
+
+
+def test_checkpoint_averaging_publishes_the_mean_of_late_points_when_it_validates_better(tmp_path, monkeypatch):
     data = write_tsv(tmp_path / "pairs.tsv")
     run = tmp_path / "run"
-    summary = train(tiny_config(data, max_steps=10, average_every=2, average_last=3), run, progress=False)
-    assert summary["averaged_steps"] == [6, 8, 10]
+    final_losses(monkeypatch, last=2.0, mean=1.5)
+    summary = train(tiny_config(data, max_steps=16, average_every=2, average_last=4), run, progress=False)
+    # points at 10, 12, 14, 16 are kept; 10 lies before the last quarter (step 12 on): the steep part
+    assert summary["averaged_steps"] == [12, 14, 16]
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["training"]["averaged_steps"] == [6, 8, 10]
-    assert sorted(p.name for p in (run / "averaging").iterdir()) == [f"step-{s:08d}.safetensors" for s in (6, 8, 10)]
-    points = [load_file(run / "averaging" / f"step-{s:08d}.safetensors") for s in (6, 8, 10)]
+    assert manifest["training"]["averaged_steps"] == [12, 14, 16]
+    assert sorted(p.name for p in (run / "averaging").iterdir()) == [f"step-{s:08d}.safetensors" for s in (10, 12, 14, 16)]
+    points = [load_file(run / "averaging" / f"step-{s:08d}.safetensors") for s in (12, 14, 16)]
     published = load_file(run / "model.safetensors")
     assert published.keys() == points[0].keys()
     for name, value in published.items():
@@ -179,10 +197,24 @@ def test_checkpoint_averaging_publishes_the_mean_of_the_points_it_names(tmp_path
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
     assert any(not torch.equal(points[0][n], points[2][n]) for n in published)  # the points differ: a real mean
     # the training snapshot keeps the weights as trained, so a resumed run continues from them
-    trained = load_file(run / "checkpoints/step-00000010/model.safetensors")
+    trained = load_file(run / "checkpoints/step-00000016/model.safetensors")
     assert all(torch.equal(trained[n], points[2][n]) for n in published)
     validations = records(run, "validation")
-    assert "averaged_steps" not in validations[-2] and validations[-1]["averaged_steps"] == [6, 8, 10]
+    assert "averaged_steps" not in validations[-2] and validations[-1]["averaged_steps"] == [12, 14, 16]
+
+
+def test_checkpoint_averaging_never_publishes_a_mean_that_validates_worse(tmp_path, monkeypatch):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    run = tmp_path / "run"
+    final_losses(monkeypatch, last=1.5, mean=2.0)
+    summary = train(tiny_config(data, max_steps=16, average_every=2, average_last=4), run, progress=False)
+    assert summary["averaged_steps"] is None and summary["validation"]["loss"] == 1.5
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert "averaged_steps" not in manifest["training"]
+    published = load_file(run / "model.safetensors")
+    trained = load_file(run / "checkpoints/step-00000016/model.safetensors")
+    assert all(torch.equal(trained[n], published[n]) for n in published)  # the last weights
+    assert records(run, "validation")[-1]["averaged_steps"] == [12, 14, 16]  # the mean was tried and logged
 
 
 def test_mfu_is_logged_and_train_profile_compares_the_loop_before_and_after(tmp_path):

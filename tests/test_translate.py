@@ -14,7 +14,7 @@ from zoo.core.model_dir import save_model
 from zoo.cli import cli
 from zoo.translation.evaluate import edit_distance, score
 from zoo.translation.vocabulary import EOS_ID, PAD_ID, Vocabulary
-from zoo.translation.training import TrainConfig
+from zoo.translation.train_config import TranslationConfig as TrainConfig
 from zoo.translation.search import Translator, beam_search, greedy_search, load_translator
 
 single_thread = pytest.fixture(autouse=True)(one_thread)

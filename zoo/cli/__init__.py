@@ -1,6 +1,6 @@
 """The ``zoo`` command line: a click group with one short function per command, each
 calling the Python API; one module per area (models, export, verify, generate,
-translation, bench, show).
+training, translation, compare, bench, show).
 
 Heavy imports (torch, transformers, onnx) happen inside the commands, so ``zoo --help``
 and ``zoo list`` never import torch. Every :class:`zoo.errors.ZooError` is printed as one
@@ -45,9 +45,9 @@ def cli(plugins):
 
 
 def _add_commands() -> None:
-    from zoo.cli import bench, export, generate, models, show, translation, verify
+    from zoo.cli import bench, compare, export, generate, models, show, training, translation, verify
 
-    for area in (models, export, verify, generate, translation, bench, show):
+    for area in (models, export, verify, generate, training, translation, compare, bench, show):
         for command in area.COMMANDS:
             cli.add_command(command)
 

@@ -48,6 +48,10 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
         from zoo.hf.tokenizer import weights_tokenizer
 
         weights = run_weights(model, weights)
+        if weights:
+            from zoo.training.run import check_trained
+
+            check_trained(weights)
         tokenizer = weights_tokenizer(load_spec_arg(model, overrides), tokenizer_dir, weights)
     batch = tokenizer(list(prompts), padding=True, return_tensors="pt")
     empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import WEIGHTS_HELP, run_weights, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import WEIGHTS_HELP, print_table, run_weights, load_spec_arg, model_from_args, spec_options
 
 MODELS_HOME = "ZOO_HOME"  # zoo build writes to $ZOO_HOME/models/NAME, else ./models/NAME
 
@@ -27,12 +27,12 @@ def list_cmd(parameters):
 
     entries = catalog()
     if not parameters:
-        _table(("model", "family", "description"), [(e.name, e.family, e.description) for e in entries])
+        print_table(("model", "family", "description"), [(e.name, e.family, e.description) for e in entries])
         return
     from zoo.core.limits import model_size
     from zoo.core.spec import load_spec
 
-    _table(("model", "family", "parameters", "description"),
+    print_table(("model", "family", "parameters", "description"),
            [(e.name, e.family, f"{model_size(load_spec(e.name)).parameters:,}", e.description) for e in entries])
 
 
@@ -42,7 +42,7 @@ def plugins():
     from zoo.core.registry import get_registry
 
     rows = [(e.kind, e.name, _qualname(e.component), e.origin) for e in get_registry().entries()]
-    _table(("kind", "name", "class", "origin"), rows)
+    print_table(("kind", "name", "class", "origin"), rows)
 
 
 @click.command()
@@ -56,7 +56,7 @@ def describe(model, overrides):
     click.echo(spec.to_yaml().rstrip())
     click.echo()
     total = sum(r.count for r in rows)
-    _table(("part", "plugin", "parameters", "share"),
+    print_table(("part", "plugin", "parameters", "share"),
            [(r.part, r.plugin, f"{r.count:,}", f"{100 * r.count / total:.1f}%") for r in rows]
            + [("total", "", f"{total:,}", "100.0%")])
     if not exact:
@@ -89,15 +89,6 @@ def build(model, overrides, output, weights, seed, dtype, force):
 
 def _qualname(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
-def _table(header, rows) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    click.echo(line.format(*header).rstrip())
-    click.echo(line.format(*("-" * w for w in widths)).rstrip())
-    for row in rows:
-        click.echo(line.format(*row).rstrip())
 
 
 COMMANDS = (list_cmd, plugins, describe, build)

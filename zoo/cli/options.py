@@ -32,7 +32,7 @@ class IntervalType(click.ParamType):
     name = "text"
 
     def convert(self, value, param, ctx):
-        from zoo.translation.train_config import parse_interval
+        from zoo.training.config import parse_interval
 
         try:
             parse_interval(value)
@@ -105,3 +105,13 @@ def model_from_args(spec, weights: str | None, seed: int = 0, device: str = "cpu
     from zoo.core.builder import build as build_model
 
     return build_model(spec, seed=seed, device=device, dtype=dtype)
+
+
+def print_table(header, rows) -> None:
+    """Columns aligned under a header and a rule, as ``zoo list`` and ``zoo compare`` print them."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(line.format(*header).rstrip())
+    click.echo(line.format(*("-" * w for w in widths)).rstrip())
+    for row in rows:
+        click.echo(line.format(*row).rstrip())

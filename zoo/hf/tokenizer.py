@@ -47,8 +47,13 @@ def json_tokenizer(directory: Path, spec: ModelSpec):
 
 def weights_tokenizer(spec: ModelSpec, tokenizer_dir: str | Path | None, weights: str | None):
     """:func:`tokenizer_for` where the checkpoint is wherever ``--weights`` points (a Hugging
-    Face directory, a hub id, or "hf")."""
+    Face directory, a hub id, "hf", or a zoo model directory such as a training run's, whose
+    ``tokenizer.json`` the run wrote)."""
+    from zoo.core.model_dir import is_model_directory
     from zoo.hf.checkpoint import hf_source_directory
 
-    checkpoint = hf_source_directory(spec, weights) if weights and tokenizer_dir is None else None
+    checkpoint = None
+    if weights and tokenizer_dir is None:
+        local = Path(weights).expanduser()
+        checkpoint = local if local.is_dir() and is_model_directory(local) else hf_source_directory(spec, weights)
     return tokenizer_for(spec, tokenizer_dir, checkpoint)

@@ -26,10 +26,10 @@ import torch
 
 from zoo.core.builder import build
 from zoo.core.spec import load_spec
-from zoo.translation.distributed import Distributed
-from zoo.translation.train_config import TrainConfig
-from zoo.translation.training import (BEFORE, Loop, autocast_for, make_optimizer, measure_utilisation, read_split,
-                                      tokenize_corpus, train_step, use_loop)
+from zoo.training.distributed import Distributed
+from zoo.training.loop import BEFORE, Loop, autocast_for, make_optimizer, measure_utilisation, train_step, use_loop
+from zoo.translation.task import TranslationTask, read_split, tokenize_corpus
+from zoo.translation.train_config import TranslationConfig
 from zoo.translation.vocabulary import Vocabulary
 
 SAMPLE_PAIRS = 20_000  # training pairs the profile's vocabulary and batches come from
@@ -91,7 +91,7 @@ def top_operators(run_steps: Callable[[], None], count: int = 6) -> list[tuple[s
     return [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in ranked]
 
 
-def profile_training(config: TrainConfig, steps: int = 40, rounds: int = 2, progress: bool = True,
+def profile_training(config: TranslationConfig, steps: int = 40, rounds: int = 2, progress: bool = True,
                      warn: Callable[[str], None] = print) -> dict:
     """Tokens/s and MFU of every stage on the same batches; the operator profile of the first and last."""
     from tqdm import tqdm
@@ -109,11 +109,14 @@ def profile_training(config: TrainConfig, steps: int = 40, rounds: int = 2, prog
     plan = stages(config.batch_tokens, spec.dropout)
     runs = {}
     for stage in plan:
-        corpus = tokenize_corpus(sample, vocabulary, replace(config, batch_tokens=stage.batch_tokens), spec, dist)
+        corpus = tokenize_corpus(sample, vocabulary, replace(config, batch_tokens=stage.batch_tokens), spec,
+                                 dist.rank, dist.world)
         stage_spec = load_spec(config.model, {**config.overrides, "vocab_size": vocabulary.size, "dropout": stage.dropout})
         model = use_loop(build(stage_spec, seed=config.seed, device=dist.device).train(), stage.loop)
         runs[stage.name] = (corpus.batches, model, make_optimizer(model, config, stage.loop))
-    utilisation = measure_utilisation(spec, runs[plan[-1].name][0], dist.device,
+    task = TranslationTask(config, warn)  # the loss; its corpus: the last stage's, for the FLOPs per token
+    task.corpus = corpus
+    utilisation = measure_utilisation(task.flops_per_token(spec), dist.device,
                                       getattr(autocast, "fast_dtype", torch.float32))
 
     def run(stage: Stage, first: int, count: int, record: bool = True) -> None:
@@ -123,8 +126,8 @@ def profile_training(config: TrainConfig, steps: int = 40, rounds: int = 2, prog
         tokens, target_tokens, loss_sum, start = 0, 0, torch.zeros((), device=dist.device), time.perf_counter()
         for i in range(first, first + count):
             batch = batches.collate(batch_plan[i % len(batch_plan)]).to(dist.device)
-            loss_sum += train_step(model, model, batch, optimizer, scaler, autocast, config, stage.loop,
-                                   lr=config.lr / 10)
+            loss_sum += train_step(model, model, task, batch, optimizer, scaler, autocast, config, stage.loop,
+                                   lr=config.lr / 10)[0]
             tokens += batch.n_src_tokens + batch.n_tgt_tokens
             target_tokens += batch.n_tgt_tokens
         if record:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ROWS = 32  # rows per block: 32 × 8,000 float32 logits are 1 MB
+ROWS = 32  # rows per block at least: 32 × 8,000 float32 logits are 1 MB
+BLOCK = 32 * 8000  # logits per block: fewer, larger blocks for a small vocabulary (a character model's 65)
 
 
 class SmoothedCrossEntropy(torch.autograd.Function):
@@ -31,10 +32,11 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         safe = target.masked_fill(~valid, 0)
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)
         total = torch.empty_like(lse)
-        for start in range(0, n, ROWS):
-            block = logits[start : start + ROWS].float()  # (R, V)
-            torch.logsumexp(block, dim=-1, out=lse[start : start + ROWS])
-            torch.sum(block, dim=-1, out=total[start : start + ROWS])
+        size = max(ROWS, BLOCK // vocab)
+        for start in range(0, n, size):
+            block = logits[start : start + size].float()  # (R, V)
+            torch.logsumexp(block, dim=-1, out=lse[start : start + size])
+            torch.sum(block, dim=-1, out=total[start : start + size])
         picked = logits.gather(1, safe[:, None]).squeeze(1).float()  # (N,)
         rows = lse - (1.0 - smoothing) * picked - (smoothing / vocab) * total
         ctx.save_for_backward(logits, safe, valid, lse)
@@ -48,8 +50,9 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         smoothing = ctx.smoothing
         weight = (grad * valid)[:, None]  # (N, 1): padding rows get no gradient
         out = torch.empty_like(logits)
-        for start in range(0, n, ROWS):
-            rows = slice(start, start + ROWS)
+        step = max(ROWS, BLOCK // vocab)
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
             probs = torch.exp(logits[rows].float() - lse[rows, None])  # softmax, (R, V)
             probs.sub_(smoothing / vocab)
             probs.scatter_add_(1, safe[rows, None], torch.full_like(lse[rows, None], smoothing - 1.0))

@@ -1,0 +1,1 @@
+"""The training loop every task shares, and what reads its runs."""

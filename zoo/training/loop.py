@@ -1,0 +1,487 @@
+"""The training loop every task shares: ``zoo train`` for translation and language modelling.
+
+A task (:class:`zoo.training.task.Task`) supplies data, loss and evaluation; this module
+does the rest: AdamW with warm-up and a schedule (cosine to a tenth of the peak over the
+budget, or the 2017 paper's inverse square root), gradient clipping, mixed precision
+(bf16 or fp16 on GPU, bf16 on CPUs that have it), training snapshots written atomically
+and resumable, checkpoint averaging, DistributedDataParallel when launched by
+``torchrun``, model FLOP utilisation on screen. A run directory holds::
+
+    spec.yaml model.safetensors manifest.json   the published weights, a zoo model directory
+    tokenizer.json (...)                        the task's tokenizer
+    train.json                                  the run's settings (zoo.training.config)
+    checkpoints/step-N/                         training snapshots to resume from (zoo.training.snapshots)
+    averaging/step-N.safetensors                weight points whose mean may be published (zoo.training.averaging)
+    metrics.jsonl curves.png                    loss, tokens/s, MFU, validation figures
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from zoo.core.dropout import Dropout
+from zoo.core.files import MANIFEST, SPEC, TRAIN_CONFIG, WEIGHTS, atomic_directory
+from zoo.core.model_dir import write_model_files
+from zoo.core.spec import ModelSpec
+from zoo.errors import DataError, ZooError
+from zoo.training.averaging import average, point_step, points, save_point
+from zoo.training.config import TrainConfig, parse_interval
+from zoo.training.distributed import Distributed
+from zoo.training.run_log import RunLog
+from zoo.training.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
+                                    set_random_state, snapshots)
+from zoo.training.task import Task
+
+
+class Every:
+    """Whether a step- or time-based interval has come round; time intervals count training seconds."""
+
+    def __init__(self, value: int | str, seconds: float) -> None:
+        self.unit, self.amount = parse_interval(value)
+        self.last_seconds = seconds
+
+    def due(self, step: int, seconds: float) -> bool:
+        if self.unit == "steps":
+            return step % self.amount == 0
+        if seconds - self.last_seconds >= self.amount:
+            self.last_seconds = seconds
+            return True
+        return False
+
+
+def learning_rate(step: int, config: TrainConfig, progress: float = 0.0) -> float:
+    """The learning rate of optimizer step ``step`` (from 1), ``progress`` (0..1) through the budget.
+
+    Linear warm-up to ``config.lr`` over ``warmup_steps``, then ``inverse-sqrt``: decay as
+    1/√step (with ``lr = d_model^-0.5 · warmup^-0.5`` the 2017 paper's schedule);
+    ``cosine``: half a cosine from the peak to a tenth of it at the end of the budget
+    (nanoGPT's and GPT-3's); ``constant``: the peak.
+    """
+    step = max(step, 1)
+    warm = min(1.0, step / config.warmup_steps)
+    if config.schedule == "inverse-sqrt":
+        return config.lr * min(warm, math.sqrt(config.warmup_steps / step))
+    if warm < 1.0 or config.schedule == "constant":
+        return config.lr * warm
+    floor = config.lr / 10
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels for this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(config: TrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The mixed-precision context for ``config.amp`` and whether fp16 gradient scaling is needed
+    (the context's ``fast_dtype`` is the dtype matmuls run in; float32 without autocast)."""
+    mode = config.amp
+    if mode == "auto" and device.type == "cuda":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif mode == "auto":  # bf16 only where the CPU computes it natively (AVX512-BF16, AMX): 1.5x faster here
+        mode = "bf16" if cpu_has_bf16() else "off"
+    if mode == "off":
+        return contextlib.nullcontext(), False
+    if mode not in ("bf16", "fp16"):
+        raise DataError(f"--amp {mode}: choose auto, off, bf16 or fp16")
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), mode == "fp16" and device.type == "cuda"
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for param in model.parameters():
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How a step is carried out: choices that change its speed, not its arithmetic.
+
+    Measured with ``zoo train --profile`` (see :mod:`zoo.translation.profile`) on the
+    2-core CPU with AMX-bf16: the fused AdamW kernel instead of a Python loop over
+    parameters; the plain ("math") attention kernel, which beats the flash-attention
+    kernel's backward pass several times over on sentences of 5-20 tokens; zoo's dropout
+    mask (:mod:`zoo.core.dropout`) and the blocked cross-entropy
+    (:mod:`zoo.training.loss`). CUDA keeps PyTorch's kernels.
+    """
+
+    optimizer: str = "fused"  # fused | foreach | for-loop: the AdamW implementation
+    attention: str = "math"  # math | auto: scaled_dot_product_attention's kernel on a CPU
+    sync_every_step: bool = False  # read the loss back to the host after every step
+    dropout: str = "zoo"  # zoo | torch: whose dropout mask (the same distribution)
+    loss: str = "blocked"  # blocked | torch: how the cross-entropy is computed (the same value)
+
+
+# The loop before the measurement (zoo train --profile shows both)
+BEFORE = Loop(optimizer="for-loop", attention="auto", sync_every_step=True, dropout="torch", loss="torch")
+
+
+def use_loop(model: nn.Module, loop: Loop) -> nn.Module:
+    """Set the model's dropout layers to the mask ``loop`` asks for; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.cheap_mask = loop.dropout == "zoo"
+    return model
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, loop: Loop = Loop()) -> torch.optim.Optimizer:
+    """AdamW (β1 0.9, the config's β2 and ε), no weight decay on biases, norms and other vectors."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[loop.optimizer]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.lr, betas=(0.9, config.beta2), eps=config.eps, **kernel)
+
+
+def attention_kernel(loop: Loop, device: torch.device) -> contextlib.AbstractContextManager:
+    """The scaled_dot_product_attention kernel ``loop`` asks for on this device."""
+    if loop.attention == "math" and device.type == "cpu":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
+def train_step(net: nn.Module, model: nn.Module, task: Task, batch, optimizer: torch.optim.Optimizer, scaler,
+               autocast, config: TrainConfig, loop: Loop, lr: float) -> tuple[torch.Tensor, int]:
+    """One optimizer step on ``batch``; returns the task's summed loss (a detached tensor) and its term count."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast, attention_kernel(loop, next(model.parameters()).device):
+        loss_sum, count = task.loss(net, batch, blocked=loop.loss == "blocked")
+    scaler.scale(loss_sum / count).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=loop.optimizer != "for-loop")
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = loss_sum.detach()
+    if loop.sync_every_step:
+        loss_sum = torch.tensor(loss_sum.item())
+    return loss_sum, count
+
+
+@dataclass
+class Utilisation:
+    """Model FLOP utilisation: the model's FLOPs per second over the device's matmul ceiling."""
+
+    flops_per_token: float  # one training pass, per counted token, at the data's mean lengths
+    ceiling: float | None  # FLOP/s of a large matmul in the dtype training computes in
+    dtype: str
+
+    def of(self, tokens_per_second: float) -> float | None:
+        """The fraction of the ceiling ``tokens_per_second`` uses."""
+        return tokens_per_second * self.flops_per_token / self.ceiling if self.ceiling else None
+
+    def to_dict(self) -> dict:
+        return {"flops_per_token": round(self.flops_per_token), "matmul_ceiling_flop_per_s": self.ceiling,
+                "dtype": self.dtype}
+
+
+def measure_utilisation(flops_per_token: float, device: torch.device, dtype: torch.dtype) -> Utilisation:
+    """Time the device's matmul ceiling in ``dtype`` (as ``zoo bench`` does, briefly: about a second)."""
+    from zoo.bench.ceilings import matmul_ceiling, matmul_size
+
+    ceiling = matmul_ceiling(dtype, str(device), matmul_size(device), warmup=1, repeats=10)
+    best = ceiling["flop_per_s"]["max"] if "flop_per_s" in ceiling else None
+    return Utilisation(flops_per_token, best, str(dtype).removeprefix("torch."))
+
+
+def publish_weights(run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict) -> None:
+    """Replace the run directory's ``model.safetensors`` and ``manifest.json``, each atomically."""
+    tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
+    try:
+        write_model_files(model, spec, tmp, extra)
+        for name in (WEIGHTS, SPEC, MANIFEST):
+            os.replace(tmp / name, run_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+LATE = 0.75  # checkpoint averaging takes weight points from the last quarter of the run's steps only
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: bool = False, progress: bool = True,
+        on_step: Callable[[int], None] | None = None, loop: Loop = Loop()) -> dict:
+    """Train ``task`` into ``run_dir`` (new, or continued from its newest training snapshot with ``resume``).
+
+    Returns a summary (steps, tokens, seconds, tokens/s, MFU, the last validation). ``on_step``
+    is called with the step number after every optimizer step.
+    """
+    run_dir = Path(run_dir)
+    dist = Distributed.start(task.config.device)
+    try:
+        return Trainer(task, run_dir, dist, loop, progress, on_step).run(resume, force)
+    finally:
+        dist.stop()
+
+
+class Trainer:
+    """One session of a run: the state the steps, logs, snapshots and validations share."""
+
+    def __init__(self, task: Task, run_dir: Path, dist: Distributed, loop: Loop, progress: bool,
+                 on_step: Callable[[int], None] | None) -> None:
+        self.task, self.config, self.run_dir, self.dist, self.loop = task, task.config, run_dir, dist, loop
+        self.show_progress, self.on_step = progress, on_step
+        self.device = dist.device
+        self.last_validation: dict = {}
+        self.totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
+
+    # ------------------------------------------------------------------ setting up
+
+    def start_run(self, resume: bool, force: bool) -> None:
+        """Check the run directory and, for a new run, write it (on the main process)."""
+        run_dir, config = self.run_dir, self.config
+        if not resume and run_dir.exists() and any(run_dir.iterdir()) and not force:
+            raise ZooError(f"{run_dir} already exists; continue it with --resume {run_dir} or replace it with --force")
+        if resume and not (run_dir / TRAIN_CONFIG).is_file():
+            raise DataError(f"{run_dir}: no training run to resume (no {TRAIN_CONFIG}); start one with -o {run_dir}")
+        if not resume and self.dist.is_main:
+            with atomic_directory(run_dir, overwrite=force) as tmp:
+                self.task.create(tmp)
+                config.save(tmp)
+        self.dist.barrier()
+
+    def set_up(self, resume: bool) -> None:
+        from zoo.core.builder import build
+
+        config, device = self.config, self.device
+        self.spec = self.task.open(self.run_dir, self.dist.rank, self.dist.world)
+        self.model = use_loop(build(self.spec, seed=config.seed, device=device).train(), self.loop)
+        copy_weights(self.model, load_file(str(self.run_dir / WEIGHTS), device=str(device)), str(self.run_dir / WEIGHTS))
+        self.optimizer = make_optimizer(self.model, config, self.loop)
+        self.autocast, self.needs_scaling = autocast_for(config, device)
+        self.utilisation = measure_utilisation(self.task.flops_per_token(self.spec), device,
+                                               getattr(self.autocast, "fast_dtype", torch.float32))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.needs_scaling)
+        torch.manual_seed(config.seed * 1000 + self.dist.rank)  # dropout
+        self.p = Progress()
+        found = snapshots(self.run_dir) if resume else []
+        if found:
+            restored = load_snapshot(found[-1], self.model, self.optimizer, device)
+            self.p = restored.progress
+            if len(restored.random_states) == self.dist.world:
+                set_random_state(restored.random_states[self.dist.rank], device)
+            if restored.scaler:
+                self.scaler.load_state_dict(restored.scaler)
+        self.log = RunLog(self.run_dir, resume_step=self.p.step, metric=self.task.metric) if self.dist.is_main else None
+        self.net = self.model
+        if self.dist.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.steps_per_epoch = self.task.steps_per_epoch()
+        self.total_steps = min(config.max_steps or math.inf, config.epochs * self.steps_per_epoch)
+        self.budget = config.max_minutes * 60 if config.max_minutes is not None else math.inf
+
+    def progress_fraction(self) -> float:
+        """How far through its budget (steps or time, whichever is nearer its end) the run is."""
+        p = self.p
+        return max(p.step / self.total_steps, p.seconds / self.budget)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, resume: bool, force: bool) -> dict:
+        from tqdm import tqdm
+
+        self.start_run(resume, force)
+        self.set_up(resume)
+        p, dist, config = self.p, self.dist, self.config
+        timed = self.budget < math.inf
+        if dist.is_main and p.step == 0:
+            self.log.append({"event": "start", "step": 0, "task": config.task, "steps_per_epoch": self.steps_per_epoch,
+                             "world": dist.world, "device": str(self.device), "threads": torch.get_num_threads(),
+                             "parameters": sum(t.numel() for t in self.model.parameters()),
+                             "trainable_parameters": sum(t.numel() for t in self.model.parameters() if t.requires_grad),
+                             **self.task.start_record(), **self.utilisation.to_dict()})
+        self.bar = tqdm(total=int(self.budget) if timed else int(self.total_steps) if self.total_steps < math.inf else None,
+                        initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
+                        desc="training", file=sys.stderr, dynamic_ncols=True,
+                        disable=not (self.show_progress and dist.is_main))
+        self.window = self.new_window()
+        evaluation_due = Every(config.eval_every, p.seconds)
+        snapshot_due = Every(config.checkpoint_every, p.seconds)
+        point_due = Every(config.average_every, p.seconds)
+        self.session_start, self.seconds_before = time.perf_counter(), p.seconds
+        try:
+            stop = p.step >= self.total_steps or p.seconds >= self.budget
+            while not stop:
+                lr = self.step()
+                if p.step % config.log_every == 0:
+                    self.flush_window(lr)
+                self.bar.update(int(p.seconds) - self.bar.n if timed else 1)
+                stop = p.step >= self.total_steps or p.seconds >= self.budget
+                evaluate, save = evaluation_due.due(p.step, p.seconds), snapshot_due.due(p.step, p.seconds)
+                point = point_due.due(p.step, p.seconds) and config.average_last > 1
+                stop, evaluate, save, point = dist.broadcast((stop, evaluate, save, point))  # rank 0's clock decides
+                if point and not stop and dist.is_main:
+                    save_point(self.run_dir, self.model, p.step, config.average_last)
+                if evaluate and not stop:
+                    self.validate()
+                if save and not stop:
+                    self.snapshot()
+                if self.on_step is not None:
+                    self.on_step(p.step)
+            if self.window["seconds"]:
+                self.flush_window(learning_rate(p.step, config, self.progress_fraction()))
+            last = self.validate(final=True)
+            self.snapshot()
+            if config.average_last > 1:
+                self.average_weights(last)
+        finally:
+            self.bar.close()
+        return self.summary()
+
+    def step(self) -> float:
+        """One optimizer step on the next batch; returns its learning rate."""
+        p = self.p
+        batch = self.task.batch(p.epoch, p.batch, self.device)
+        tick = time.perf_counter()
+        lr = learning_rate(p.step + 1, self.config, self.progress_fraction())
+        loss_sum, terms = train_step(self.net, self.model, self.task, batch, self.optimizer, self.scaler,
+                                     self.autocast, self.config, self.loop, lr)
+        self.window["loss"] += loss_sum
+        self.window["terms"] += terms
+        self.window["tokens"] += self.task.tokens(batch)
+        self.window["seconds"] += time.perf_counter() - tick
+        p.step += 1
+        p.batch += 1
+        if p.batch >= self.steps_per_epoch:
+            p.epoch, p.batch = p.epoch + 1, 0
+        p.seconds = self.seconds_before + time.perf_counter() - self.session_start
+        return lr
+
+    def new_window(self) -> dict:
+        """The steps since the last log record: summed loss (kept on the device), its terms, tokens, seconds."""
+        return {"loss": torch.zeros((), device=self.device), "terms": 0, "tokens": 0, "seconds": 0.0}
+
+    def flush_window(self, lr: float) -> None:
+        """Log the loss and throughput of the steps since the last record."""
+        dist, p, window = self.dist, self.p, self.window
+        tokens = int(dist.sum(window["tokens"]))
+        loss = dist.sum(float(window["loss"])) / max(dist.sum(window["terms"]), 1)
+        rate = tokens / max(window["seconds"], 1e-9)
+        mfu = self.utilisation.of(rate / dist.world)  # each process has its own device and ceiling
+        p.tokens += tokens
+        self.totals["tokens"] += tokens
+        self.totals["seconds"] += window["seconds"]
+        if dist.is_main:
+            self.log.append({"event": "train", "step": p.step,
+                             "epoch": round(p.epoch + p.batch / self.steps_per_epoch, 4), "loss": round(loss, 4),
+                             "lr": lr, "tokens_per_second": round(rate, 1),
+                             "mfu": None if mfu is None else round(mfu, 4), "seconds": round(p.seconds, 1),
+                             "tokens": p.tokens})
+        self.bar.set_postfix(step=p.step, loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}",
+                             mfu="n/a" if mfu is None else f"{mfu:.1%}", lr=f"{lr:.2e}", refresh=False)
+        self.window = self.new_window()
+
+    def training_record(self) -> dict:
+        p = self.p
+        return {"step": p.step, "tokens": p.tokens, "seconds": round(p.seconds, 1)}
+
+    def snapshot(self) -> None:
+        """Write a training snapshot and publish the current weights (on the main process)."""
+        dist, p = self.dist, self.p
+        randoms = dist.gather(random_state(self.device))
+        digests = dist.gather(parameter_digest(self.model))
+        if dist.is_main:
+            save_snapshot(self.run_dir, self.model, self.optimizer, p, randoms,
+                          self.scaler.state_dict() if self.needs_scaling else None, keep=self.config.keep_checkpoints)
+            publish_weights(self.run_dir, self.model, self.spec, {"training": {
+                **self.training_record(), "validation": self.last_validation.get("loss")}})
+            # "checkpoint": the event's name in metrics.jsonl, kept for existing runs and their readers
+            self.log.append({"event": "checkpoint", "step": p.step, "replica_digests": digests,
+                             "replicas_identical": len(set(digests)) == 1})
+            if len(set(digests)) > 1:
+                self.task.warn(f"step {p.step}: the {dist.world} replicas' weights differ")
+        dist.barrier()
+
+    def validate(self, final: bool = False, averaged: list[int] | None = None) -> dict:
+        """Validate the current weights on the main process and log the result (returned there)."""
+        result: dict = {}
+        if self.dist.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                result = self.task.validate(self.model, self.device, self.autocast, final)
+            self.model.train()
+            record = {"event": "validation", **self.training_record(), **result}
+            if averaged:
+                record["averaged_steps"] = averaged
+            self.log.append(record)
+            self.log.plot()
+            what = f", mean of the weights at steps {averaged[0]:,}-{averaged[-1]:,} ({len(averaged)})" if averaged else ""
+            self.bar.write(f"step {self.p.step}: {self.task.describe(result)}{what}", file=sys.stderr)
+            if not averaged:
+                self.last_validation = record
+        self.dist.barrier()
+        return result
+
+    def average_weights(self, last: dict) -> None:
+        """Publish the mean of the late weight points if it validates better than the last weights.
+
+        Points from the steep part of the curve would drag the mean back, so only those from
+        the last quarter of the run's steps count; and a mean that validates worse than the
+        last weights (on the same final validation) is never published.
+        """
+        dist, p = self.dist, self.p
+        chosen: list[Path] = []
+        if dist.is_main:
+            save_point(self.run_dir, self.model, p.step, self.config.average_last)
+            chosen = [path for path in points(self.run_dir)[-self.config.average_last:]
+                      if point_step(path) >= LATE * p.step]
+        if dist.broadcast(len(chosen)) < 2:  # one point is the last weights, published already
+            return
+        if not dist.is_main:
+            dist.barrier()  # the main process's validation
+            return
+        trained = {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+        copy_weights(self.model, average(chosen), f"the mean of {len(chosen)} weight points")
+        steps = [point_step(path) for path in chosen]
+        mean = self.validate(final=True, averaged=steps)
+        if mean["loss"] < last["loss"]:
+            publish_weights(self.run_dir, self.model, self.spec, {"training": {
+                **self.training_record(), "validation": mean["loss"], "averaged_steps": steps}})
+            self.last_validation = {**self.last_validation, **mean, "averaged_steps": steps}
+        else:
+            copy_weights(self.model, trained, "the last weights")
+            self.bar.write(f"kept the last weights: the mean of steps {steps[0]:,}-{steps[-1]:,} validates worse "
+                           f"({mean['loss']:.4f} against {last['loss']:.4f})", file=sys.stderr)
+
+    def summary(self) -> dict:
+        p, totals = self.p, self.totals
+        rate = totals["tokens"] / totals["seconds"] if totals["seconds"] else None
+        validation = {k: v for k, v in self.last_validation.items() if k not in ("event", "step", "tokens", "seconds")}
+        return {"run_dir": str(self.run_dir), "steps": p.step, "epochs": round(p.epoch + p.batch / self.steps_per_epoch, 3),
+                "tokens": p.tokens, "seconds": round(p.seconds, 1),
+                "session_seconds": round(time.perf_counter() - self.session_start, 1),
+                "tokens_per_second": None if rate is None else round(rate, 1),
+                "mfu": None if rate is None else self.utilisation.of(rate / self.dist.world),
+                "averaged_steps": validation.pop("averaged_steps", None),
+                "validation": validation, "world": self.dist.world}
