@@ -309,3 +309,19 @@ def test_generate_refuses_a_run_killed_before_its_first_snapshot(tmp_path):
     result = CliRunner().invoke(cli, ["generate", str(tmp_path / "run"), "The king"])
     assert result.exit_code == 1 and "has no trained weights yet (step 0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_fine_tuned_run_exported_to_onnx_runs_in_onnxruntime_genai(tmp_path):
+    from test_genai import ID_PROMPTS, check_against_zoo, run_genai
+
+    checkpoint = make_checkpoint(tmp_path / "checkpoint", "gpt2")
+    run = tmp_path / "run"
+    train(["gpt2", "--data", write_text(tmp_path / "input.txt"), "--weights", checkpoint, "-o", run,
+           "--set", "d_model=32", "--set", "n_layers=1", "--set", "attention.n_heads=2", "--set", "mlp.d_ff=128",
+           "--set", "context_length=64", "--seq-len", "32", "--max-steps", "4", "--eval-every", "1000",
+           "--eval-tokens", "64"])
+    out = tmp_path / "onnx"
+    done = CliRunner().invoke(cli, ["export", str(run), "--format", "onnx", "--kv-cache", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    worst = check_against_zoo(load_model(run).eval(), out, run_genai(out, ID_PROMPTS, tokenizer=False))
+    assert worst < 1e-3

@@ -129,7 +129,7 @@ def test_train_command_resume_and_refusals(tmp_path):
         assert new.exit_code == 2 and f"a new run (-o) needs {what}" in new.output, new.output
     assert not (tmp_path / "new").exists()
     missing = runner.invoke(cli, [*base, "--resume", str(tmp_path / "nope")])
-    assert missing.exit_code == 1 and "no train.json" in missing.output and "Traceback" not in missing.output
+    assert missing.exit_code == 1 and "no such run directory" in missing.output and "Traceback" not in missing.output
     neither = runner.invoke(cli, base)
     assert neither.exit_code == 2 and "give -o RUN_DIR" in neither.output
 

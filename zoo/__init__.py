@@ -12,6 +12,7 @@ The public API mirrors the command line; names are imported on first use, so
     tokens = zoo.generate(model, input_ids, max_new_tokens=20)
     zoo.export(model, "out/gpt2-onnx", "onnx", kv_cache=True)
     report = zoo.verify(model)                    # parity with Hugging Face's GPT2LMHeadModel
+    zoo.train("baby-gpt", "input.txt", "runs/baby", max_minutes=3)   # a run directory, as zoo train writes
 
 Plugin authors find the hook marker and every component base class here too
 (``zoo.hookimpl``, ``zoo.PositionalScheme``, ``zoo.Attention``, ``zoo.Block``, ...).
@@ -38,6 +39,8 @@ _API = {
     "generate": "zoo.generation.sampling:generate",
     "verify": "zoo.hf.verify:verify",
     "export": "zoo.core.export:export",
+    # training (every family: a decoder learns text, an encoder-decoder translates)
+    "train": "zoo.training.run:train",
     # plugins
     "hookimpl": "zoo.core.hookspecs:hookimpl",
     "get_registry": "zoo.core.registry:get_registry",

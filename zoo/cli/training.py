@@ -169,7 +169,7 @@ def _profile(model, overrides, data, resume, steps, json_out, settings, given) -
               help="Translators: score N English sources sampled at random (--seed) across the whole split or file.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Translators: the --limit sample's seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sentences (translators, 64) or windows "
-              "(decoders, 16) per forward pass.")
+              "(decoders: as many as keep the logits near 64 MB) per forward pass.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, help="Translators: sample translations to print.")
 @click.option("--skip-bad-lines", is_flag=True, help="Translators: skip malformed data lines (reported) instead of stopping.")
@@ -204,7 +204,7 @@ def evaluate(ctx, run_dir, split, data, batch_size, device, **options):
         raise click.UsageError("--split chooses a split of the run's text; --data FILE scores all of FILE: give one")
     from zoo.lm.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, data=data, split=split or "validation", device=device, batch_size=batch_size or 16)
+    result = evaluate_run(run_dir, data=data, split=split or "validation", device=device, batch_size=batch_size)
     click.echo(f"{result['where']}: {result['scored_tokens']:,} tokens, {result['characters']:,.0f} characters "
                f"(windows of {result['seq_len']} tokens)")
     click.echo(f"loss {result['loss']:.4f} nats per token, perplexity {result['perplexity']:.2f}, "

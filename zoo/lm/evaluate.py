@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+
+LOGITS_BUDGET = 1 << 24  # logits per forward pass when scoring: 64 MB in float32, a GPT-2 vocabulary's 1.3 windows of 256
 
 
 @dataclass
@@ -51,11 +53,17 @@ def windows(n_tokens: int, seq_len: int, limit: int | None = None) -> list[tuple
 
 @torch.no_grad()
 def score_tokens(model: nn.Module, ids: np.ndarray, characters: int, seq_len: int, device: torch.device | str = "cpu",
-                 autocast: contextlib.AbstractContextManager | None = None, batch_size: int = 16,
+                 autocast: contextlib.AbstractContextManager | None = None, batch_size: int | None = None,
                  limit: int | None = None, progress: bool = False) -> Score:
     """Score the token stream ``ids`` (which spells ``characters`` characters; its first token is
-    context only) with ``model``; ``limit``: about that many tokens, spread over the stream."""
+    context only) with ``model``; ``limit``: about that many tokens, spread over the stream.
+    ``batch_size`` windows a forward pass; by default as many as keep the logits near 64 MB."""
     from tqdm import tqdm
+
+    from zoo.training.loss import smoothed_cross_entropy
+
+    if batch_size is None:
+        batch_size = max(1, min(64, LOGITS_BUDGET // (seq_len * model.spec.vocab_size)))
 
     spans = windows(len(ids), seq_len, limit)
     if not spans:
@@ -73,7 +81,7 @@ def score_tokens(model: nn.Module, ids: np.ndarray, characters: int, seq_len: in
             chunk = stream[index].to(device)  # (B, L + 1)
             with autocast:
                 logits = model(chunk[:, :-1])  # (B, L, V)
-            total += float(F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
+            total += float(smoothed_cross_entropy(logits, chunk[:, 1:], 0.0, -100))  # in blocks of rows on a CPU
             count += chunk[:, 1:].numel()
             bar.update(len(index))
     bar.close()
@@ -96,7 +104,7 @@ def write_score(directory: str | os.PathLike, name: str, record: dict) -> Path:
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "validation",
-                 device: str = "cpu", batch_size: int = 16, progress: bool = True) -> dict:
+                 device: str = "cpu", batch_size: int | None = None, progress: bool = True) -> dict:
     """Score language-modelling run ``run_dir``'s published weights on a split of its text (or all
     of ``data``), in windows of the run's sequence length; the result is also written to
     ``run_dir/eval/SPLIT.json`` (``FILESTEM.json`` for ``data``) and returned with its ``path``."""

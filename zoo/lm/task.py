@@ -161,6 +161,7 @@ class LanguageModelling(Task):
         config = self.config
         spec = load_spec(run_dir / SPEC)
         self.seq_len = config.seq_len or spec.context_length
+        self.tokenizer_name = self.kind if self.kind in TRAINED else spec.tokenizer or "checkpoint"
         if self.texts is None:  # a resumed run, or a process other than the one that created it
             tokenizer = Tokenizer.from_file(str(run_dir / TOKENIZER))
             if rank:
@@ -201,6 +202,6 @@ class LanguageModelling(Task):
 
     def start_record(self) -> dict:
         train, val = self.texts
-        return {"tokenizer": self.kind, "seq_len": self.seq_len, "batch_size": self.config.batch_size,
+        return {"tokenizer": self.tokenizer_name, "seq_len": self.seq_len, "batch_size": self.config.batch_size,
                 "train_tokens": int(len(train.ids)), "train_characters": train.characters,
                 "validation_tokens": int(len(val.ids)), "validation_characters": val.characters}

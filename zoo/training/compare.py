@@ -104,7 +104,7 @@ def read_run(path: str | Path) -> RunSummary:
     return RunSummary(
         path=run_dir, task=task, model=str(config.get("model")),
         plugins="?" if spec is None else f"{spec.positional.type}/{spec.attention.type}/{spec.mlp.type}",
-        tokenizer=(config.get("tokenizer"), vocab_size),
+        tokenizer=(start.get("tokenizer") or config.get("tokenizer"), vocab_size),  # "model" resolved at start
         data=str(config.get("data")), split={k: config.get(k) for k in SPLIT_SETTINGS.get(task, ())},
         parameters=parameters, tokens=None if tokens is None else round(tokens[-1]),
         seconds=train[-1]["seconds"] if train else None, mfu=sum(mfus) / len(mfus) if mfus else None,
@@ -186,7 +186,7 @@ def draw(runs: list[RunSummary], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import StrMethodFormatter
+    from matplotlib.ticker import EngFormatter
 
     key, measure = (("bits_per_character", "bits per character") if tokenizers_differ(runs)
                     else ("loss", "loss per token"))
@@ -197,7 +197,7 @@ def draw(runs: list[RunSummary], path: str | Path) -> Path:
             time_ax.plot([v["seconds"] for v in points], [v[key] for v in points], "o-", label=run.name)
             if all(v["tokens"] is not None for v in points):
                 tokens_ax.plot([v["tokens"] for v in points], [v[key] for v in points], "o-", label=run.name)
-        tokens_ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        tokens_ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500k, 1.5M
         for ax, x, title in ((time_ax, "training seconds", "against training time"),
                              (tokens_ax, "training tokens seen", "against tokens seen")):
             ax.set(xlabel=x, ylabel=f"validation {measure}", title=f"validation {measure} {title}")

@@ -1,0 +1,98 @@
+"""Training measured side by side with the peers in ../shared/peers (run: pytest -m benchmark -s).
+
+Each test runs a peer and the matching ``zoo train`` one after the other on this machine
+and prints both figures and their ratio (and writes them to ``out/bench-training-*.json``).
+Nothing here asserts a speed: the machines are shared and timings drift; the README
+reports what an idle machine gave.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+PEERS = REPO.parent / "shared" / "peers"
+TEXT = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+pytestmark = [pytest.mark.benchmark,
+              pytest.mark.skipif(not (PEERS.is_dir() and TEXT.is_file()), reason="needs ../shared/peers and data")]
+
+
+def timed(command: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``command``; its result, wall seconds and peak resident memory in GB (its own process tree)."""
+    probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+             "print(f'peak-rss {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+             "sys.exit(done.returncode)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    rss = int(re.search(r"peak-rss (\d+)", done.stderr).group(1)) / 2**20
+    return done, seconds, rss
+
+
+def metrics(run: Path, event: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("event") == event]
+
+
+def report(name: str, figures: dict) -> None:
+    out = REPO / "out" / f"bench-training-{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+
+
+def test_nanogpt_cpu_recipe_against_zoo(tmp_path):
+    """nanoGPT's CPU recipe (2,000 iterations, batch 12 x 64) against zoo train baby-gpt-cpu on the same batches."""
+    peer, peer_wall, _ = timed(["bash", str(PEERS / "nanogpt" / "run.sh"), sys.executable, "2000"])
+    line = peer.stdout.strip().splitlines()[-1]
+    peer_loss = float(re.search(r"final val loss ([0-9.]+)", line).group(1))
+    peer_iter_ms = [float(m) for m in re.findall(r"time ([0-9.]+)ms", peer.stdout)][:-1]  # the last includes evaluation
+    run = tmp_path / "zoo"
+    zoo = [sys.executable, "-m", "zoo.cli", "train", "baby-gpt-cpu", "--data", str(TEXT), "-o", str(run),
+           "--max-steps", "2000", "--eval-every", "250"]
+    _, zoo_wall, _ = timed(zoo)
+    train = metrics(run, "train")
+    zoo_rate = train[-1]["tokens"] / sum(r["tokens"] / r["tokens_per_second"] for r in train)
+    validations = metrics(run, "validation")
+    by_peer_wall = [v for v in validations if v["seconds"] <= peer_wall]
+    report("nanogpt", {
+        "nanogpt": {"wall_s": round(peer_wall, 1), "tokens_per_s_with_evaluation": round(2000 * 768 / peer_wall),
+                    "val_loss": peer_loss, "line": line},
+        "zoo": {"wall_s": round(zoo_wall, 1), "training_tokens_per_s": round(zoo_rate),
+                "tokens_per_s_with_evaluation": round(2000 * 768 / zoo_wall),
+                "val_loss_final": validations[-1]["loss"],
+                "val_loss_at_nanogpt_wall": by_peer_wall[-1]["loss"] if by_peer_wall else None},
+        "ratio_tokens_per_s_with_evaluation": round(peer_wall / zoo_wall, 2),
+        "ratio_training_tokens_per_s": round(zoo_rate / (768 / (sum(peer_iter_ms) / len(peer_iter_ms) / 1000)), 2)
+        if peer_iter_ms else None,
+    })
+
+
+def test_gpt2_fine_tuning_against_transformers(tmp_path):
+    """GPT-2 Small at batch 4 x 256: transformers' GPT2LMHeadModel in a plain loop against zoo train --weights."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(tmp_path / "gpt2")  # random weights: speed, not quality
+    peer, _, peer_rss = timed([sys.executable, str(PEERS / "hf-finetune" / "run.py"), "--steps", "30"])
+    peer_rate = float(re.search(r"([0-9,]+) tokens/s", peer.stdout).group(1).replace(",", ""))
+    run = tmp_path / "zoo"
+    _, _, zoo_rss = timed([sys.executable, "-m", "zoo.cli", "train", "gpt2", "--weights", str(tmp_path / "gpt2"),
+                           "--data", str(TEXT), "-o", str(run), "--batch-size", "4", "--seq-len", "256",
+                           "--max-steps", "30", "--eval-every", "1000", "--eval-tokens", "256"])
+    train = metrics(run, "train")[1:]  # after the first window (warm-up), as the peer skips its first 3 steps
+    zoo_rate = sum(r["tokens_per_second"] for r in train) / len(train)
+    report("finetune", {"transformers": {"tokens_per_s": peer_rate, "peak_rss_gb": round(peer_rss, 2)},
+                        "zoo": {"tokens_per_s": round(zoo_rate, 1), "peak_rss_gb": round(zoo_rss, 2)},
+                        "ratio_tokens_per_s": round(zoo_rate / peer_rate, 2),
+                        "ratio_peak_rss": round(zoo_rss / peer_rss, 2)})
