@@ -61,7 +61,8 @@ def test_nanogpt_cpu_recipe_against_zoo(tmp_path):
            "--max-steps", "2000", "--eval-every", "250"]
     _, zoo_wall, _ = timed(zoo)
     train = metrics(run, "train")
-    zoo_rate = train[-1]["tokens"] / sum(r["tokens"] / r["tokens_per_second"] for r in train)
+    window_tokens = [r["tokens"] - (train[i - 1]["tokens"] if i else 0) for i, r in enumerate(train)]  # cumulative
+    zoo_rate = train[-1]["tokens"] / sum(n / r["tokens_per_second"] for n, r in zip(window_tokens, train))
     validations = metrics(run, "validation")
     by_peer_wall = [v for v in validations if v["seconds"] <= peer_wall]
     report("nanogpt", {
