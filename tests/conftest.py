@@ -31,6 +31,10 @@ def tiny_overrides(name: str | None = None, **extra) -> dict:
     return out
 
 
+class Killed(KeyboardInterrupt):
+    """Raised from a training run's ``on_step`` to stop it as a kill would."""
+
+
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """Forget cached plugin managers before and after the test (for plugin tests)."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import local_plugin
+from conftest import Killed, local_plugin
 from synthetic_pairs import one_thread
 from zoo.cli import cli
 from zoo.core.model_dir import load_model
@@ -121,10 +121,6 @@ def test_score_tokens_matches_a_direct_computation_over_several_windows():
             chunk = torch.tensor(ids[start : start + size + 1])
             total += F.cross_entropy(model(chunk[None, :-1])[0], chunk[1:], reduction="sum").item()
     assert score.scored_tokens == 29 and score.loss == pytest.approx(total / 29, rel=1e-5)
-
-
-class Killed(KeyboardInterrupt):
-    pass
 
 
 def test_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path):

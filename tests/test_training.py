@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from conftest import Killed
 from synthetic_pairs import TINY_MODEL, TINY_OVERRIDES, one_thread, write_tsv
 from zoo.core.model_dir import load_model
 from zoo.cli import cli
@@ -67,10 +68,6 @@ def test_a_few_dozen_steps_lower_the_loss_and_leave_a_complete_run_directory(tmp
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000036", "step-00000040"]
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["training"]["step"] == 40
-
-
-class Killed(KeyboardInterrupt):
-    pass
 
 
 @pytest.mark.parametrize("resume_with", ["python", "cli"])

@@ -12,10 +12,6 @@ from zoo.cli.options import IntervalType, given_options, optional_spec_options
 from zoo.errors import ZooError
 from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 
-# the options whose default depends on the task; `zoo train --help` states both
-TASK_DEFAULTS = ("lr", "warmup_steps", "schedule", "beta2", "eps", "weight_decay", "average_last", "eval_every",
-                 "tokenizer", "vocab_size")
-
 
 @click.command()
 @optional_spec_options

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.lm.tokenizers import EncodedText
+
 
 LOGITS_BUDGET = 1 << 24  # logits per forward pass when scoring: 64 MB in float32, a GPT-2 vocabulary's 1.3 windows of 256
 
@@ -37,6 +39,14 @@ class Score:
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def scored_stream(text: EncodedText, eos_id: int | None) -> EncodedText:
+    """``text`` as it is scored: led by the end-of-text token, the first token's context, where
+    the tokenizer has one."""
+    if eos_id is None or not len(text.ids):
+        return text
+    return EncodedText(np.concatenate([[eos_id], text.ids]).astype(np.int32), text.characters)
 
 
 def windows(n_tokens: int, seq_len: int, limit: int | None = None) -> list[tuple[int, int]]:
@@ -134,12 +144,12 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     tokenizer = Tokenizer.from_file(str(run_dir / TOKENIZER))
     text = encode_documents(tokenizer, documents, spec.eos_token_id,
                             lambda message: print(f"warning: {message}", file=sys.stderr))
-    ids = text.ids if spec.eos_token_id is None else np.concatenate([[spec.eos_token_id], text.ids])
-    if len(ids) < 2:
+    text = scored_stream(text, spec.eos_token_id)
+    if len(text.ids) < 2:
         raise DataError(f"{where} has no tokens to score; give a longer text")
     seq_len = config.seq_len or spec.context_length
     autocast = contextlib.nullcontext()
-    score = score_tokens(model, ids, text.characters, seq_len, device, autocast, batch_size, progress=progress)
+    score = score_tokens(model, text.ids, text.characters, seq_len, device, autocast, batch_size, progress=progress)
     record = {"run": str(run_dir.resolve()), "data": data_source(str(data)) if data is not None else config.data,
               "split": None if data is not None else split, "seq_len": seq_len, "step": _trained_step(run_dir),
               **score.to_dict()}

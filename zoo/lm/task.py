@@ -22,7 +22,7 @@ from zoo.core.model_dir import write_model_files
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import DataError
 from zoo.lm.config import LMConfig
-from zoo.lm.evaluate import score_tokens
+from zoo.lm.evaluate import score_tokens, scored_stream
 from zoo.lm.text import read_documents, split_documents
 from zoo.lm.tokenizers import EncodedText, encode_documents, save_tokenizer, train_tokenizer, vocabulary_size
 from zoo.training.loss import smoothed_cross_entropy
@@ -146,8 +146,7 @@ class LanguageModelling(Task):
             raise DataError(f"{self.config.data}: the training text is {len(train.ids):,} tokens, shorter than one "
                             f"sequence of {seq_len} + 1; use more text or a smaller --seq-len")
         val = encode_documents(tokenizer, val_docs, eos, lambda message: self.warn(f"validation text: {message}"))
-        if eos is not None and len(val.ids):  # the end-of-text token is the first validation token's context
-            val = EncodedText(np.concatenate([[eos], val.ids]).astype(np.int32), val.characters)
+        val = scored_stream(val, eos)
         if len(val.ids) < 2:
             raise DataError(f"{self.config.data}: the validation split (--val-fraction {self.config.val_fraction}) "
                             "has no tokens to score; raise --val-fraction or use more text")
