@@ -97,3 +97,52 @@ def test_gpt2_fine_tuning_against_transformers(tmp_path):
                         "zoo": {"tokens_per_s": round(zoo_rate, 1), "peak_rss_gb": round(zoo_rss, 2)},
                         "ratio_tokens_per_s": round(zoo_rate / peer_rate, 2),
                         "ratio_peak_rss": round(zoo_rss / peer_rss, 2)})
+
+
+def test_lora_against_full_fine_tuning(tmp_path):
+    """GPT-2 Small on Tiny Shakespeare at batch 4 x 256: LoRA rank 8 (attention and MLP) against
+    every weight, the same minutes each: tokens/s, peak memory, the validation loss reached."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(tmp_path / "gpt2")  # random weights: no hub here
+    figures = {}
+    for name, extra in (("full", []), ("lora", ["--lora", "8"])):
+        run = tmp_path / name
+        _, seconds, rss = timed([sys.executable, "-m", "zoo.cli", "train", "gpt2", "--weights", str(tmp_path / "gpt2"),
+                                 "--data", str(TEXT), "-o", str(run), "--max-minutes", "3", "--eval-every", "1m",
+                                 "--eval-tokens", "8192", *extra])
+        train = metrics(run, "train")[1:]
+        figures[name] = {"tokens_per_s": round(sum(r["tokens_per_second"] for r in train) / len(train), 1),
+                         "steps": metrics(run, "train")[-1]["step"], "peak_rss_gb": round(rss, 2),
+                         "validation_loss": metrics(run, "validation")[-1]["loss"],
+                         "trainable_parameters": metrics(run, "start")[0]["trainable_parameters"]}
+    figures["ratio_tokens_per_s"] = round(figures["lora"]["tokens_per_s"] / figures["full"]["tokens_per_s"], 2)
+    figures["ratio_peak_rss"] = round(figures["lora"]["peak_rss_gb"] / figures["full"]["peak_rss_gb"], 2)
+    subprocess.run([sys.executable, "-m", "zoo.cli", "compare", str(tmp_path / "full"), str(tmp_path / "lora"),
+                    "-o", str(REPO / "out" / "lora-against-full.png")], check=True)
+    report("lora", figures)
+
+
+def test_gpt2_xl_lora_memory(tmp_path):
+    """gpt2-xl (random weights) LoRA rank 8 on attention and MLP, --seq-len 256, a few steps: peak
+    resident memory against the fp32 weight bytes, with a float32 and a bfloat16 base."""
+    from zoo.core.spec import load_spec
+
+    spec = load_spec("gpt2-xl")
+    weights = tmp_path / "gpt2-xl"
+    subprocess.run([sys.executable, "-m", "zoo.cli", "build", "gpt2-xl", "-o", str(weights)], check=True)
+    weight_bytes = (weights / "model.safetensors").stat().st_size
+    figures = {"model": spec.name, "fp32_weight_gb": round(weight_bytes / 1e9, 2)}
+    bf16 = ["--lora-base", "bfloat16", "--amp", "bf16"]
+    for name, extra in (("float32 base", ["--amp", "off"]), ("float32 base, bf16 autocast", ["--amp", "bf16"]),
+                        ("bfloat16 base", bf16)):
+        run = tmp_path / name.replace(" ", "-").replace(",", "")
+        _, seconds, rss = timed([sys.executable, "-m", "zoo.cli", "train", "gpt2-xl", "--weights", str(weights),
+                                 "--data", str(TEXT), "-o", str(run), "--lora", "8", "--seq-len", "256",
+                                 "--batch-size", "1", "--max-steps", "3", "--eval-every", "1000",
+                                 "--eval-tokens", "256", "--val-fraction", "0.001", *extra])
+        figures[name] = {"peak_rss_gb": round(rss * 2**30 / 1e9, 2), "ratio_to_fp32_weights": round(rss * 2**30 / weight_bytes, 2),
+                         "seconds": round(seconds, 1)}
+    report("lora-xl", figures)

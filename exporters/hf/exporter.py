@@ -32,16 +32,20 @@ ATOL = 1e-4  # both sides run in fp32 on the exported weights
 
 def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
                 dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-                tokenizer_dir: str | Path | None = None) -> dict:
+                tokenizer_dir: str | Path | None = None, adapter_run: str | Path | None = None) -> dict:
     """Write ``model`` into ``out_dir`` in Hugging Face layout; return the manifest.
 
     ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
+    ``adapter_run``: ``model`` is that LoRA run's frozen base, and its adapter goes into
+    ``out_dir/adapter`` as a PEFT folder (:mod:`zoo.exporters.hf.adapter`).
     """
     out = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
     if opset is not None:
         raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
+    if adapter_run is not None and spec.is_encoder_decoder:
+        raise ExportError("--adapter exports a decoder's LoRA adapter; translators are not trained with LoRA")
     if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf/marian.py)
         from zoo.exporters.hf.marian import export_marian
 
@@ -64,6 +68,10 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
                 "tokenizer": tokenizer}
     if validate:
         manifest["validation"] = validate_export(model, spec, out, exact=torch_dtype == model.token_table.weight.dtype)
+    if adapter_run is not None:
+        from zoo.exporters.hf.adapter import write_hf_adapter
+
+        manifest["adapter"] = write_hf_adapter(Path(adapter_run), spec, out, validate=validate)
     manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in sorted(out.iterdir()) if p.is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -24,10 +24,13 @@ from zoo.errors import ExportError
 @click.option("--block-size", type=int, default=None,
               help="With --quantize: weights per quantization block (a power of two >= 16 dividing the hidden "
                    "size; default 128, or the largest that divides).")
+@click.option("--adapter", is_flag=True, help="MODEL is a LoRA run (zoo train --lora) and --format hf: export its "
+              "frozen base, with the adapter in OUTPUT/adapter as a PEFT folder "
+              "(PeftModel.from_pretrained(base, OUTPUT/adapter)).")
 @click.option("--no-validate", is_flag=True, help="Skip running the exported model against PyTorch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, no_validate,
+def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, adapter, no_validate,
            seed, force):
     """Export MODEL to another format; the directory appears complete or not at all.
 
@@ -38,12 +41,29 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quant
     spec = load_spec_arg(model, overrides)
     extra = quantize_options(fmt, quantize, block_size, spec, dtype)
     weights = run_weights(model, weights)
+    if adapter:
+        weights = adapter_base(model, fmt, weights)
+        extra["adapter_run"] = model
     net = model_from_args(spec, weights, seed=seed)
     if (fmt == "onnx" or spec.is_encoder_decoder) and weights and Path(weights).is_dir():
         extra["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
                             opset=opset, validate=not no_validate, **extra)
     click.echo(f"exported {spec.name} as {fmt} -> {output} ({len(manifest.get('files', {}))} files)")
+
+
+def adapter_base(model: str, fmt: str, weights: str | None) -> str:
+    """``--adapter``: the frozen base of LoRA run ``model``, checked before any work."""
+    from zoo.core.adapters import lora_record
+    from zoo.core.files import BASE
+
+    if fmt != "hf":
+        raise ExportError(f"--adapter writes a PEFT adapter for a Hugging Face base; use --format hf, not {fmt}")
+    if weights is not None and Path(weights) != Path(model):
+        raise ExportError("--adapter exports the run's own base and adapter; leave --weights out")
+    if not Path(model).is_dir() or lora_record(Path(model)) is None:
+        raise ExportError(f"--adapter needs a LoRA run directory (zoo train ... --lora RANK -o RUN); {model} is not one")
+    return str(Path(model) / (lora_record(Path(model)).get("base") or BASE))
 
 
 def quantize_options(fmt: str, quantize: str | None, block_size: int | None, spec, dtype: str) -> dict:

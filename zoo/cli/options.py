@@ -84,8 +84,11 @@ def run_weights(model: str, weights: str | None) -> str | None:
     from zoo.core.model_dir import is_model_directory
     from zoo.hf.checkpoint import local_hf_directory
 
+    from zoo.core.adapters import lora_record
+
     path = Path(model)
-    if weights is None and path.is_dir() and is_model_directory(path) and (path / WEIGHTS).is_file():
+    if weights is None and path.is_dir() and is_model_directory(path) and (
+            (path / WEIGHTS).is_file() or lora_record(path) is not None):  # merged, or base + adapter
         return model
     if weights is None and local_hf_directory(model) is not None:
         return model

@@ -24,6 +24,20 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("--weights", default=None, help="Decoders: fine-tune these weights ('hf', a hub id, a Hugging Face or zoo "
               "directory) with the checkpoint's tokenizer; fine-tuning defaults: --lr 1e-4 --warmup 20 "
               "--weight-decay 0 --batch-size 4 --seq-len 256.")
+@click.option("--lora", "lora_rank", type=int, default=None, metavar="RANK",
+              help="Decoders, with --weights: train a LoRA adapter of this rank (8, 16) on the frozen weights "
+                   "(through PEFT) instead of every weight; default --lr 1e-3.")
+@click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --lora: the update is scaled by alpha / rank [2 x rank].")
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="With --lora: dropout on the adapter's input [0].")
+@click.option("--lora-targets", default=None, help="With --lora: the linear layers to adapt, comma-separated: roles "
+              "(attention, mlp) or layer names (c_attn, attn.c_proj) [attention,mlp].")
+@click.option("--lora-base", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="With --lora: hold the frozen projections in this dtype; bfloat16 halves their memory and "
+                   "needs --amp bf16 (a GPU or a CPU with native bf16) [float32].")
+@click.option("--merge/--no-merge", default=None, help="With --lora: publish the merged weights (default), or keep "
+              "base/ + adapter/ (zoo loads them merged).")
 @click.option("--tokenizer", type=click.Choice(["model", "char", "byte", "bpe", "unigram"]), default=None,
               help="Decoders: model (the spec's or checkpoint's own; default), char, byte, or bpe trained on the "
                    "text. Translators: bpe (default) or unigram.")
@@ -98,6 +112,11 @@ def train(ctx, model, overrides, data, output, resume, force, profile, profile_s
     if output is not None and (model is None or data is None):
         missing = " and ".join(name for name, value in (("MODEL", model), ("--data FILE", data)) if value is None)
         raise click.UsageError(f"a new run (-o) needs {missing}, e.g. zoo train baby-gpt --data input.txt -o RUN_DIR")
+    lora_options = sorted(name for name in given if name.startswith("lora_") and name != "lora_rank") + \
+        (["merge"] if "merge" in given else [])
+    if lora_options and settings.get("lora_rank") is None and resume is None:
+        flag = "--no-merge" if lora_options[0] == "merge" else f"--{lora_options[0].replace('_', '-')}"
+        raise click.UsageError(f"{flag} applies to a LoRA run; add --lora RANK (e.g. --lora 8)")
     config = settings_for(model, data, dict(overrides), settings, given, resume)
     unused = sorted(name for name in given if not hasattr(config, name))
     if unused:

@@ -37,6 +37,11 @@ TOKENIZER_FILES = (TOKENIZER, TARGET_TOKENIZER, GPT2_VOCAB, GPT2_MERGES)
 TRAIN_CONFIG = "train.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+# A model held as frozen base + LoRA adapter (zoo.core.adapters): the two parts' folders, and PEFT's file names.
+BASE = "base"
+ADAPTER = "adapter"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SNAPSHOTS = "checkpoints"  # the folder of training snapshots (its name on disk predates the word)
 SNAPSHOT_STATE = "state.json"
 OPTIMIZER_STATE = "optimizer.safetensors"

@@ -33,15 +33,19 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_model_files(model: nn.Module, spec: ModelSpec, out: Path, extra: dict | None = None) -> dict:
-    """Write weights, resolved spec and manifest into directory ``out``; return the manifest."""
-    tensors = state_dict_for_saving(model)
+def write_model_files(model: nn.Module, spec: ModelSpec, out: Path, extra: dict | None = None,
+                      tensors: dict[str, torch.Tensor] | None = None) -> dict:
+    """Write weights, resolved spec and manifest into directory ``out``; return the manifest.
+
+    ``tensors``: the weights to write, when they are not ``model``'s own state (a model
+    wrapped with an adapter writes its merged weights under the plain names)."""
+    tensors = state_dict_for_saving(model) if tensors is None else tensors
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt", "zoo_model": spec.name})
     (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
     first = next(iter(tensors.values()))
     manifest = {
         "model": spec.name,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for name, p in model.named_parameters() if ".lora_" not in name),
         "dtype": str(first.dtype).replace("torch.", ""),
         "files": {WEIGHTS: {"sha256": sha256_file(out / WEIGHTS), "bytes": (out / WEIGHTS).stat().st_size}},
         **(extra or {}),
@@ -118,6 +122,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     if not path.is_dir():
         raise WeightsError(f"{path}: no such model directory; create one with 'zoo build MODEL -o {path}'")
     if not (path / WEIGHTS).is_file():
+        from zoo.core.adapters import apply_adapter, lora_record
+        from zoo.core.files import ADAPTER, BASE
+
+        record = lora_record(path)
+        if record is not None:  # frozen base + LoRA adapter (zoo train --lora --no-merge), merged here
+            base = load_model(path / record.get("base", BASE), device=device, dtype=dtype)
+            return apply_adapter(base, path / record.get("adapter", ADAPTER), device=device, dtype=dtype)
         raise WeightsError(f"{path}: no {WEIGHTS} in this directory; is it a zoo model directory?")
     spec = load_spec(path / SPEC)
     check_fits(spec, device, dtype or stored_dtype(path))  # a hand-edited spec.yaml may ask for too much

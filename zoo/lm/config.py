@@ -14,6 +14,10 @@ TOKENIZERS = ("model", "char", "byte", "bpe")  # model: the spec's own (GPT-2 BP
 # weight decay pulling it towards zero, and short batches a CPU can take (nanoGPT's
 # Shakespeare fine-tuning uses 3e-5 with 32 x 1024 tokens a step; ours are 4 x 256).
 FINE_TUNING = {"lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0, "batch_size": 4, "seq_len": 256}
+# ... and a LoRA adapter (--lora) from these: B starts at zero and is scaled by alpha / rank (2 by
+# default), so it takes larger steps than the full weights; Hu et al. (2021) fine-tuned GPT-2 with
+# lr 2e-4 at a scale of 8, about the same step in the weights as 1e-3 at our 2.
+LORA_TUNING = {**FINE_TUNING, "lr": 1e-3}
 
 
 @dataclass
@@ -29,7 +33,15 @@ class LMConfig(TrainConfig):
     batch_size: int = 12  # sequences per step and process
     eval_every: int | str = "1m"
     eval_tokens: int = 32768  # validation tokens scored during training; the end of a run scores the whole split
+    # LoRA (zoo.training.lora): train a rank-r adapter on the frozen --weights instead of every weight
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # the update is scaled by alpha / rank; None: 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "attention,mlp"  # roles (attention, mlp) or linear layers by name (c_attn, attn.c_proj)
+    lora_base: str = "float32"  # float32 | bfloat16: the frozen projections' dtype (bfloat16 needs --amp bf16)
+    merge: bool = True  # publish the merged weights (False: base/ + adapter/, merged when loaded)
 
     TRAJECTORY: ClassVar[tuple[str, ...]] = TrainConfig.TRAJECTORY + (
-        "tokenizer", "vocab_size", "val_fraction", "weights", "seq_len", "batch_size")
-    ADJUSTABLE: ClassVar[tuple[str, ...]] = TrainConfig.ADJUSTABLE + ("eval_tokens",)
+        "tokenizer", "vocab_size", "val_fraction", "weights", "seq_len", "batch_size",
+        "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_base")
+    ADJUSTABLE: ClassVar[tuple[str, ...]] = TrainConfig.ADJUSTABLE + ("eval_tokens", "merge")

@@ -25,6 +25,7 @@ from zoo.lm.config import LMConfig
 from zoo.lm.evaluate import score_tokens, scored_stream
 from zoo.lm.text import read_documents, split_documents
 from zoo.lm.tokenizers import EncodedText, encode_documents, save_tokenizer, train_tokenizer, vocabulary_size
+from zoo.training.lora import check_lora
 from zoo.training.loss import smoothed_cross_entropy
 from zoo.training.task import Task
 
@@ -91,7 +92,9 @@ class LanguageModelling(Task):
 
     def __init__(self, config: LMConfig, warn: Callable[[str], None]) -> None:
         super().__init__(config, warn)
-        self.kind = tokenizer_kind(config, decoder_spec(config))
+        spec = decoder_spec(config)
+        self.kind = tokenizer_kind(config, spec)
+        check_lora(config, spec)
         self.texts: tuple[EncodedText, EncodedText] | None = None
 
     # ------------------------------------------------------------------ a new run

@@ -21,27 +21,23 @@ import contextlib
 import hashlib
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from zoo.core.dropout import Dropout
-from zoo.core.files import MANIFEST, SPEC, TRAIN_CONFIG, WEIGHTS, atomic_directory
-from zoo.core.model_dir import write_model_files
-from zoo.core.spec import ModelSpec
+from zoo.core.files import TRAIN_CONFIG, atomic_directory
 from zoo.errors import DataError, ZooError
 from zoo.training.averaging import average, point_step, points, save_point
 from zoo.training.config import TrainConfig, parse_interval
 from zoo.training.distributed import Distributed
 from zoo.training.run_log import RunLog
+from zoo.training.lora import weights_for
 from zoo.training.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
                                     set_random_state, snapshots)
 from zoo.training.task import Task
@@ -106,9 +102,11 @@ def autocast_for(config: TrainConfig, device: torch.device) -> tuple[contextlib.
 
 
 def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    """SHA-256 of every trained parameter's bytes: equal digests mean bit-identical replicas."""
     digest = hashlib.sha256()
     for param in model.parameters():
+        if not param.requires_grad:
+            continue  # frozen: read from the same file by every process
         digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -212,17 +210,6 @@ def measure_utilisation(flops_per_token: float, device: torch.device, dtype: tor
     return Utilisation(flops_per_token, best, str(dtype).removeprefix("torch."))
 
 
-def publish_weights(run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict) -> None:
-    """Replace the run directory's ``model.safetensors`` and ``manifest.json``, each atomically."""
-    tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
-    try:
-        write_model_files(model, spec, tmp, extra)
-        for name in (WEIGHTS, SPEC, MANIFEST):
-            os.replace(tmp / name, run_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 LATE = 0.75  # checkpoint averaging takes weight points from the last quarter of the run's steps only
 
 
@@ -252,6 +239,8 @@ class Trainer:
         self.task, self.config, self.run_dir, self.dist, self.loop = task, task.config, run_dir, dist, loop
         self.show_progress, self.on_step = progress, on_step
         self.device = dist.device
+        self.autocast, self.needs_scaling = autocast_for(self.config, self.device)
+        self.weights = weights_for(self.config, getattr(self.autocast, "fast_dtype", torch.float32))
         self.last_validation: dict = {}
         self.totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
 
@@ -267,26 +256,25 @@ class Trainer:
         if not resume and self.dist.is_main:
             with atomic_directory(run_dir, overwrite=force) as tmp:
                 self.task.create(tmp)
+                self.weights.create(tmp)
                 config.save(tmp)
         self.dist.barrier()
 
     def set_up(self, resume: bool) -> None:
-        from zoo.core.builder import build
-
         config, device = self.config, self.device
         self.spec = self.task.open(self.run_dir, self.dist.rank, self.dist.world)
-        self.model = use_loop(build(self.spec, seed=config.seed, device=device).train(), self.loop)
-        copy_weights(self.model, load_file(str(self.run_dir / WEIGHTS), device=str(device)), str(self.run_dir / WEIGHTS))
+        self.model = use_loop(self.weights.model(self.run_dir, device), self.loop)
         self.optimizer = make_optimizer(self.model, config, self.loop)
-        self.autocast, self.needs_scaling = autocast_for(config, device)
-        self.utilisation = measure_utilisation(self.task.flops_per_token(self.spec), device,
-                                               getattr(self.autocast, "fast_dtype", torch.float32))
+        # a frozen weight needs no gradient of its own: a LoRA step is the forward and the input gradients, 4 of 6
+        flops = self.task.flops_per_token(self.spec) * (4 / 6 if self.weights.lora else 1)
+        self.utilisation = measure_utilisation(flops, device, getattr(self.autocast, "fast_dtype", torch.float32))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.needs_scaling)
         torch.manual_seed(config.seed * 1000 + self.dist.rank)  # dropout
         self.p = Progress()
         found = snapshots(self.run_dir) if resume else []
         if found:
-            restored = load_snapshot(found[-1], self.model, self.optimizer, device)
+            restored = load_snapshot(found[-1], self.optimizer, device)
+            self.weights.load_state(self.model, restored.weights, str(found[-1]))
             self.p = restored.progress
             if len(restored.random_states) == self.dist.world:
                 set_random_state(restored.random_states[self.dist.rank], device)
@@ -315,15 +303,17 @@ class Trainer:
         self.set_up(resume)
         p, dist, config = self.p, self.dist, self.config
         timed = self.budget < math.inf
+        trainable = sum(t.numel() for t in self.model.parameters() if t.requires_grad)
+        frozen = sum(t.numel() for t in self.model.parameters() if not t.requires_grad)
         if dist.is_main and p.step == 0:
             self.log.append({"event": "start", "step": 0, "task": config.task, "steps_per_epoch": self.steps_per_epoch,
                              "world": dist.world, "device": str(self.device), "threads": torch.get_num_threads(),
-                             "parameters": sum(t.numel() for t in self.model.parameters()),
-                             "trainable_parameters": sum(t.numel() for t in self.model.parameters() if t.requires_grad),
+                             "parameters": trainable + frozen, "trainable_parameters": trainable,
                              **self.task.start_record(), **self.utilisation.to_dict()})
         self.bar = tqdm(total=int(self.budget) if timed else int(self.total_steps) if self.total_steps < math.inf else None,
                         initial=int(p.seconds) if timed else p.step, unit="s" if timed else "step",
-                        desc="training", file=sys.stderr, dynamic_ncols=True,
+                        desc=f"training {trainable / (trainable + frozen):.2%} of {(trainable + frozen) / 1e6:,.1f}M "
+                             "parameters (LoRA)" if frozen else "training", file=sys.stderr, dynamic_ncols=True,
                         disable=not (self.show_progress and dist.is_main))
         self.window = self.new_window()
         evaluation_due = Every(config.eval_every, p.seconds)
@@ -412,9 +402,9 @@ class Trainer:
         randoms = dist.gather(random_state(self.device))
         digests = dist.gather(parameter_digest(self.model))
         if dist.is_main:
-            save_snapshot(self.run_dir, self.model, self.optimizer, p, randoms,
+            save_snapshot(self.run_dir, self.weights.state(self.model), self.optimizer, p, randoms,
                           self.scaler.state_dict() if self.needs_scaling else None, keep=self.config.keep_checkpoints)
-            publish_weights(self.run_dir, self.model, self.spec, {"training": {
+            self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
                 **self.training_record(), "validation": self.last_validation.get("loss")}})
             # "checkpoint": the event's name in metrics.jsonl, kept for existing runs and their readers
             self.log.append({"event": "checkpoint", "step": p.step, "replica_digests": digests,
@@ -466,7 +456,7 @@ class Trainer:
         steps = [point_step(path) for path in chosen]
         mean = self.validate(final=True, averaged=steps)
         if mean["loss"] < last["loss"]:
-            publish_weights(self.run_dir, self.model, self.spec, {"training": {
+            self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
                 **self.training_record(), "validation": mean["loss"], "averaged_steps": steps}})
             self.last_validation = {**self.last_validation, **mean, "averaged_steps": steps}
         else:

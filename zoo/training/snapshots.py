@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoo.core.files import OPTIMIZER_STATE, SNAPSHOT_STATE, SNAPSHOTS, WEIGHTS, atomic_directory
-from zoo.core.model_dir import check_fit, state_dict_for_saving
+from zoo.core.model_dir import check_fit
 from zoo.errors import WeightsError, first_line
 
 
@@ -68,17 +68,18 @@ def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> No
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_snapshot(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
-                    random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
-                    keep: int = 2) -> Path:
-    """Write ``checkpoints/step-N`` atomically and delete all but the newest ``keep``."""
+def save_snapshot(run_dir: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                  progress: Progress, random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
+                  keep: int = 2) -> Path:
+    """Write ``checkpoints/step-N`` atomically and delete all but the newest ``keep``; ``weights``
+    are the trained tensors (the whole model's state, or a LoRA run's adapter)."""
     target = Path(run_dir) / SNAPSHOTS / f"step-{progress.step:08d}"
     tensors, groups = optimizer_tensors(optimizer)
     for rank, states in enumerate(random_states):
         for kind, value in states.items():
             tensors[f"rng.{rank}.{kind}"] = value.cpu()
     with atomic_directory(target, overwrite=True) as tmp:
-        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS))
+        save_file(weights, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / OPTIMIZER_STATE))
         state = {"progress": asdict(progress), "param_groups": groups, "scaler": scaler, "world": len(random_states)}
         (tmp / SNAPSHOT_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
@@ -107,21 +108,21 @@ def copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str
 
 @dataclass
 class Restored:
+    weights: dict[str, torch.Tensor]  # for the run's model to take (zoo.training.lora)
     progress: Progress
     random_states: list[dict[str, torch.Tensor]]
     scaler: dict | None
 
 
-def load_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    device: torch.device = torch.device("cpu")) -> Restored:
-    """Load weights into ``model`` (and state into ``optimizer``) from a training snapshot directory."""
+def load_snapshot(path: Path, optimizer: torch.optim.Optimizer | None = None,
+                  device: torch.device = torch.device("cpu")) -> Restored:
+    """Read a training snapshot directory: its weights are returned, its state goes into ``optimizer``."""
     try:
         weights = load_file(str(path / WEIGHTS), device=str(device))
         tensors = load_file(str(path / OPTIMIZER_STATE))
         state = json.loads((path / SNAPSHOT_STATE).read_text(encoding="utf-8"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: unreadable training snapshot ({first_line(exc)}); delete it to resume from the one before") from None
-    copy_weights(model, weights, str(path / WEIGHTS))
     if optimizer is not None:
         restore_optimizer(optimizer, tensors, state["param_groups"])
     randoms: list[dict[str, torch.Tensor]] = [{} for _ in range(state["world"])]
@@ -129,4 +130,4 @@ def load_snapshot(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
         if name.startswith("rng."):
             _, rank, kind = name.split(".", 2)
             randoms[int(rank)][kind] = value
-    return Restored(Progress(**state["progress"]), randoms, state.get("scaler"))
+    return Restored(weights, Progress(**state["progress"]), randoms, state.get("scaler"))

@@ -1,0 +1,176 @@
+"""The weights a run trains: all of them, or a LoRA adapter on frozen ones (``zoo train --lora``).
+
+The loop (:mod:`zoo.training.loop`) asks one of these for the model, for the tensors a
+training snapshot keeps and for the published weights:
+
+- :class:`FullWeights`: every parameter trains; snapshots hold the whole model.
+- :class:`LoRAWeights`: the checkpoint (``--weights``) stays frozen in ``RUN/base/`` and a
+  PEFT LoRA adapter trains beside the chosen linear layers (:mod:`zoo.core.adapters`).
+  Snapshots hold the adapter only (megabytes, not the model's gigabytes); every publish
+  writes ``RUN/adapter/`` (PEFT's format) and, unless ``--no-merge``, the merged weights as
+  the run's ``model.safetensors``, an ordinary model directory. The merge happens in place
+  and the base comes back bit for bit from ``base/`` afterwards, so publishing needs no
+  second copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.core.files import ADAPTER, BASE, MANIFEST, SPEC, WEIGHTS, read_json
+from zoo.core.model_dir import load_model, state_dict_for_saving, write_model_files
+from zoo.core.spec import ModelSpec
+from zoo.errors import DataError
+from zoo.training.snapshots import copy_weights
+
+BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def replace_files(source: Path, run_dir: Path, names: tuple[str, ...]) -> None:
+    """Move each of ``names`` from ``source`` into ``run_dir``, each replacing its old copy atomically."""
+    for name in names:
+        if (source / name).exists():
+            os.replace(source / name, run_dir / name)
+
+
+class FullWeights:
+    """Every parameter trains: the run's own ``model.safetensors`` is the start."""
+
+    lora = False
+
+    def create(self, run_dir: Path) -> None:
+        pass
+
+    def model(self, run_dir: Path, device: torch.device) -> nn.Module:
+        return load_model(run_dir, device=device).train()  # on the meta device until the weights arrive: one copy
+
+    def state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return state_dict_for_saving(model)
+
+    def load_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+        copy_weights(model, tensors, source)
+
+    def publish(self, run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict) -> None:
+        """Replace the run directory's ``model.safetensors`` and ``manifest.json``, each atomically."""
+        tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
+        try:
+            write_model_files(model, spec, tmp, extra)
+            replace_files(tmp, run_dir, (WEIGHTS, SPEC, MANIFEST))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LoRAWeights:
+    """A LoRA adapter trains on the frozen checkpoint held in ``RUN/base/``."""
+
+    lora = True
+
+    def __init__(self, config, autocast_dtype: torch.dtype) -> None:
+        self.config = config
+        self.alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank
+        self.base_dtype = BASE_DTYPES[config.lora_base]
+        if self.base_dtype != torch.float32 and autocast_dtype != self.base_dtype:
+            raise DataError(f"--lora-base {config.lora_base} needs training to compute in {config.lora_base} "
+                            "(--amp bf16, on a GPU or a CPU with native bf16); use --lora-base float32")
+
+    def record(self, merged: bool) -> dict:
+        c = self.config
+        return {"base": BASE, "adapter": ADAPTER, "rank": c.lora_rank, "alpha": self.alpha, "dropout": c.lora_dropout,
+                "targets": c.lora_targets, "base_dtype": c.lora_base, "merged": merged}
+
+    def create(self, run_dir: Path) -> None:
+        """Move a new run's weights into ``base/``; the run's own manifest names base and adapter."""
+        base = run_dir / BASE
+        base.mkdir()
+        for name in (WEIGHTS, MANIFEST):
+            os.replace(run_dir / name, base / name)
+        shutil.copyfile(run_dir / SPEC, base / SPEC)
+        manifest = read_json(base / MANIFEST)
+        manifest.pop("files", None)
+        manifest["lora"] = self.record(merged=False)
+        (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    def model(self, run_dir: Path, device: torch.device) -> nn.Module:
+        from zoo.core.adapters import add_lora, lora_targets
+
+        c = self.config
+        base = load_model(run_dir / BASE, device=device)
+        if self.base_dtype != torch.float32:  # the frozen projections only: norms and embeddings stay float32
+            for name in lora_targets(base, c.lora_targets):
+                layer = base.get_submodule(name)
+                layer.weight.data = layer.weight.data.to(self.base_dtype)
+        for param in base.parameters():
+            param.requires_grad_(False)
+        return add_lora(base, c.lora_rank, self.alpha, c.lora_dropout, c.lora_targets, seed=c.seed).train()
+
+    def state(self, model) -> dict[str, torch.Tensor]:
+        from zoo.core.adapters import adapter_state
+
+        return adapter_state(model)
+
+    def load_state(self, model, tensors: dict[str, torch.Tensor], source: str) -> None:
+        from zoo.core.adapters import load_adapter_state
+
+        load_adapter_state(model, tensors, source)
+
+    def publish(self, run_dir: Path, model, spec: ModelSpec, extra: dict) -> None:
+        """Write ``adapter/`` and, with merging on, the merged weights as the run's ``model.safetensors``."""
+        from zoo.core.adapters import merged, plain_state, save_adapter
+
+        merge = self.config.merge
+        extra = {**extra, "lora": self.record(merged=merge)}
+        tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
+        try:
+            save_adapter(model, tmp / ADAPTER)
+            if merge:
+                with merged(model, run_dir / BASE / WEIGHTS):
+                    tensors = plain_state(model)
+                    if self.base_dtype != torch.float32:  # one dtype in a model directory: the base's
+                        tensors = {n: t.to(self.base_dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+                    write_model_files(model, spec, tmp, extra, tensors=tensors)
+            else:
+                manifest = read_json(run_dir / MANIFEST)
+                manifest.update(extra)
+                manifest.pop("files", None)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            old = run_dir / f".{ADAPTER}-old"
+            shutil.rmtree(old, ignore_errors=True)
+            if (run_dir / ADAPTER).exists():
+                os.replace(run_dir / ADAPTER, old)
+            os.replace(tmp / ADAPTER, run_dir / ADAPTER)
+            shutil.rmtree(old, ignore_errors=True)
+            if not merge and (run_dir / WEIGHTS).exists():
+                os.remove(run_dir / WEIGHTS)  # merged weights of an earlier session: base + adapter stand for them now
+            replace_files(tmp, run_dir, (WEIGHTS, MANIFEST))  # the manifest last: it names the step
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_lora(config, spec: ModelSpec) -> None:
+    """Refuse LoRA settings that cannot work, before anything is written (targets checked on the meta device)."""
+    from zoo.core.adapters import lora_targets
+    from zoo.core.builder import construct
+
+    if config.lora_rank is None:
+        return
+    if config.lora_rank < 1:
+        raise DataError(f"--lora {config.lora_rank}: the rank must be at least 1 (8 or 16 are usual)")
+    if not config.weights:
+        raise DataError("--lora trains an adapter on a checkpoint's frozen weights, and random weights are not worth "
+                        "adapting; give --weights (hf, a hub id or a directory), or train every weight without --lora")
+    if config.lora_base not in BASE_DTYPES:
+        raise DataError(f"--lora-base {config.lora_base}: choose {' or '.join(BASE_DTYPES)}")
+    if config.average_last > 1:
+        raise DataError("--average-last averages whole models; a LoRA run trains an adapter: leave --average-last out")
+    lora_targets(construct(spec, "meta"), config.lora_targets)
+
+
+def weights_for(config, autocast_dtype: torch.dtype) -> FullWeights | LoRAWeights:
+    return LoRAWeights(config, autocast_dtype) if getattr(config, "lora_rank", None) else FullWeights()
