@@ -124,3 +124,13 @@ def test_zoo_top_level_holds_rooms():
     """A file-name prefix is a folder not made yet: zoo/ holds __init__.py, errors.py and packages."""
     flat = sorted(p.name for p in (ROOT / "zoo").glob("*.py") if p.name not in ("__init__.py", "errors.py"))
     assert not flat, f"flat modules in zoo/: {', '.join(flat)}; give each a room (a package)"
+
+
+def test_pyproject_installs_every_package():
+    """A non-editable install takes only the packages pyproject.toml lists: each folder with an
+    __init__.py must be there (zoo.training and zoo.lm once were not)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages - listed == set()
