@@ -195,3 +195,22 @@ def test_bad_lora_requests_are_one_line_and_write_nothing(tmp_path, source, fres
                     if "applies to" in message else 1)
     assert message in result.output and "Traceback" not in result.output
     assert not run.exists()
+
+
+def test_publishing_merged_weights_leaves_the_base_bit_for_bit(tmp_path):
+    import zoo
+    from zoo.core.adapters import add_lora, merged, plain_state
+
+    model = zoo.build("gpt2", seed=1, n_layers=1, d_model=32, **{"attention.n_heads": 2, "context_length": 16})
+    zoo.save(model, tmp_path / "base")
+    base = load_file(tmp_path / "base" / "model.safetensors")
+    peft_model = add_lora(model, 4, 8.0, 0.0, "attention,mlp")
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)  # a trained adapter: B away from zero
+    with merged(peft_model, tmp_path / "base" / "model.safetensors"):
+        state = plain_state(peft_model)
+        assert not torch.equal(state["stack.h.0.attn.c_attn.weight"], base["stack.h.0.attn.c_attn.weight"])
+    after = plain_state(peft_model)
+    assert all(torch.equal(after[name], base[name]) for name in base)
