@@ -136,8 +136,9 @@ def test_gpt2_xl_lora_memory(tmp_path):
     weight_bytes = (weights / "model.safetensors").stat().st_size
     figures = {"model": spec.name, "fp32_weight_gb": round(weight_bytes / 1e9, 2)}
     bf16 = ["--lora-base", "bfloat16", "--amp", "bf16"]
-    for name, extra in (("float32 base", ["--amp", "off"]), ("float32 base, bf16 autocast", ["--amp", "bf16"]),
-                        ("bfloat16 base", bf16)):
+    recompute = ["--checkpoint-activations"]
+    for name, extra in (("float32 base", ["--amp", "off"]), ("float32 base, checkpointed", ["--amp", "off", *recompute]),
+                        ("bfloat16 base", bf16), ("bfloat16 base, checkpointed", [*bf16, *recompute])):
         run = tmp_path / name.replace(" ", "-").replace(",", "")
         _, seconds, rss = timed([sys.executable, "-m", "zoo.cli", "train", "gpt2-xl", "--weights", str(weights),
                                  "--data", str(TEXT), "-o", str(run), "--lora", "8", "--seq-len", "256",

@@ -81,6 +81,12 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
                    "[decoders 1: off, translators 5].")
 @click.option("--average-every", type=IntervalType(), default=None,
               help="Between weight points for --average-last: steps (100) or training time (30s, 1m) [1m].")
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default=None,
+              help="Under torchrun: ddp (every process holds the whole model; default) or fsdp (FSDP2: weights, "
+                   "gradients and optimizer state sharded across the processes, snapshots sharded with DCP).")
+@click.option("--checkpoint-activations", is_flag=True, default=None,
+              help="Keep only each block's input and recompute the block in the backward pass: the activation "
+                   "memory of one block instead of all, for about a third more compute.")
 @click.option("--seed", type=int, default=None, help="[0]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--force", is_flag=True, help="Replace an existing -o directory.")

@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.core.cache import KVCache
 from zoo.core.components import BlockParts, Context
@@ -36,11 +37,16 @@ def make_component(spec: ModelSpec, field: str, **site) -> nn.Module:
 
 
 class Stack(nn.Module):
-    """A sequence of blocks, with the final norm that pre-norm layouts need."""
+    """A sequence of blocks, with the final norm that pre-norm layouts need.
+
+    ``checkpointing``: in training, keep only each block's input and compute the block
+    again in the backward pass (activation checkpointing: the memory of one block's
+    activations instead of all of them, for about a third more compute)."""
 
     def __init__(self, spec: ModelSpec, n_layers: int, causal: bool, cross: bool) -> None:
         super().__init__()
         self.causal = causal
+        self.checkpointing = False
         blocks = []
         for i in range(n_layers):
             parts = BlockParts(
@@ -55,8 +61,9 @@ class Stack(nn.Module):
         self.ln_f = make_component(spec, "norm") if type(blocks[0]).final_norm else None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.h:
-            x = block(x, ctx)
+            x = checkpoint(block, x, ctx, use_reentrant=False) if recompute else block(x, ctx)
         return self.ln_f(x) if self.ln_f is not None else x
 
 

@@ -33,7 +33,7 @@ class LMConfig(TrainConfig):
     batch_size: int = 12  # sequences per step and process
     eval_every: int | str = "1m"
     eval_tokens: int = 32768  # validation tokens scored during training; the end of a run scores the whole split
-    # LoRA (zoo.training.lora): train a rank-r adapter on the frozen --weights instead of every weight
+    # LoRA (zoo.training.weights): train a rank-r adapter on the frozen --weights instead of every weight
     lora_rank: int | None = None
     lora_alpha: float | None = None  # the update is scaled by alpha / rank; None: 2 x rank
     lora_dropout: float = 0.0

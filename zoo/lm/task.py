@@ -25,7 +25,7 @@ from zoo.lm.config import LMConfig
 from zoo.lm.evaluate import score_tokens, scored_stream
 from zoo.lm.text import read_documents, split_documents
 from zoo.lm.tokenizers import EncodedText, encode_documents, save_tokenizer, train_tokenizer, vocabulary_size
-from zoo.training.lora import check_lora
+from zoo.training.weights import check_lora
 from zoo.training.loss import smoothed_cross_entropy
 from zoo.training.task import Task
 

@@ -15,17 +15,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from zoo.core.files import AVERAGING, atomic_path
-from zoo.core.model_dir import state_dict_for_saving
 
 
-def save_point(run_dir: Path, model: nn.Module, step: int, keep: int) -> Path:
-    """Write the model's weights as the point of ``step`` and delete all but the newest ``keep``."""
+def save_point(run_dir: Path, weights: dict[str, torch.Tensor], step: int, keep: int) -> Path:
+    """Write the model's ``weights`` as the point of ``step`` and delete all but the newest ``keep``."""
     target = Path(run_dir) / AVERAGING / f"step-{step:08d}.safetensors"
     with atomic_path(target) as tmp:
-        save_file(state_dict_for_saving(model), str(tmp))
+        save_file(weights, str(tmp))
     for old in points(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return target

@@ -55,13 +55,15 @@ class TrainConfig:
     eval_every: int | str = "5m"
     log_every: int = 20
     device: str | None = None  # None: CUDA when available
+    checkpoint_activations: bool = False  # recompute each block in the backward pass: less memory, more time
+    strategy: str = "ddp"  # ddp: every process holds the whole model | fsdp: FSDP2 shards (zoo.training.fsdp)
 
     # settings that decide the run's trajectory, fixed once it starts (a task adds its own) ...
     TRAJECTORY: ClassVar[tuple[str, ...]] = ("lr", "warmup_steps", "schedule", "beta2", "eps", "weight_decay",
-                                             "clip_norm", "amp", "seed")
+                                             "clip_norm", "amp", "seed", "strategy")
     # ... and those a resumed run may change: when to stop, checkpoint and validate
     ADJUSTABLE: ClassVar[tuple[str, ...]] = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_every",
-                                             "average_last", "average_every")
+                                             "average_last", "average_every", "checkpoint_activations")
 
     def save(self, run_dir: Path) -> None:
         with atomic_file(Path(run_dir) / TRAIN_CONFIG) as f:

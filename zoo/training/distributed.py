@@ -22,18 +22,24 @@ class Distributed:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    alone_in_group: bool = False  # a group of one, made for FSDP
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def start(cls, device: str | None = None) -> "Distributed":
-        """Join the torchrun job if there is one; ``device`` None picks CUDA when available."""
+    def start(cls, device: str | None = None, group: bool = False) -> "Distributed":
+        """Join the torchrun job if there is one; ``device`` None picks CUDA when available.
+        ``group``: alone, still form a process group (of one), as FSDP needs one."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
         if world == 1:
-            return cls(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
+            where = torch.device(device or ("cuda" if use_cuda else "cpu"))
+            made = group and not dist.is_initialized()
+            if made:
+                dist.init_process_group("nccl" if use_cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+            return cls(0, 1, where, made)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             torch.cuda.set_device(local_rank)
@@ -70,5 +76,5 @@ class Distributed:
         return float(t.item())
 
     def stop(self) -> None:
-        if self.world > 1 and dist.is_initialized():
+        if (self.world > 1 or self.alone_in_group) and dist.is_initialized():
             dist.destroy_process_group()

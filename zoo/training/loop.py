@@ -37,9 +37,8 @@ from zoo.training.averaging import average, point_step, points, save_point
 from zoo.training.config import TrainConfig, parse_interval
 from zoo.training.distributed import Distributed
 from zoo.training.run_log import RunLog
-from zoo.training.lora import weights_for
-from zoo.training.snapshots import (Progress, copy_weights, load_snapshot, random_state, save_snapshot,
-                                    set_random_state, snapshots)
+from zoo.training.weights import weights_for
+from zoo.training.snapshots import Progress, random_state, set_random_state, snapshots
 from zoo.training.task import Task
 
 
@@ -170,9 +169,11 @@ def train_step(net: nn.Module, model: nn.Module, task: Task, batch, optimizer: t
     """One optimizer step on ``batch``; returns the task's summed loss (a detached tensor) and its term count."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast, attention_kernel(loop, next(model.parameters()).device):
-        loss_sum, count = task.loss(net, batch, blocked=loop.loss == "blocked")
-    scaler.scale(loss_sum / count).backward()
+    kernel = attention_kernel(loop, next(model.parameters()).device)
+    with kernel:  # the backward pass too: --checkpoint-activations computes blocks again there, with the same kernel
+        with autocast:
+            loss_sum, count = task.loss(net, batch, blocked=loop.loss == "blocked")
+        scaler.scale(loss_sum / count).backward()
     scaler.unscale_(optimizer)
     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=loop.optimizer != "for-loop")
     scaler.step(optimizer)
@@ -224,7 +225,7 @@ def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: boo
     is called with the step number after every optimizer step.
     """
     run_dir = Path(run_dir)
-    dist = Distributed.start(task.config.device)
+    dist = Distributed.start(task.config.device, group=task.config.strategy == "fsdp")
     try:
         return Trainer(task, run_dir, dist, loop, progress, on_step).run(resume, force)
     finally:
@@ -240,7 +241,10 @@ class Trainer:
         self.show_progress, self.on_step = progress, on_step
         self.device = dist.device
         self.autocast, self.needs_scaling = autocast_for(self.config, self.device)
-        self.weights = weights_for(self.config, getattr(self.autocast, "fast_dtype", torch.float32))
+        self.compute_dtype = getattr(self.autocast, "fast_dtype", torch.float32)
+        self.weights = weights_for(self.config, self.compute_dtype, dist)
+        if self.weights.sharded:
+            self.autocast = contextlib.nullcontext()  # FSDP's mixed-precision policy casts instead
         self.last_validation: dict = {}
         self.totals = {"tokens": 0, "seconds": 0.0}  # this session's training steps, for the summary
 
@@ -264,17 +268,22 @@ class Trainer:
         config, device = self.config, self.device
         self.spec = self.task.open(self.run_dir, self.dist.rank, self.dist.world)
         self.model = use_loop(self.weights.model(self.run_dir, device), self.loop)
+        if config.checkpoint_activations:
+            from zoo.core.model import Stack
+
+            for module in self.model.modules():
+                if isinstance(module, Stack):
+                    module.checkpointing = True
         self.optimizer = make_optimizer(self.model, config, self.loop)
         # a frozen weight needs no gradient of its own: a LoRA step is the forward and the input gradients, 4 of 6
         flops = self.task.flops_per_token(self.spec) * (4 / 6 if self.weights.lora else 1)
-        self.utilisation = measure_utilisation(flops, device, getattr(self.autocast, "fast_dtype", torch.float32))
+        self.utilisation = measure_utilisation(flops, device, self.compute_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.needs_scaling)
         torch.manual_seed(config.seed * 1000 + self.dist.rank)  # dropout
         self.p = Progress()
         found = snapshots(self.run_dir) if resume else []
         if found:
-            restored = load_snapshot(found[-1], self.optimizer, device)
-            self.weights.load_state(self.model, restored.weights, str(found[-1]))
+            restored = self.weights.restore(found[-1], self.model, self.optimizer, device)
             self.p = restored.progress
             if len(restored.random_states) == self.dist.world:
                 set_random_state(restored.random_states[self.dist.rank], device)
@@ -282,7 +291,7 @@ class Trainer:
                 self.scaler.load_state_dict(restored.scaler)
         self.log = RunLog(self.run_dir, resume_step=self.p.step, metric=self.task.metric) if self.dist.is_main else None
         self.net = self.model
-        if self.dist.world > 1:
+        if self.dist.world > 1 and not self.weights.sharded:
             ids = [device.index] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.steps_per_epoch = self.task.steps_per_epoch()
@@ -331,8 +340,8 @@ class Trainer:
                 evaluate, save = evaluation_due.due(p.step, p.seconds), snapshot_due.due(p.step, p.seconds)
                 point = point_due.due(p.step, p.seconds) and config.average_last > 1
                 stop, evaluate, save, point = dist.broadcast((stop, evaluate, save, point))  # rank 0's clock decides
-                if point and not stop and dist.is_main:
-                    save_point(self.run_dir, self.model, p.step, config.average_last)
+                if point and not stop:
+                    self.save_point()
                 if evaluate and not stop:
                     self.validate()
                 if save and not stop:
@@ -400,15 +409,17 @@ class Trainer:
         """Write a training snapshot and publish the current weights (on the main process)."""
         dist, p = self.dist, self.p
         randoms = dist.gather(random_state(self.device))
-        digests = dist.gather(parameter_digest(self.model))
+        digests = [] if self.weights.sharded else dist.gather(parameter_digest(self.model))  # shards differ by design
+        self.weights.snapshot(self.run_dir, self.model, self.optimizer, p, randoms,
+                              self.scaler.state_dict() if self.needs_scaling else None, self.config.keep_checkpoints, dist)
+        self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
+            **self.training_record(), "validation": self.last_validation.get("loss")}}, dist)
         if dist.is_main:
-            save_snapshot(self.run_dir, self.weights.state(self.model), self.optimizer, p, randoms,
-                          self.scaler.state_dict() if self.needs_scaling else None, keep=self.config.keep_checkpoints)
-            self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
-                **self.training_record(), "validation": self.last_validation.get("loss")}})
             # "checkpoint": the event's name in metrics.jsonl, kept for existing runs and their readers
-            self.log.append({"event": "checkpoint", "step": p.step, "replica_digests": digests,
-                             "replicas_identical": len(set(digests)) == 1})
+            record = {"event": "checkpoint", "step": p.step, "strategy": self.weights.strategy}
+            if digests:
+                record.update(replica_digests=digests, replicas_identical=len(set(digests)) == 1)
+            self.log.append(record)
             if len(set(digests)) > 1:
                 self.task.warn(f"step {p.step}: the {dist.world} replicas' weights differ")
         dist.barrier()
@@ -416,11 +427,12 @@ class Trainer:
     def validate(self, final: bool = False, averaged: list[int] | None = None) -> dict:
         """Validate the current weights on the main process and log the result (returned there)."""
         result: dict = {}
-        if self.dist.is_main:
+        if self.dist.is_main or self.weights.sharded:  # a sharded model computes with every process
             self.model.eval()
             with torch.no_grad():
                 result = self.task.validate(self.model, self.device, self.autocast, final)
             self.model.train()
+        if self.dist.is_main:
             record = {"event": "validation", **self.training_record(), **result}
             if averaged:
                 record["averaged_steps"] = averaged
@@ -433,6 +445,13 @@ class Trainer:
         self.dist.barrier()
         return result
 
+    def save_point(self) -> None:
+        """Write the current weights as a weight point for averaging (on the main process)."""
+        if self.dist.is_main or self.weights.sharded:
+            tensors = self.weights.full_state(self.model)  # FSDP: gathered by every process
+            if self.dist.is_main:
+                save_point(self.run_dir, tensors, self.p.step, self.config.average_last)
+
     def average_weights(self, last: dict) -> None:
         """Publish the mean of the late weight points if it validates better than the last weights.
 
@@ -440,29 +459,34 @@ class Trainer:
         the last quarter of the run's steps count; and a mean that validates worse than the
         last weights (on the same final validation) is never published.
         """
-        dist, p = self.dist, self.p
+        dist, p, sharded = self.dist, self.p, self.weights.sharded
         chosen: list[Path] = []
+        self.save_point()
         if dist.is_main:
-            save_point(self.run_dir, self.model, p.step, self.config.average_last)
             chosen = [path for path in points(self.run_dir)[-self.config.average_last:]
                       if point_step(path) >= LATE * p.step]
         if dist.broadcast(len(chosen)) < 2:  # one point is the last weights, published already
             return
-        if not dist.is_main:
+        if not dist.is_main and not sharded:
             dist.barrier()  # the main process's validation
             return
-        trained = {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
-        copy_weights(self.model, average(chosen), f"the mean of {len(chosen)} weight points")
+        trained = self.weights.full_state(self.model)
+        self.weights.load_full(self.model, average(chosen) if dist.is_main else {},
+                               f"the mean of {len(chosen)} weight points")
         steps = [point_step(path) for path in chosen]
         mean = self.validate(final=True, averaged=steps)
-        if mean["loss"] < last["loss"]:
+        better = dist.is_main and mean["loss"] < last["loss"]
+        if sharded:
+            better = dist.broadcast(better)  # every process follows the main one's validation
+        if better:
             self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
-                **self.training_record(), "validation": mean["loss"], "averaged_steps": steps}})
+                **self.training_record(), "validation": mean.get("loss"), "averaged_steps": steps}}, dist)
             self.last_validation = {**self.last_validation, **mean, "averaged_steps": steps}
         else:
-            copy_weights(self.model, trained, "the last weights")
-            self.bar.write(f"kept the last weights: the mean of steps {steps[0]:,}-{steps[-1]:,} validates worse "
-                           f"({mean['loss']:.4f} against {last['loss']:.4f})", file=sys.stderr)
+            self.weights.load_full(self.model, trained, "the last weights")
+            if dist.is_main:
+                self.bar.write(f"kept the last weights: the mean of steps {steps[0]:,}-{steps[-1]:,} validates "
+                               f"worse ({mean['loss']:.4f} against {last['loss']:.4f})", file=sys.stderr)
 
     def summary(self) -> dict:
         p, totals = self.p, self.totals

@@ -70,7 +70,7 @@ def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> No
 
 def save_snapshot(run_dir: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                   progress: Progress, random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
-                  keep: int = 2) -> Path:
+                  keep: int = 2, strategy: str = "ddp") -> Path:
     """Write ``checkpoints/step-N`` atomically and delete all but the newest ``keep``; ``weights``
     are the trained tensors (the whole model's state, or a LoRA run's adapter)."""
     target = Path(run_dir) / SNAPSHOTS / f"step-{progress.step:08d}"
@@ -81,7 +81,8 @@ def save_snapshot(run_dir: Path, weights: dict[str, torch.Tensor], optimizer: to
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / OPTIMIZER_STATE))
-        state = {"progress": asdict(progress), "param_groups": groups, "scaler": scaler, "world": len(random_states)}
+        state = {"progress": asdict(progress), "param_groups": groups, "scaler": scaler, "world": len(random_states),
+                 "strategy": strategy}
         (tmp / SNAPSHOT_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     for old in snapshots(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -108,15 +109,29 @@ def copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str
 
 @dataclass
 class Restored:
-    weights: dict[str, torch.Tensor]  # for the run's model to take (zoo.training.lora)
+    weights: dict[str, torch.Tensor]  # for the run's model to take (zoo.training.weights)
     progress: Progress
     random_states: list[dict[str, torch.Tensor]]
     scaler: dict | None
 
 
+def snapshot_state(path: Path, strategy: str) -> dict:
+    """A snapshot's ``state.json``, refused unless ``strategy`` (ddp: whole models, fsdp: shards) wrote it."""
+    try:
+        state = json.loads((path / SNAPSHOT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: unreadable training snapshot ({first_line(exc)}); delete it to resume from the one before") from None
+    written = state.get("strategy", "ddp")
+    if written != strategy:
+        raise WeightsError(f"{path} was written by --strategy {written}, this run resumes with --strategy {strategy}; "
+                           f"resume with --strategy {written}")
+    return state
+
+
 def load_snapshot(path: Path, optimizer: torch.optim.Optimizer | None = None,
-                  device: torch.device = torch.device("cpu")) -> Restored:
+                  device: torch.device = torch.device("cpu"), strategy: str = "ddp") -> Restored:
     """Read a training snapshot directory: its weights are returned, its state goes into ``optimizer``."""
+    snapshot_state(path, strategy)
     try:
         weights = load_file(str(path / WEIGHTS), device=str(device))
         tensors = load_file(str(path / OPTIMIZER_STATE))

@@ -1,9 +1,11 @@
-"""The weights a run trains: all of them, or a LoRA adapter on frozen ones (``zoo train --lora``).
+"""The weights a run trains and how they are kept: all of them, a LoRA adapter, or shards.
 
-The loop (:mod:`zoo.training.loop`) asks one of these for the model, for the tensors a
-training snapshot keeps and for the published weights:
+The loop (:mod:`zoo.training.loop`) asks one of these for the model, for training
+snapshots (write and restore), for the published weights and for whole-model states
+(checkpoint averaging):
 
-- :class:`FullWeights`: every parameter trains; snapshots hold the whole model.
+- :class:`FullWeights`: every parameter trains in every process (one process, or DDP);
+  snapshots hold the whole model.
 - :class:`LoRAWeights`: the checkpoint (``--weights``) stays frozen in ``RUN/base/`` and a
   PEFT LoRA adapter trains beside the chosen linear layers (:mod:`zoo.core.adapters`).
   Snapshots hold the adapter only (megabytes, not the model's gigabytes); every publish
@@ -11,6 +13,7 @@ training snapshot keeps and for the published weights:
   the run's ``model.safetensors``, an ordinary model directory. The merge happens in place
   and the base comes back bit for bit from ``base/`` afterwards, so publishing needs no
   second copy of the model.
+- :class:`zoo.training.fsdp.ShardedWeights`: FSDP2, each process holding a shard.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from zoo.core.files import ADAPTER, BASE, MANIFEST, SPEC, WEIGHTS, read_json
 from zoo.core.model_dir import load_model, state_dict_for_saving, write_model_files
 from zoo.core.spec import ModelSpec
 from zoo.errors import DataError
-from zoo.training.snapshots import copy_weights
+from zoo.training.snapshots import Progress, Restored, copy_weights, load_snapshot, save_snapshot
 
 BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -44,6 +47,8 @@ class FullWeights:
     """Every parameter trains: the run's own ``model.safetensors`` is the start."""
 
     lora = False
+    sharded = False
+    strategy = "ddp"
 
     def create(self, run_dir: Path) -> None:
         pass
@@ -57,17 +62,40 @@ class FullWeights:
     def load_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
         copy_weights(model, tensors, source)
 
-    def publish(self, run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict) -> None:
+    def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's weights (on the main process; every process calls it)."""
+        return self.state(model)
+
+    def load_full(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Put whole-model weights (given on the main process) into ``model``."""
+        copy_weights(model, tensors, source)
+
+    def snapshot(self, run_dir: Path, model, optimizer, progress: Progress, randoms: list, scaler: dict | None,
+                 keep: int, dist) -> None:
+        """Write a training snapshot (every process calls it)."""
+        if dist.is_main:
+            save_snapshot(run_dir, self.state(model), optimizer, progress, randoms, scaler, keep=keep,
+                          strategy=self.strategy)
+
+    def restore(self, path: Path, model, optimizer, device: torch.device) -> Restored:
+        restored = load_snapshot(path, optimizer, device, strategy=self.strategy)
+        self.load_state(model, restored.weights, str(path))
+        return restored
+
+    def publish(self, run_dir: Path, model: nn.Module, spec: ModelSpec, extra: dict, dist=None) -> None:
         """Replace the run directory's ``model.safetensors`` and ``manifest.json``, each atomically."""
+        tensors = self.full_state(model)  # FSDP: gathered from the shards, by every process
+        if dist is not None and not dist.is_main:
+            return
         tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=run_dir))
         try:
-            write_model_files(model, spec, tmp, extra)
+            write_model_files(model, spec, tmp, extra, tensors=tensors)
             replace_files(tmp, run_dir, (WEIGHTS, SPEC, MANIFEST))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class LoRAWeights:
+class LoRAWeights(FullWeights):
     """A LoRA adapter trains on the frozen checkpoint held in ``RUN/base/``."""
 
     lora = True
@@ -98,17 +126,37 @@ class LoRAWeights:
         (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
     def model(self, run_dir: Path, device: torch.device) -> nn.Module:
-        from zoo.core.adapters import add_lora, lora_targets
+        from zoo.core.adapters import add_lora
 
         c = self.config
-        base = load_model(run_dir / BASE, device=device)
-        if self.base_dtype != torch.float32:  # the frozen projections only: norms and embeddings stay float32
-            for name in lora_targets(base, c.lora_targets):
-                layer = base.get_submodule(name)
-                layer.weight.data = layer.weight.data.to(self.base_dtype)
+        if self.base_dtype == torch.float32:
+            base = load_model(run_dir / BASE, device=device)  # mapped from the file: one copy, in the page cache
+        else:
+            base = self.cast_base(run_dir / BASE, device)
         for param in base.parameters():
             param.requires_grad_(False)
         return add_lora(base, c.lora_rank, self.alpha, c.lora_dropout, c.lora_targets, seed=c.seed).train()
+
+    def cast_base(self, directory: Path, device: torch.device) -> nn.Module:
+        """The base with its targeted projections in the base dtype, read tensor by tensor so that
+        the float32 file is never resident whole (norms and embeddings stay float32)."""
+        from safetensors import safe_open
+
+        from zoo.core.adapters import lora_targets, read_tensor
+        from zoo.core.builder import construct
+        from zoo.core.model_dir import load_state
+        from zoo.core.spec import load_spec
+
+        model = construct(load_spec(directory / SPEC), device)
+        cast = {f"{name}.weight" for name in lora_targets(model, self.config.lora_targets)}
+        path = directory / WEIGHTS
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+        tensors = {}
+        for name in names:
+            tensor = read_tensor(path, name)
+            tensors[name] = (tensor.to(self.base_dtype) if name in cast else tensor).to(device)
+        return load_state(model, tensors, str(path))
 
     def state(self, model) -> dict[str, torch.Tensor]:
         from zoo.core.adapters import adapter_state
@@ -120,9 +168,12 @@ class LoRAWeights:
 
         load_adapter_state(model, tensors, source)
 
-    def publish(self, run_dir: Path, model, spec: ModelSpec, extra: dict) -> None:
+    def publish(self, run_dir: Path, model, spec: ModelSpec, extra: dict, dist=None) -> None:
         """Write ``adapter/`` and, with merging on, the merged weights as the run's ``model.safetensors``."""
         from zoo.core.adapters import merged, plain_state, save_adapter
+
+        if dist is not None and not dist.is_main:
+            return
 
         merge = self.config.merge
         extra = {**extra, "lora": self.record(merged=merge)}
@@ -169,8 +220,20 @@ def check_lora(config, spec: ModelSpec) -> None:
         raise DataError(f"--lora-base {config.lora_base}: choose {' or '.join(BASE_DTYPES)}")
     if config.average_last > 1:
         raise DataError("--average-last averages whole models; a LoRA run trains an adapter: leave --average-last out")
+    if config.strategy == "fsdp":
+        raise DataError("--lora with --strategy fsdp is not supported: the adapter is small, so train it with ddp "
+                        "(the default) and hold the frozen base in bfloat16 (--lora-base bfloat16) if memory is short")
     lora_targets(construct(spec, "meta"), config.lora_targets)
 
 
-def weights_for(config, autocast_dtype: torch.dtype) -> FullWeights | LoRAWeights:
-    return LoRAWeights(config, autocast_dtype) if getattr(config, "lora_rank", None) else FullWeights()
+def weights_for(config, compute_dtype: torch.dtype, dist) -> FullWeights:
+    """The weights strategy of ``config``: LoRA, FSDP shards, or every weight in every process."""
+    if getattr(config, "lora_rank", None):
+        return LoRAWeights(config, compute_dtype)
+    if config.strategy == "fsdp":
+        from zoo.training.fsdp import ShardedWeights
+
+        return ShardedWeights(config, compute_dtype, dist)
+    if config.strategy != "ddp":
+        raise DataError(f"--strategy {config.strategy}: choose ddp or fsdp")
+    return FullWeights()
