@@ -32,7 +32,8 @@ def torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "zoo.cli", "train", *map(str, args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "zoo/" in line]
+    assert done.returncode == 0, "\n".join(errors[:40]) or done.stderr[-3000:]
     return done
 
 

@@ -133,7 +133,7 @@ def test_no_merge_keeps_base_and_adapter_and_every_command_applies_it(tmp_path, 
     scored = [json.loads((run / "eval" / "validation.json").read_text())["loss"] for run in (kept, merged_run)]
     assert scored[0] == pytest.approx(scored[1], abs=1e-5)
     generated = [invoke(["generate", run, "The king", "--max-new-tokens", "8"]).output for run in (kept, merged_run)]
-    assert generated[0].split("tokens/s")[0].rsplit("(", 1)[0] == generated[1].split("tokens/s")[0].rsplit("(", 1)[0]
+    assert generated[0].splitlines()[0] == generated[1].splitlines()[0]  # the text; the timing line differs
 
 
 def test_a_bf16_base_trains_and_publishes_one_dtype(tmp_path, source):

@@ -147,3 +147,40 @@ def test_gpt2_xl_lora_memory(tmp_path):
         figures[name] = {"peak_rss_gb": round(rss * 2**30 / 1e9, 2), "ratio_to_fp32_weights": round(rss * 2**30 / weight_bytes, 2),
                          "seconds": round(seconds, 1)}
     report("lora-xl", figures)
+
+
+def test_fsdp_memory_against_ddp(tmp_path):
+    """gpt2-medium (random weights) on 2 processes, --seq-len 256, a few steps: the peak resident
+    memory of one process with fsdp against ddp, and each plan's estimate beside it."""
+    figures = {}
+    for strategy in ("ddp", "fsdp"):
+        run = tmp_path / strategy
+        _, seconds, rss = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                 "-m", "zoo.cli", "train", "gpt2-medium", "--data", str(TEXT), "-o", str(run),
+                                 "--seq-len", "256", "--batch-size", "2", "--max-steps", "4", "--eval-every", "1000",
+                                 "--eval-tokens", "256", "--val-fraction", "0.001", "--strategy", strategy])
+        planned = subprocess.run([sys.executable, "-m", "zoo.cli", "train", "gpt2-medium", "--data", str(TEXT),
+                                  "--seq-len", "256", "--batch-size", "2", "--plan", "2"],
+                                 capture_output=True, text=True, check=True).stdout
+        estimate = float(next(line.split()[6] for line in planned.splitlines() if line.startswith(strategy + " ")))
+        train = metrics(run, "train")
+        figures[strategy] = {"peak_rss_gb_a_process": round(rss * 2**30 / 1e9, 2), "plan_gib": estimate,
+                             "tokens_per_s": train[-1]["tokens_per_second"], "seconds": round(seconds, 1)}
+    figures["ratio_peak_rss"] = round(figures["fsdp"]["peak_rss_gb_a_process"] / figures["ddp"]["peak_rss_gb_a_process"], 2)
+    report("fsdp", figures)
+
+
+def test_activation_checkpointing_memory_against_time(tmp_path):
+    """GPT-2 Small (random weights), batch 4 x 256, bf16: --checkpoint-activations against not."""
+    figures = {}
+    for name, extra in (("stored", []), ("checkpointed", ["--checkpoint-activations"])):
+        run = tmp_path / name
+        _, seconds, rss = timed([sys.executable, "-m", "zoo.cli", "train", "gpt2", "--data", str(TEXT), "-o", str(run),
+                                 "--seq-len", "256", "--batch-size", "4", "--max-steps", "24",
+                                 "--eval-every", "1000", "--eval-tokens", "256", "--val-fraction", "0.001", *extra])
+        train = metrics(run, "train")[1:]
+        figures[name] = {"peak_rss_gb": round(rss * 2**30 / 1e9, 2),
+                         "tokens_per_s": round(sum(r["tokens_per_second"] for r in train) / len(train), 1)}
+    figures["ratio_peak_rss"] = round(figures["checkpointed"]["peak_rss_gb"] / figures["stored"]["peak_rss_gb"], 2)
+    figures["ratio_tokens_per_s"] = round(figures["checkpointed"]["tokens_per_s"] / figures["stored"]["tokens_per_s"], 2)
+    report("checkpointing", figures)

@@ -90,6 +90,9 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("--seed", type=int, default=None, help="[0]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--force", is_flag=True, help="Replace an existing -o directory.")
+@click.option("--plan", "plan_processes", type=click.IntRange(min=1), default=None, metavar="PROCESSES",
+              help="Train nothing: print the memory one process needs (weights, gradients, optimizer state, "
+                   "activations) with ddp and fsdp over PROCESSES processes, and whether it fits this device.")
 @click.option("--profile", is_flag=True, help="Translators: train nothing; time the training step before and after each "
               "measured speed-up, side by side on the same batches, with tokens/s, MFU and where the time goes.")
 @click.option("--profile-steps", type=click.IntRange(min=1), default=40, show_default=True,
@@ -97,7 +100,8 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --profile: also write the figures to this JSON file.")
 @click.pass_context
-def train(ctx, model, overrides, data, output, resume, force, profile, profile_steps, json_out, **settings):
+def train(ctx, model, overrides, data, output, resume, force, plan_processes, profile, profile_steps, json_out,
+          **settings):
     """Train MODEL: MODEL --data FILE -o RUN_DIR starts a run, --resume RUN_DIR continues one
     (MODEL, --data and the settings come from RUN_DIR/train.json; only the budget options,
     e.g. --max-minutes, may change).
@@ -113,6 +117,8 @@ def train(ctx, model, overrides, data, output, resume, force, profile, profile_s
     given = given_options(ctx, settings)
     if profile:
         return _profile(model, overrides, data, resume, profile_steps, json_out, settings, given)
+    if plan_processes is not None:
+        return _plan(model, overrides, data, resume, plan_processes, settings, given)
     if (output is None) == (resume is None):
         raise click.UsageError("give -o RUN_DIR to start a run or --resume RUN_DIR to continue one")
     if output is not None and (model is None or data is None):
@@ -151,6 +157,34 @@ def summary_line(config, summary: dict, run_dir: Path) -> str:
     return (f"trained {config.model}: {summary['steps']:,} steps ({summary['epochs']} epochs) in "
             f"{summary['seconds'] / 60:.1f} min, {summary['tokens_per_second'] or 0:,.0f} tokens/s{mfu}; "
             f"{figure}{averaged} -> {run_dir}")
+
+
+def _plan(model, overrides, data, resume, processes, settings, given) -> None:
+    """``zoo train --plan N``: the memory table of a run's settings; nothing is trained or written."""
+    import torch
+
+    from zoo.cli.options import print_table
+    from zoo.training.config import task_class
+    from zoo.training.loop import autocast_for
+    from zoo.training.plan import device_budget, plan_lines
+    from zoo.training.run import settings_for
+
+    if resume is None and model is None:
+        raise click.UsageError("--plan needs MODEL (or --resume RUN_DIR for a run's settings)")
+    config = settings_for(model, data or "-", dict(overrides), settings, given, resume)
+    task = task_class(config.task)(config, lambda message: None)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast, _ = autocast_for(config, device)
+    compute = getattr(autocast, "fast_dtype", torch.float32)
+    spec, seq_len, batch = task.planned()
+    budget, where = device_budget(device, processes)
+    from zoo.core.limits import format_bytes
+
+    click.echo(f"{spec.name}: batch {batch} x {seq_len} tokens a process, {str(compute).removeprefix('torch.')} "
+               f"compute{', activations checkpointed' if config.checkpoint_activations else ''}; GiB a process; "
+               f"{where}: {'unknown' if budget is None else format_bytes(budget)}")
+    print_table(["strategy", "processes", "weights", "gradients", "optimizer", "activations", "total", "fits"],
+                plan_lines(task, processes, device, compute))
 
 
 def _profile(model, overrides, data, resume, steps, json_out, settings, given) -> None:

@@ -97,6 +97,10 @@ class LanguageModelling(Task):
         check_lora(config, spec)
         self.texts: tuple[EncodedText, EncodedText] | None = None
 
+    def planned(self) -> tuple[ModelSpec, int, int]:
+        spec = decoder_spec(self.config)
+        return spec, self.config.seq_len or spec.context_length, self.config.batch_size
+
     # ------------------------------------------------------------------ a new run
 
     def create(self, directory: Path) -> None:

@@ -257,6 +257,7 @@ class Trainer:
             raise ZooError(f"{run_dir} already exists; continue it with --resume {run_dir} or replace it with --force")
         if resume and not (run_dir / TRAIN_CONFIG).is_file():
             raise DataError(f"{run_dir}: no training run to resume (no {TRAIN_CONFIG}); start one with -o {run_dir}")
+        self.dist.barrier()  # every process has looked at the directory before the main one writes it
         if not resume and self.dist.is_main:
             with atomic_directory(run_dir, overwrite=force) as tmp:
                 self.task.create(tmp)
@@ -308,6 +309,9 @@ class Trainer:
     def run(self, resume: bool, force: bool) -> dict:
         from tqdm import tqdm
 
+        from zoo.training.plan import check_training_fits
+
+        check_training_fits(self.task, self.dist.world, self.device, self.compute_dtype)  # before anything is written
         self.start_run(resume, force)
         self.set_up(resume)
         p, dist, config = self.p, self.dist, self.config

@@ -125,3 +125,53 @@ def fewest_gpus(spec: ModelSpec, card: int, seq_len: int, batch: int, shape: Sha
             return n
         n *= 2
     return None
+
+
+def lora_parameters(spec: ModelSpec, rank: int, targets: str) -> int:
+    """The parameters a LoRA adapter of ``rank`` on ``targets`` trains: r·(in + out) per layer."""
+    from zoo.core.adapters import lora_targets
+    from zoo.core.builder import construct
+
+    model = construct(spec, "meta")
+    return sum(rank * (m.in_features + m.out_features) for m in map(model.get_submodule, lora_targets(model, targets)))
+
+
+def training_plans(task, processes: int, compute: torch.dtype) -> list[Plan]:
+    """The plans of ``task``'s run at ``processes``: ddp and fsdp, or LoRA's."""
+    config = task.config
+    spec, seq_len, batch = task.planned()
+    shape = model_shape(spec)
+    common = dict(seq_len=seq_len, batch=batch, compute=compute, checkpointing=config.checkpoint_activations,
+                  shape=shape)
+    if getattr(config, "lora_rank", None):
+        base = 2 if getattr(config, "lora_base", "float32") == "bfloat16" else 4
+        trainable = lora_parameters(spec, config.lora_rank, config.lora_targets)
+        return [plan(spec, "ddp", processes, trainable=trainable, base_bytes=base, **common)]
+    return [plan(spec, strategy, processes, **common) for strategy in ("ddp", "fsdp")]
+
+
+def plan_lines(task, processes: int, device: torch.device, compute: torch.dtype) -> list[list[str]]:
+    """The rows ``zoo train --plan`` prints."""
+    budget, where = device_budget(device, processes)
+    rows = []
+    for p in training_plans(task, processes, compute):
+        fits = "?" if budget is None else "yes" if p.total <= budget else "no"
+        rows.append([p.strategy, str(p.processes), *(f"{v / GiB:.2f}" for v in
+                     (p.weights, p.gradients, p.optimizer, p.activations, p.total)), fits])
+    return rows
+
+
+def check_training_fits(task, processes: int, device: torch.device, compute: torch.dtype) -> None:
+    """Refuse, in one line and before anything is written, a run whose plan exceeds the device."""
+    from zoo.core.limits import format_bytes
+    from zoo.errors import DataError
+
+    budget, where = device_budget(device, processes)
+    chosen = task.config.strategy if not getattr(task.config, "lora_rank", None) else "lora"
+    mine = next(p for p in training_plans(task, processes, compute) if p.strategy == chosen)
+    if budget is not None and mine.total > budget:
+        spec = task.planned()[0]
+        raise DataError(f"training {spec.name} with {chosen} on {processes} process(es) needs about "
+                        f"{format_bytes(mine.total)} a process ({where}: {format_bytes(budget)}); see zoo train "
+                        "... --plan N, and try --strategy fsdp over more processes, --lora, --checkpoint-activations "
+                        "or a smaller --batch-size")

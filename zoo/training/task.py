@@ -75,3 +75,8 @@ class Task:
     def start_record(self) -> dict:
         """What metrics.jsonl's start record says about the data (sizes, vocabulary)."""
         return {}
+
+    def planned(self) -> tuple[ModelSpec, int, int]:
+        """The model's spec and a step's shape, sequence length and sequences per process, for the
+        memory plan (:mod:`zoo.training.plan`): known before the run directory is written."""
+        raise NotImplementedError

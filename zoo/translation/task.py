@@ -98,6 +98,11 @@ class TranslationTask(Task):
         vocabulary.save(directory)
         write_model_files(build(spec, seed=config.seed), spec, directory, {"training": {"step": 0}})
 
+    def planned(self) -> tuple[ModelSpec, int, int]:
+        """A batch of ``batch_tokens`` as sentences of 32 tokens (about the corpus's longest)."""
+        spec = load_spec(self.config.model, self.config.overrides or None)
+        return spec, 32, max(1, self.config.batch_tokens // 32)
+
     def open(self, run_dir: Path, rank: int, world: int) -> ModelSpec:
         # the other processes read the data without repeating its warnings
         splits = self.read() if rank == 0 else read_split(self.config, lambda _: None)
