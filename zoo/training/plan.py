@@ -71,12 +71,14 @@ def model_shape(spec: ModelSpec) -> Shape:
     return Shape(parameters, max(blocks), root, sum(layers.values()))
 
 
-def activation_bytes(spec: ModelSpec, seq_len: int, batch: int, dtype_bytes: int, checkpointing: bool) -> int:
-    """The activations a training step keeps for its backward pass (see the module's note)."""
+def activation_bytes(spec: ModelSpec, seq_len: int, batch: int, dtype_bytes: int, checkpointing: bool,
+                     scores: bool = True) -> int:
+    """The activations a training step keeps for its backward pass (see the module's note); ``scores``:
+    the attention kernel keeps its (s x s) scores (the math kernel zoo uses on CPUs; flash attention on GPUs does not)."""
     s, b, h = seq_len, batch, spec.d_model
     heads = spec.attention.options.n_heads
     d_ff = getattr(spec.mlp.options, "d_ff", None) or 4 * h
-    per_layer = (s * b * h * (15 + 19 * d_ff / (4 * h)) + 5 * heads * s * s * b) * dtype_bytes / 2
+    per_layer = (s * b * h * (15 + 19 * d_ff / (4 * h)) + (5 * heads * s * s * b if scores else 0)) * dtype_bytes / 2
     layers = spec.n_layers + (spec.n_decoder_layers if spec.is_encoder_decoder else 0)
     kept = layers * s * b * h * dtype_bytes + per_layer if checkpointing else layers * per_layer
     logits = s * b * spec.vocab_size * (dtype_bytes + 4)
@@ -85,13 +87,13 @@ def activation_bytes(spec: ModelSpec, seq_len: int, batch: int, dtype_bytes: int
 
 def plan(spec: ModelSpec, strategy: str, processes: int, seq_len: int, batch: int, compute: torch.dtype,
          checkpointing: bool = False, trainable: int | None = None, base_bytes: int = 4,
-         shape: Shape | None = None) -> Plan:
+         shape: Shape | None = None, scores: bool = True) -> Plan:
     """The bytes per process of a training step of ``spec`` (``trainable``: a LoRA run's adapter parameters)."""
     shape = shape or model_shape(spec)
     P, n = shape.parameters, processes
     cb = compute.itemsize
     casts = P * cb if cb < 4 else 0  # autocast's low-precision copies of the weights
-    activations = activation_bytes(spec, seq_len, batch, cb, checkpointing)
+    activations = activation_bytes(spec, seq_len, batch, cb, checkpointing, scores)
     if trainable is not None:  # LoRA: a frozen base, an adapter that trains
         return Plan("lora", n, P * base_bytes + (casts if base_bytes == 4 else 0), 4 * trainable,
                     8 * trainable, activations)
@@ -115,16 +117,36 @@ def device_budget(device: torch.device, processes: int) -> tuple[int | None, str
     return available // processes, f"this machine's available memory / {processes} processes"
 
 
-def fewest_gpus(spec: ModelSpec, card: int, seq_len: int, batch: int, shape: Shape | None = None,
-                limit: int = 1024) -> int | None:
-    """The fewest GPUs of ``card`` bytes that fit an FSDP run (bf16 mixed precision), None beyond ``limit``."""
+def fewest_gpus(spec: ModelSpec, card: int, seq_len: int, batch: int, checkpointing: bool = False,
+                shape: Shape | None = None, limit: int = 64) -> int | None:
+    """The fewest GPUs (1, 2, 4, ...) of ``card`` bytes that fit full fine-tuning with FSDP (bf16 mixed
+    precision, flash attention), None if even ``limit`` do not (the activations do not shrink with more GPUs)."""
     shape = shape or model_shape(spec)
     n = 1
     while n <= limit:
-        if plan(spec, "fsdp", n, seq_len, batch, torch.bfloat16, shape=shape).total <= card:
+        if plan(spec, "fsdp", n, seq_len, batch, torch.bfloat16, checkpointing, shape=shape, scores=False).total <= card:
             return n
         n *= 2
     return None
+
+
+def catalog_rows(names: list[str], seq_len: int = 1024, batch: int = 1, cards: tuple[int, ...] = (24, 40, 80)):
+    """The README's table: per model, DDP's bytes a GPU and the GPUs FSDP needs of each card size."""
+    rows = []
+    for name in names:
+        from zoo.core.spec import load_spec
+
+        spec = load_spec(name)
+        shape = model_shape(spec)
+        length = min(seq_len, spec.context_length)
+        ddp = plan(spec, "ddp", 2, length, batch, torch.bfloat16, shape=shape, scores=False).total
+        cells = []
+        for checkpointing in (False, True):
+            counts = [fewest_gpus(spec, c * 10**9, length, batch, checkpointing, shape) for c in cards]
+            cells.append(" / ".join("-" if n is None else str(n) for n in counts))
+        rows.append([name, f"{shape.parameters / 1e6:,.0f}M", f"{ddp / 1e9:.1f} GB",
+                     " / ".join("yes" if ddp <= c * 10**9 else "no" for c in cards), *cells])
+    return rows
 
 
 def lora_parameters(spec: ModelSpec, rank: int, targets: str) -> int:
@@ -136,13 +158,13 @@ def lora_parameters(spec: ModelSpec, rank: int, targets: str) -> int:
     return sum(rank * (m.in_features + m.out_features) for m in map(model.get_submodule, lora_targets(model, targets)))
 
 
-def training_plans(task, processes: int, compute: torch.dtype) -> list[Plan]:
+def training_plans(task, processes: int, compute: torch.dtype, device: torch.device) -> list[Plan]:
     """The plans of ``task``'s run at ``processes``: ddp and fsdp, or LoRA's."""
     config = task.config
     spec, seq_len, batch = task.planned()
     shape = model_shape(spec)
     common = dict(seq_len=seq_len, batch=batch, compute=compute, checkpointing=config.checkpoint_activations,
-                  shape=shape)
+                  shape=shape, scores=device.type != "cuda")
     if getattr(config, "lora_rank", None):
         base = 2 if getattr(config, "lora_base", "float32") == "bfloat16" else 4
         trainable = lora_parameters(spec, config.lora_rank, config.lora_targets)
@@ -154,7 +176,7 @@ def plan_lines(task, processes: int, device: torch.device, compute: torch.dtype)
     """The rows ``zoo train --plan`` prints."""
     budget, where = device_budget(device, processes)
     rows = []
-    for p in training_plans(task, processes, compute):
+    for p in training_plans(task, processes, compute, device):
         fits = "?" if budget is None else "yes" if p.total <= budget else "no"
         rows.append([p.strategy, str(p.processes), *(f"{v / GiB:.2f}" for v in
                      (p.weights, p.gradients, p.optimizer, p.activations, p.total)), fits])
@@ -168,7 +190,7 @@ def check_training_fits(task, processes: int, device: torch.device, compute: tor
 
     budget, where = device_budget(device, processes)
     chosen = task.config.strategy if not getattr(task.config, "lora_rank", None) else "lora"
-    mine = next(p for p in training_plans(task, processes, compute) if p.strategy == chosen)
+    mine = next(p for p in training_plans(task, processes, compute, device) if p.strategy == chosen)
     if budget is not None and mine.total > budget:
         spec = task.planned()[0]
         raise DataError(f"training {spec.name} with {chosen} on {processes} process(es) needs about "
