@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import MLP, hookimpl
+from zoo import MLP, Range, hookimpl
 
 
 @dataclass
 class MLPOptions:
-    d_ff: int | None = None  # hidden width; None: 4 * d_model
+    d_ff: Annotated[int, Range(min=1)] | None = None  # hidden width; None: 4 * d_model
     bias: bool = True
 
 

@@ -85,7 +85,7 @@ def test_resolved_spec_round_trips(tmp_path):
     ({"n_layers": "twelve"}, "models.gpt2.n_layers: 'twelve' is not an integer"),
     ({"positional": "relative"}, "unknown positional 'relative'; choose one of: alibi, learned, none, rotary, sinusoidal"),
     ({"block": {"type": "sandwich"}}, "unknown block 'sandwich'; choose one of: parallel, post_norm, pre_norm"),
-    ({"positional": "rotary", "positional.fraction": 2.0}, "rotary fraction 2.0 must be in (0, 1]"),
+    ({"positional": "rotary", "positional.fraction": 2.0}, "positional.fraction: 2.0 is too large; it must be above 0 and at most 1"),
     ({"dropout": 1.5}, "models.gpt2.dropout: 1.5 must be in [0, 1)"),
     ({"context_length": 2 ** 63}, "models.gpt2.context_length: 9223372036854775808 does not fit in 64 bits"),
     ({"mlp.d_ff": -(2 ** 63) - 1}, "models.gpt2.mlp.d_ff: -9223372036854775809 does not fit in 64 bits"),

@@ -45,6 +45,7 @@ _API = {
     "hookimpl": "zoo.core.hookspecs:hookimpl",
     "get_registry": "zoo.core.registry:get_registry",
     "NoOptions": "zoo.core.components:NoOptions",
+    "Range": "zoo.core.spec:Range",
     "PositionalScheme": "zoo.core.components:PositionalScheme",
     "Attention": "zoo.core.components:Attention",
     "Block": "zoo.core.components:Block",

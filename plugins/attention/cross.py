@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import Attention, Context
+from zoo import Attention, Context, Range
 
 
 class CrossAttention(Attention):
@@ -21,7 +22,7 @@ class CrossAttention(Attention):
     @dataclass
     class Options:
         bias: bool = True
-        dropout: float = 0.0
+        dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
         super().__init__(spec, options, layer_index)

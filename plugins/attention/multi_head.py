@@ -7,12 +7,13 @@ builds once per pass; ``scaled_dot_product_attention`` is the fast path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import Attention, Context
+from zoo import Attention, Context, Range
 
 
 class MultiHeadAttention(Attention):
@@ -21,7 +22,7 @@ class MultiHeadAttention(Attention):
     @dataclass
     class Options(Attention.Options):  # n_heads, n_kv_heads
         bias: bool = True
-        dropout: float = 0.0
+        dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
         causal: bool | None = None  # None: causal in a decoder, bidirectional in an encoder
         out_bias: bool | None = None  # bias of c_proj; None: as ``bias`` (Qwen2 has q/k/v biases only)
 

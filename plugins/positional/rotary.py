@@ -1,10 +1,11 @@
 """Rotary position embeddings (RoPE, Su et al. 2021): rotate query/key pairs by position."""
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
-from zoo import PositionalScheme
+from zoo import PositionalScheme, Range
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -17,13 +18,11 @@ class RotaryPositions(PositionalScheme):
 
     @dataclass
     class Options:
-        base: float = 10000.0
-        fraction: float = 1.0  # share of each head's dimensions that rotate
+        base: Annotated[float, Range(min=0, min_open=True)] = 10000.0
+        fraction: Annotated[float, Range(min=0, max=1, min_open=True)] = 1.0  # share of each head's dimensions that rotate
 
     @staticmethod
     def check_spec(spec, options):
-        if not 0.0 < options.fraction <= 1.0:
-            return f"rotary fraction {options.fraction} must be in (0, 1]"
         if int(spec.head_dim * options.fraction) % 2:
             return f"rotary needs an even number of rotated dimensions per head, got {int(spec.head_dim * options.fraction)}"
 

@@ -2,10 +2,11 @@
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
-from zoo import PositionalScheme
+from zoo import PositionalScheme, Range
 
 
 def sinusoid_table(positions: torch.Tensor, d_model: int, base: float = 10000.0) -> torch.Tensor:
@@ -22,7 +23,7 @@ class SinusoidalPositions(PositionalScheme):
 
     @dataclass
     class Options:
-        base: float = 10000.0
+        base: Annotated[float, Range(min=0, min_open=True)] = 10000.0
 
     @staticmethod
     def check_spec(spec, options):

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Annotated, Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from zoo.core.dropout import Dropout
+from zoo.core.spec import Range
 
 
 @dataclass
@@ -67,8 +68,8 @@ class AttentionOptions:
     """What the model reads from every self-attention's options (``spec.n_heads``, and
     ``spec.n_kv_heads`` to size the key/value cache); extend it with your own fields."""
 
-    n_heads: int
-    n_kv_heads: int | None = None  # None: as many as n_heads; 1: multi-query
+    n_heads: Annotated[int, Range(min=1)]
+    n_kv_heads: Annotated[int, Range(min=1)] | None = None  # None: as many as n_heads; 1: multi-query
 
 
 class Attention(nn.Module):

@@ -108,7 +108,39 @@ class ModelSpec:
 # --------------------------------------------------------------------------- typing
 
 
+@dataclass(frozen=True)
+class Range:
+    """A bound on a numeric option, declared with ``typing.Annotated`` and checked when a spec
+    is loaded, with the option's field path in the message::
+
+        d_ff: Annotated[int, Range(min=1)] | None = None
+        dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
+    """
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False  # the minimum itself is not allowed
+    max_open: bool = False
+
+    def check(self, value: Any, path: str) -> None:
+        if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
+            raise SpecError(f"{path}: {value!r} is too small; {self.describe()}")
+        if self.max is not None and (value > self.max or (self.max_open and value == self.max)):
+            raise SpecError(f"{path}: {value!r} is too large; {self.describe()}")
+
+    def describe(self) -> str:
+        low = "" if self.min is None else f"{'above' if self.min_open else 'at least'} {self.min:g}"
+        high = "" if self.max is None else f"{'below' if self.max_open else 'at most'} {self.max:g}"
+        return "it must be " + " and ".join(part for part in (low, high) if part)
+
+
+def _base(tp: Any) -> Any:
+    """``Annotated[int, Range(1)]`` -> ``int``."""
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+
+
 def _type_name(tp: Any) -> str:
+    tp = _base(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -119,13 +151,20 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     if isinstance(tp, str):
         tp = eval(tp, {"typing": typing}, {})  # annotations are strings under `from __future__`
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        value = coerce(value, base, path)
+        for extra in extras:
+            if isinstance(extra, Range) and value is not None:
+                extra.check(value, path)
+        return value
     if origin in (typing.Union, types.UnionType):
         specific = None  # the error of the arm of the value's own type (an int out of range) says more
         for arg in typing.get_args(tp):
             try:
                 return coerce(value, arg, path)
             except SpecError as exc:
-                specific = exc if arg is type(value) else specific
+                specific = exc if _base(arg) is type(value) or (_base(arg) is float and type(value) is int) else specific
         raise specific or SpecError(f"{path}: {value!r} is not a {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -167,7 +206,7 @@ def build_dataclass(cls: type, data: dict, path: str) -> Any:
     """Instantiate dataclass ``cls`` from ``data``, naming the field path of any error."""
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # keeps Annotated's Range
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

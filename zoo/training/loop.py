@@ -37,7 +37,7 @@ from zoo.training.averaging import average, point_step, points, save_point
 from zoo.training.config import TrainConfig, parse_interval
 from zoo.training.distributed import Distributed
 from zoo.training.run_log import RunLog
-from zoo.training.weights import weights_for
+from zoo.training.weights import FullWeights, LoRAWeights
 from zoo.training.snapshots import Progress, random_state, set_random_state, snapshots
 from zoo.training.task import Task
 
@@ -209,6 +209,19 @@ def measure_utilisation(flops_per_token: float, device: torch.device, dtype: tor
     ceiling = matmul_ceiling(dtype, str(device), matmul_size(device), warmup=1, repeats=10)
     best = ceiling["flop_per_s"]["max"] if "flop_per_s" in ceiling else None
     return Utilisation(flops_per_token, best, str(dtype).removeprefix("torch."))
+
+
+def weights_for(config, compute_dtype: torch.dtype, dist) -> FullWeights:
+    """The weights strategy of ``config``: LoRA, FSDP shards, or every weight in every process."""
+    if getattr(config, "lora_rank", None):
+        return LoRAWeights(config, compute_dtype)
+    if config.strategy == "fsdp":
+        from zoo.training.fsdp import ShardedWeights
+
+        return ShardedWeights(config, compute_dtype, dist)
+    if config.strategy != "ddp":
+        raise DataError(f"--strategy {config.strategy}: choose ddp or fsdp")
+    return FullWeights()
 
 
 LATE = 0.75  # checkpoint averaging takes weight points from the last quarter of the run's steps only

@@ -224,16 +224,3 @@ def check_lora(config, spec: ModelSpec) -> None:
         raise DataError("--lora with --strategy fsdp is not supported: the adapter is small, so train it with ddp "
                         "(the default) and hold the frozen base in bfloat16 (--lora-base bfloat16) if memory is short")
     lora_targets(construct(spec, "meta"), config.lora_targets)
-
-
-def weights_for(config, compute_dtype: torch.dtype, dist) -> FullWeights:
-    """The weights strategy of ``config``: LoRA, FSDP shards, or every weight in every process."""
-    if getattr(config, "lora_rank", None):
-        return LoRAWeights(config, compute_dtype)
-    if config.strategy == "fsdp":
-        from zoo.training.fsdp import ShardedWeights
-
-        return ShardedWeights(config, compute_dtype, dist)
-    if config.strategy != "ddp":
-        raise DataError(f"--strategy {config.strategy}: choose ddp or fsdp")
-    return FullWeights()
