@@ -135,9 +135,12 @@ def test_prompt_plus_new_tokens_beyond_the_context_is_an_error(model):
         generate(model, torch.zeros(1, 90, dtype=torch.long), max_new_tokens=10)
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=-1), dict(temperature=-0.1), dict(top_k=0), dict(top_p=0.0)])
-def test_settings_out_of_range_are_refused(model, kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [(dict(max_new_tokens=-1), "max_new_tokens must be >= 0, got -1"),
+                                             (dict(temperature=-0.1), "temperature must be >= 0"),
+                                             (dict(top_k=0), "top_k must be >= 1, got 0"),
+                                             (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0")])
+def test_settings_out_of_range_are_refused(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
         generate(model, torch.zeros(1, 3, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})
 
 
