@@ -213,6 +213,11 @@ def test_fine_tuned_checkpoint_exports_to_transformers_with_zoo_logits(tmp_path,
     done = CliRunner().invoke(cli, ["export", str(run), "--format", "hf", "-o", str(exported)])
     assert done.exit_code == 0, done.output
     hf = getattr(transformers, hf_class).from_pretrained(exported).eval()
+    from tokenizers import Tokenizer
+
+    text = "The king shall speak to thee."
+    ours = Tokenizer.from_file(str(run / "tokenizer.json")).encode(text).ids
+    assert transformers.AutoTokenizer.from_pretrained(exported)(text)["input_ids"] == ours  # the tokenizer travels
     ids = torch.randint(0, 300, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, tuned(ids), rtol=1e-4, atol=1e-4)

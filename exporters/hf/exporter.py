@@ -85,12 +85,29 @@ def write_generation_config(config, out: Path) -> None:
 
 
 def write_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:
-    """The GPT-2 tokenizer files (and their licence) for a spec whose tokenizer is ``gpt2``."""
+    """The tokenizer files: GPT-2's (and their licence) for a spec whose tokenizer is ``gpt2``;
+    otherwise a checkpoint's or training run's own ``tokenizer.json`` (``tokenizer_dir``), as transformers saves it."""
+    from zoo.core.files import TOKENIZER
     from zoo.generation.tokenizer import ASSETS, gpt2_tokenizer
 
+    from zoo.core.files import GPT2_VOCAB
+
+    if tokenizer_dir is not None and not any((Path(tokenizer_dir) / name).is_file() for name in (TOKENIZER, GPT2_VOCAB)):
+        tokenizer_dir = None  # weights without tokenizer files: the spec's own, if it names one
     if spec.tokenizer != "gpt2" and tokenizer_dir is None:
         return []
     before = set(out.iterdir())
+    if spec.tokenizer != "gpt2" and (Path(tokenizer_dir) / TOKENIZER).is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / TOKENIZER),
+                                            model_max_length=spec.context_length)
+        for role in ("bos", "eos", "pad"):
+            token_id = getattr(spec, f"{role}_token_id", None)
+            if token_id is not None and token_id < len(tokenizer):
+                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+        tokenizer.save_pretrained(out)
+        return sorted(p.name for p in set(out.iterdir()) - before)
     tokenizer = gpt2_tokenizer(tokenizer_dir)
     tokenizer.model_max_length = spec.context_length
     tokenizer.save_pretrained(out)

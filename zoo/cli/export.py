@@ -45,7 +45,7 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quant
         weights = adapter_base(model, fmt, weights)
         extra["adapter_run"] = model
     net = model_from_args(spec, weights, seed=seed)
-    if (fmt == "onnx" or spec.is_encoder_decoder) and weights and Path(weights).is_dir():
+    if weights and Path(weights).is_dir():
         extra["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
     manifest = export_model(net, spec, output, fmt, overwrite=force, kv_cache=kv_cache, dtype=dtype,
                             opset=opset, validate=not no_validate, **extra)
