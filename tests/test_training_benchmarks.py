@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +147,7 @@ def test_gpt2_xl_lora_memory(tmp_path):
                                  "--eval-tokens", "256", "--val-fraction", "0.001", *extra])
         figures[name] = {"peak_rss_gb": round(rss * 2**30 / 1e9, 2), "ratio_to_fp32_weights": round(rss * 2**30 / weight_bytes, 2),
                          "seconds": round(seconds, 1)}
+        shutil.rmtree(run)  # 12 GB each: the base and the merged weights
     report("lora-xl", figures)
 
 
