@@ -368,7 +368,7 @@ class Trainer:
             if self.window["seconds"]:
                 self.flush_window(learning_rate(p.step, config, self.progress_fraction()))
             last = self.validate(final=True)
-            self.snapshot()
+            self.snapshot(final=True)
             if config.average_last > 1:
                 self.average_weights(last)
         finally:
@@ -422,13 +422,17 @@ class Trainer:
         p = self.p
         return {"step": p.step, "tokens": p.tokens, "seconds": round(p.seconds, 1)}
 
-    def snapshot(self) -> None:
-        """Write a training snapshot and publish the current weights (on the main process)."""
+    def snapshot(self, final: bool = False) -> None:
+        """Write a training snapshot and publish the current weights (on the main process).
+        ``final``: the session's last; the optimizer state, saved, is let go before publishing
+        (under FSDP publishing gathers the whole model on the main process)."""
         dist, p = self.dist, self.p
         randoms = dist.gather(random_state(self.device))
         digests = [] if self.weights.sharded else dist.gather(parameter_digest(self.model))  # shards differ by design
         self.weights.snapshot(self.run_dir, self.model, self.optimizer, p, randoms,
                               self.scaler.state_dict() if self.needs_scaling else None, self.config.keep_checkpoints, dist)
+        if final:
+            self.optimizer.state.clear()
         self.weights.publish(self.run_dir, self.model, self.spec, {"training": {
             **self.training_record(), "validation": self.last_validation.get("loss")}}, dist)
         if dist.is_main:
