@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from zoo.core.files import SNAPSHOT_STATE, SNAPSHOTS
 from zoo.errors import DataError
 from zoo.training.snapshots import Progress, Restored, snapshot_state, snapshots
-from zoo.training.weights import FullWeights
+from zoo.training.weights import FullWeights, read_model
 
 RANDOM = "random.safetensors"  # every process's random-number state, written by the main process
 
@@ -80,7 +80,8 @@ class ShardedWeights(FullWeights):
         self.mixed = compute_dtype if compute_dtype != torch.float32 else None
 
     def model(self, run_dir: Path, device: torch.device) -> nn.Module:
-        return shard(super().model(run_dir, device), device, self.dist.world, self.mixed)
+        # read into memory of its own, not mapped from the file: once sharded, the whole model is let go
+        return shard(read_model(run_dir, device).train(), device, self.dist.world, self.mixed)
 
     def full_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

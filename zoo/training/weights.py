@@ -43,6 +43,28 @@ def replace_files(source: Path, run_dir: Path, names: tuple[str, ...]) -> None:
             os.replace(source / name, run_dir / name)
 
 
+def read_model(directory: Path, device: torch.device, convert=None) -> nn.Module:
+    """A model directory's model read tensor by tensor into memory of its own (``convert(name,
+    tensor)`` on the way), so that the float32 file is never resident whole and nothing stays
+    mapped from it: what a model about to be cast or sharded needs."""
+    from safetensors import safe_open
+
+    from zoo.core.adapters import read_tensor
+    from zoo.core.builder import construct
+    from zoo.core.model_dir import load_state
+    from zoo.core.spec import load_spec
+
+    model = construct(load_spec(directory / SPEC), device)
+    path = directory / WEIGHTS
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+    tensors = {}
+    for name in names:
+        tensor = read_tensor(path, name)
+        tensors[name] = (convert(name, tensor) if convert else tensor).to(device)
+    return load_state(model, tensors, str(path))
+
+
 class FullWeights:
     """Every parameter trains: the run's own ``model.safetensors`` is the start."""
 
@@ -138,25 +160,14 @@ class LoRAWeights(FullWeights):
         return add_lora(base, c.lora_rank, self.alpha, c.lora_dropout, c.lora_targets, seed=c.seed).train()
 
     def cast_base(self, directory: Path, device: torch.device) -> nn.Module:
-        """The base with its targeted projections in the base dtype, read tensor by tensor so that
-        the float32 file is never resident whole (norms and embeddings stay float32)."""
-        from safetensors import safe_open
-
-        from zoo.core.adapters import lora_targets, read_tensor
+        """The base with its targeted projections in the base dtype (norms and embeddings stay float32)."""
+        from zoo.core.adapters import lora_targets
         from zoo.core.builder import construct
-        from zoo.core.model_dir import load_state
         from zoo.core.spec import load_spec
 
-        model = construct(load_spec(directory / SPEC), device)
-        cast = {f"{name}.weight" for name in lora_targets(model, self.config.lora_targets)}
-        path = directory / WEIGHTS
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
-        tensors = {}
-        for name in names:
-            tensor = read_tensor(path, name)
-            tensors[name] = (tensor.to(self.base_dtype) if name in cast else tensor).to(device)
-        return load_state(model, tensors, str(path))
+        targets = lora_targets(construct(load_spec(directory / SPEC), "meta"), self.config.lora_targets)
+        cast = {f"{name}.weight" for name in targets}
+        return read_model(directory, device, lambda name, t: t.to(self.base_dtype) if name in cast else t)
 
     def state(self, model) -> dict[str, torch.Tensor]:
         from zoo.core.adapters import adapter_state
