@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zoo.core.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, read_json
+from zoo.core.meta import tied_names
 from zoo.errors import DataError, WeightsError
 
 # a role -> the block attributes whose linear layers it names
@@ -70,12 +71,7 @@ def lora_targets(model: nn.Module, targets: str) -> list[str]:
     module names) chooses; works on a model whose weights are still on the meta device."""
     linears = linear_layers(model)
     shown = ", ".join(by_layer(linears)) or "none"
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            tied |= {name.rpartition(".")[0], seen[id(param)].rpartition(".")[0]}
-        seen.setdefault(id(param), name)
+    tied = {name.rpartition(".")[0] for pair in tied_names(model).items() for name in pair}  # modules sharing a weight
     chosen: list[str] = []
     wanted = [t.strip() for t in targets.split(",") if t.strip()]
     if not wanted:

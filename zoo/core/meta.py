@@ -47,6 +47,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """Each second name of a shared parameter (a tied head) -> the first (the embedding)."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            tied[name] = first[id(param)]
+        first.setdefault(id(param), name)
+    return tied
+
+
 @dataclass
 class ParameterRow:
     part: str

@@ -31,8 +31,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from zoo.core.files import SNAPSHOT_STATE, SNAPSHOTS
+from zoo.core.meta import tied_names
 from zoo.errors import DataError
-from zoo.training.snapshots import Progress, Restored, snapshot_state, snapshots
+from zoo.training.snapshots import Progress, Restored, random_states, random_tensors, snapshot_state, snapshots
 from zoo.training.weights import FullWeights, read_model
 
 RANDOM = "random.safetensors"  # every process's random-number state, written by the main process
@@ -53,17 +54,6 @@ def shard(model: nn.Module, device: torch.device, world: int, mixed: torch.dtype
                 fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
-
-
-def tied_names(model: nn.Module) -> dict[str, str]:
-    """Each second name of a shared parameter (a tied head) -> the first (the embedding)."""
-    first: dict[int, str] = {}
-    tied = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            tied[name] = first[id(param)]
-        first.setdefault(id(param), name)
-    return tied
 
 
 class ShardedWeights(FullWeights):
@@ -124,8 +114,7 @@ class ShardedWeights(FullWeights):
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp))
         dist.barrier()
         if dist.is_main:
-            save_file({f"rng.{rank}.{kind}": value.cpu() for rank, states in enumerate(randoms)
-                       for kind, value in states.items()}, str(tmp / RANDOM))
+            save_file(random_tensors(randoms), str(tmp / RANDOM))
             state = {"progress": asdict(progress), "scaler": scaler, "world": len(randoms), "strategy": self.strategy}
             (tmp / SNAPSHOT_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             shutil.rmtree(folder / name, ignore_errors=True)
@@ -140,8 +129,5 @@ class ShardedWeights(FullWeights):
         both = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(both, checkpoint_id=str(path))  # reshards: the snapshot may come from another process count
         set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"])
-        randoms: list[dict[str, torch.Tensor]] = [{} for _ in range(state["world"])]
-        for key, value in load_file(str(path / RANDOM)).items():
-            _, rank, kind = key.split(".", 2)
-            randoms[int(rank)][kind] = value
+        randoms = random_states(load_file(str(path / RANDOM)), state["world"])
         return Restored({}, Progress(**state["progress"]), randoms, state.get("scaler"))

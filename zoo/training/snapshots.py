@@ -68,6 +68,22 @@ def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> No
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def random_tensors(random_states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Every rank's random-number state as flat named tensors (``rng.RANK.KIND``), for a safetensors file."""
+    return {f"rng.{rank}.{kind}": value.cpu() for rank, states in enumerate(random_states)
+            for kind, value in states.items()}
+
+
+def random_states(tensors: dict[str, torch.Tensor], world: int) -> list[dict[str, torch.Tensor]]:
+    """The ranks' random-number states among ``tensors`` (the inverse of :func:`random_tensors`)."""
+    states: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
+    for name, value in tensors.items():
+        if name.startswith("rng."):
+            _, rank, kind = name.split(".", 2)
+            states[int(rank)][kind] = value
+    return states
+
+
 def save_snapshot(run_dir: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                   progress: Progress, random_states: list[dict[str, torch.Tensor]], scaler: dict | None = None,
                   keep: int = 2, strategy: str = "ddp") -> Path:
@@ -75,9 +91,7 @@ def save_snapshot(run_dir: Path, weights: dict[str, torch.Tensor], optimizer: to
     are the trained tensors (the whole model's state, or a LoRA run's adapter)."""
     target = Path(run_dir) / SNAPSHOTS / f"step-{progress.step:08d}"
     tensors, groups = optimizer_tensors(optimizer)
-    for rank, states in enumerate(random_states):
-        for kind, value in states.items():
-            tensors[f"rng.{rank}.{kind}"] = value.cpu()
+    tensors.update(random_tensors(random_states))
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / OPTIMIZER_STATE))
@@ -140,9 +154,4 @@ def load_snapshot(path: Path, optimizer: torch.optim.Optimizer | None = None,
         raise WeightsError(f"{path}: unreadable training snapshot ({first_line(exc)}); delete it to resume from the one before") from None
     if optimizer is not None:
         restore_optimizer(optimizer, tensors, state["param_groups"])
-    randoms: list[dict[str, torch.Tensor]] = [{} for _ in range(state["world"])]
-    for name, value in tensors.items():
-        if name.startswith("rng."):
-            _, rank, kind = name.split(".", 2)
-            randoms[int(rank)][kind] = value
-    return Restored(weights, Progress(**state["progress"]), randoms, state.get("scaler"))
+    return Restored(weights, Progress(**state["progress"]), random_states(tensors, state["world"]), state.get("scaler"))
