@@ -136,12 +136,47 @@ def test_no_merge_keeps_base_and_adapter_and_every_command_applies_it(tmp_path, 
     assert generated[0].splitlines()[0] == generated[1].splitlines()[0]  # the text; the timing line differs
 
 
-def test_a_bf16_base_trains_and_publishes_one_dtype(tmp_path, source):
+def test_a_bf16_base_is_stored_and_held_in_bf16_and_publishes_one_dtype(tmp_path, source, monkeypatch):
+    from zoo.core import model_dir
+    from zoo.training.weights import LoRAWeights
+
+    monkeypatch.setattr(model_dir, "READ_CHUNK", 1024)  # every matrix read in slices, each cast as it arrives
+    held = {}
+    model_of = LoRAWeights.model
+    monkeypatch.setattr(LoRAWeights, "model", lambda self, *a: held.setdefault("model", model_of(self, *a)))
     run = tmp_path / "run"
     lora_run(source, run, "--max-steps", "3", "--lora-base", "bfloat16", "--amp", "bf16")
+    import zoo
+    from zoo.core.model_dir import state_dict_for_saving
+
+    checkpoint = state_dict_for_saving(zoo.load(source[0]))  # the Hugging Face checkpoint in zoo's names
+    base = load_file(run / "base" / "model.safetensors")  # the checkpoint cast once, as the run holds it
+    assert base.keys() == checkpoint.keys()
+    assert all(torch.equal(base[name], checkpoint[name].to(torch.bfloat16)) for name in checkpoint)
+    frozen = {name.replace(".base_layer", "").removeprefix("base_model.model."): p.dtype
+              for name, p in held["model"].named_parameters() if ".lora_" not in name}
+    assert frozen["stack.h.0.attn.c_attn.weight"] == frozen["stack.h.0.mlp.c_fc.weight"] == torch.bfloat16
+    assert frozen["wte.weight"] == frozen["positional.weight"] == torch.bfloat16
+    assert frozen["stack.h.0.ln_1.weight"] == frozen["stack.h.0.attn.c_attn.bias"] == torch.float32
     merged = load_file(run / "model.safetensors")
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
     assert load_model(run)(torch.tensor([[1, 2, 3]])).isfinite().all()
+
+
+def test_reading_tensor_by_tensor_in_slices_gives_the_file_cast(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from zoo.core import model_dir
+
+    tensors = {"matrix": torch.randn(37, 11), "vector": torch.randn(5), "scalar": torch.tensor(2.5),
+               "ids": torch.arange(40).reshape(20, 2)}
+    save_file(tensors, tmp_path / "t.safetensors")
+    monkeypatch.setattr(model_dir, "READ_CHUNK", 100)  # 2 rows of the matrix a slice
+    read = model_dir.read_tensors(tmp_path / "t.safetensors", torch.bfloat16)
+    assert all(torch.equal(read[n], t.to(torch.bfloat16) if t.is_floating_point() else t) for n, t in tensors.items())
+    assert read["ids"].dtype == torch.int64
+    chosen = model_dir.read_tensors(tmp_path / "t.safetensors", lambda name, shape: torch.float16 if len(shape) == 2 else None)
+    assert chosen["matrix"].dtype == torch.float16 and torch.equal(chosen["vector"], tensors["vector"])
 
 
 RAW_ATTENTION = '''

@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -158,17 +157,12 @@ def restore_base(peft_model, base_weights: Path) -> None:
     :func:`merged` left them base + B·A - B·A, which rounding makes not quite the base)."""
     from peft.tuners.lora import LoraLayer
 
+    from zoo.core.model_dir import read_tensor
+
     with torch.no_grad():
         for name, module in peft_model.get_base_model().named_modules():
             if isinstance(module, LoraLayer):
                 module.get_base_layer().weight.copy_(read_tensor(base_weights, f"{name}.weight"))
-
-
-def read_tensor(path: Path, name: str) -> torch.Tensor:
-    """One tensor of a safetensors file in memory of its own: the file is mapped only while it is
-    read, so reading a model tensor by tensor never holds the whole file in resident memory."""
-    with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor(name).clone()
 
 
 class merged:

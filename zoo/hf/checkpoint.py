@@ -29,7 +29,7 @@ from torch import nn
 from zoo.core.builder import construct
 from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SAFETENSORS_SHARDS, read_json
 from zoo.core.limits import check_fits
-from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
+from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state, read_tensor
 from zoo.core.spec import ModelSpec
 from zoo.errors import WeightsError, first_line
 from zoo.hf.formats import checkpoint_format, plan, to_zoo_tensors
@@ -47,7 +47,8 @@ class CheckpointReader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._stack = ExitStack()
-        self._files: dict[str, Any] = {}  # name -> open safetensors handle
+        self._files: dict[str, Any] = {}  # name -> open safetensors handle (for the headers)
+        self._paths: dict[str, Path] = {}  # name -> its safetensors file
         self._tensors: dict[str, torch.Tensor] | None = None  # from pytorch_model.bin
         if (directory / HF_SAFETENSORS).is_file():
             self._open_safetensors([directory / HF_SAFETENSORS])
@@ -77,6 +78,7 @@ class CheckpointReader:
                                    "it may be truncated or corrupt") from None
             for name in handle.keys():
                 self._files[name] = handle
+                self._paths[name] = path
 
     @staticmethod
     def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -106,13 +108,12 @@ class CheckpointReader:
         return {name: tuple(handle.get_slice(name).get_shape()) for name, handle in self._files.items()}
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor ``name`` (a memory-mapped view where the format allows)."""
+        """The tensor ``name``. A safetensors tensor comes in memory of its own, its file mapped only
+        while it is read: converting a checkpoint tensor by tensor (a cast to bfloat16, say) never
+        holds the whole file resident."""
         if self._tensors is not None:
             return self._tensors[name]
-        try:
-            return self._files[name].get_tensor(name)
-        except SafetensorError as exc:
-            raise WeightsError(f"{self.directory}: cannot read {name} ({first_line(exc)})") from None
+        return read_tensor(self._paths[name], name)
 
     def close(self) -> None:
         self._stack.close()
@@ -149,8 +150,8 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
     model = construct(spec, device)
     with CheckpointReader(directory) as reader:
         stored = plan(fmt, model, reader.shapes(), str(directory))
-        tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name]))
-        tensors = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
+        tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name]),
+                                 lambda t: t.to(device=device, dtype=dtype))
     return load_state(model, tensors, str(directory)).eval()
 
 

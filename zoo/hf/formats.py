@@ -273,9 +273,12 @@ def plan(fmt: CheckpointFormat, model: nn.Module, shapes: dict[str, tuple[int, .
     return stored
 
 
-def to_zoo_tensors(fmt: CheckpointFormat, spec: ModelSpec, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The zoo's tensors from Hugging Face ones, ``get(hf_name)`` reading each."""
-    return {zoo_name: t.to_zoo([get(n) for n in t.sources()], spec) for zoo_name, t in fmt.table(spec).items()}
+def to_zoo_tensors(fmt: CheckpointFormat, spec: ModelSpec, get: Callable[[str], torch.Tensor],
+                   convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The zoo's tensors from Hugging Face ones, ``get(hf_name)`` reading each; ``convert`` (a cast,
+    a move) applies to each before the next is read."""
+    convert = convert or (lambda t: t)
+    return {zoo_name: convert(t.to_zoo([get(n) for n in t.sources()], spec)) for zoo_name, t in fmt.table(spec).items()}
 
 
 def to_hf_state_dict(model: nn.Module, fmt: CheckpointFormat | None = None) -> dict[str, torch.Tensor]:

@@ -103,7 +103,7 @@ class LanguageModelling(Task):
 
     # ------------------------------------------------------------------ a new run
 
-    def create(self, directory: Path) -> None:
+    def create(self, directory: Path, dtype: torch.dtype = torch.float32) -> None:
         """Choose or train the tokenizer, check the text against the model, write spec and initial weights."""
         config, spec = self.config, decoder_spec(self.config)
         train_docs, val_docs = self.documents()
@@ -124,7 +124,7 @@ class LanguageModelling(Task):
         if config.weights:
             from zoo.hf.checkpoint import load_weights
 
-            model = load_weights(spec, config.weights)
+            model = load_weights(spec, config.weights, dtype=dtype)  # cast tensor by tensor as it is read
         else:
             from zoo.core.builder import build
 

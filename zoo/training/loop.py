@@ -232,6 +232,21 @@ def return_freed_memory(threshold: int = 128 * 1024) -> bool:
         return False
 
 
+def trim_freed_memory() -> bool:
+    """Hand the memory glibc keeps from freed allocations back to the system (``malloc_trim``):
+    a new fine-tuning run has just read a whole checkpoint to write itself, and the tensors it
+    freed would otherwise stay in the process beside the weights it trains. Returns whether it
+    took effect (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(name and ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def weights_for(config, compute_dtype: torch.dtype, dist) -> FullWeights:
     """The weights strategy of ``config``: LoRA, FSDP shards, or every weight in every process."""
     if getattr(config, "lora_rank", None):
@@ -296,9 +311,10 @@ class Trainer:
         self.dist.barrier()  # every process has looked at the directory before the main one writes it
         if not resume and self.dist.is_main:
             with atomic_directory(run_dir, overwrite=force) as tmp:
-                self.task.create(tmp)
+                self.task.create(tmp, self.weights.start_dtype)
                 self.weights.create(tmp)
                 config.save(tmp)
+            trim_freed_memory()  # the checkpoint read to write the run: not resident while it trains
         self.dist.barrier()
 
     def set_up(self, resume: bool) -> None:

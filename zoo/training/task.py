@@ -29,9 +29,10 @@ class Task:
         self.config = config
         self.warn = warn
 
-    def create(self, directory: Path) -> None:
+    def create(self, directory: Path, dtype: torch.dtype = torch.float32) -> None:
         """Write a new run's own files into ``directory`` (the loop writes the settings): its
-        tokenizer, its spec and its initial weights (a zoo model directory at step 0)."""
+        tokenizer, its spec and its initial weights (a zoo model directory at step 0), a
+        checkpoint's (``--weights``) stored in ``dtype`` (a LoRA run's bfloat16 base)."""
         raise NotImplementedError
 
     def open(self, run_dir: Path, rank: int, world: int) -> ModelSpec:

@@ -43,25 +43,17 @@ def replace_files(source: Path, run_dir: Path, names: tuple[str, ...]) -> None:
             os.replace(source / name, run_dir / name)
 
 
-def read_model(directory: Path, device: torch.device, convert=None) -> nn.Module:
-    """A model directory's model read tensor by tensor into memory of its own (``convert(name,
-    tensor)`` on the way), so that the float32 file is never resident whole and nothing stays
-    mapped from it: what a model about to be cast or sharded needs."""
-    from safetensors import safe_open
-
-    from zoo.core.adapters import read_tensor
+def read_model(directory: Path, device: torch.device, dtype=None) -> nn.Module:
+    """A model directory's model read tensor by tensor into memory of its own, cast to ``dtype``
+    on the way (see :func:`zoo.core.model_dir.read_tensors`), so that the stored file is never
+    resident whole and nothing stays mapped from it: what a model about to be cast or sharded needs."""
     from zoo.core.builder import construct
-    from zoo.core.model_dir import load_state
+    from zoo.core.model_dir import load_state, read_tensors
     from zoo.core.spec import load_spec
 
     model = construct(load_spec(directory / SPEC), device)
     path = directory / WEIGHTS
-    with safe_open(str(path), framework="pt") as f:
-        names = list(f.keys())
-    tensors = {}
-    for name in names:
-        tensor = read_tensor(path, name)
-        tensors[name] = (convert(name, tensor) if convert else tensor).to(device)
+    tensors = {name: t.to(device) for name, t in read_tensors(path, dtype).items()}
     return load_state(model, tensors, str(path))
 
 
@@ -71,6 +63,7 @@ class FullWeights:
     lora = False
     sharded = False
     strategy = "ddp"
+    start_dtype = torch.float32  # a new run's weights are stored in this dtype
 
     def create(self, run_dir: Path) -> None:
         pass
@@ -125,7 +118,7 @@ class LoRAWeights(FullWeights):
     def __init__(self, config, autocast_dtype: torch.dtype) -> None:
         self.config = config
         self.alpha = config.lora_alpha if config.lora_alpha is not None else 2.0 * config.lora_rank
-        self.base_dtype = BASE_DTYPES[config.lora_base]
+        self.base_dtype = self.start_dtype = BASE_DTYPES[config.lora_base]  # base/ is stored as it is held
         if self.base_dtype != torch.float32 and autocast_dtype != self.base_dtype:
             raise DataError(f"--lora-base {config.lora_base} needs training to compute in {config.lora_base} "
                             "(--amp bf16, on a GPU or a CPU with native bf16); use --lora-base float32")
@@ -160,14 +153,9 @@ class LoRAWeights(FullWeights):
         return add_lora(base, c.lora_rank, self.alpha, c.lora_dropout, c.lora_targets, seed=c.seed).train()
 
     def cast_base(self, directory: Path, device: torch.device) -> nn.Module:
-        """The base with its targeted projections in the base dtype (norms and embeddings stay float32)."""
-        from zoo.core.adapters import lora_targets
-        from zoo.core.builder import construct
-        from zoo.core.spec import load_spec
-
-        targets = lora_targets(construct(load_spec(directory / SPEC), "meta"), self.config.lora_targets)
-        cast = {f"{name}.weight" for name in targets}
-        return read_model(directory, device, lambda name, t: t.to(self.base_dtype) if name in cast else t)
+        """The frozen base with its matrices (projections, embeddings) in the base dtype and the
+        rest (norms, biases) in float32, whichever dtype ``base/`` stores."""
+        return read_model(directory, device, lambda name, shape: self.base_dtype if len(shape) >= 2 else torch.float32)
 
     def state(self, model) -> dict[str, torch.Tensor]:
         from zoo.core.adapters import adapter_state

@@ -87,7 +87,7 @@ class TranslationTask(Task):
             self.splits = read_split(self.config, self.warn)
         return self.splits
 
-    def create(self, directory: Path) -> None:
+    def create(self, directory: Path, dtype: torch.dtype = torch.float32) -> None:
         """Train the vocabulary on the training split; write it, the spec and the initial weights."""
         from zoo.core.builder import build
 
