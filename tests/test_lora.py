@@ -137,10 +137,10 @@ def test_no_merge_keeps_base_and_adapter_and_every_command_applies_it(tmp_path, 
 
 
 def test_a_bf16_base_is_stored_and_held_in_bf16_and_publishes_one_dtype(tmp_path, source, monkeypatch):
-    from zoo.core import model_dir
+    from zoo.core import tensor_files
     from zoo.training.weights import LoRAWeights
 
-    monkeypatch.setattr(model_dir, "READ_CHUNK", 1024)  # every matrix read in slices, each cast as it arrives
+    monkeypatch.setattr(tensor_files, "READ_CHUNK", 1024)  # every matrix read in slices, each cast as it arrives
     held = {}
     model_of = LoRAWeights.model
     monkeypatch.setattr(LoRAWeights, "model", lambda self, *a: held.setdefault("model", model_of(self, *a)))
@@ -166,16 +166,16 @@ def test_a_bf16_base_is_stored_and_held_in_bf16_and_publishes_one_dtype(tmp_path
 def test_reading_tensor_by_tensor_in_slices_gives_the_file_cast(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from zoo.core import model_dir
+    from zoo.core import tensor_files
 
     tensors = {"matrix": torch.randn(37, 11), "vector": torch.randn(5), "scalar": torch.tensor(2.5),
                "ids": torch.arange(40).reshape(20, 2)}
     save_file(tensors, tmp_path / "t.safetensors")
-    monkeypatch.setattr(model_dir, "READ_CHUNK", 100)  # 2 rows of the matrix a slice
-    read = model_dir.read_tensors(tmp_path / "t.safetensors", torch.bfloat16)
+    monkeypatch.setattr(tensor_files, "READ_CHUNK", 100)  # 2 rows of the matrix a slice
+    read = tensor_files.read_tensors(tmp_path / "t.safetensors", torch.bfloat16)
     assert all(torch.equal(read[n], t.to(torch.bfloat16) if t.is_floating_point() else t) for n, t in tensors.items())
     assert read["ids"].dtype == torch.int64
-    chosen = model_dir.read_tensors(tmp_path / "t.safetensors", lambda name, shape: torch.float16 if len(shape) == 2 else None)
+    chosen = tensor_files.read_tensors(tmp_path / "t.safetensors", lambda name, shape: torch.float16 if len(shape) == 2 else None)
     assert chosen["matrix"].dtype == torch.float16 and torch.equal(chosen["vector"], tensors["vector"])
 
 
@@ -249,3 +249,88 @@ def test_publishing_merged_weights_leaves_the_base_bit_for_bit(tmp_path):
         assert not torch.equal(state["stack.h.0.attn.c_attn.weight"], base["stack.h.0.attn.c_attn.weight"])
     after = plain_state(peft_model)
     assert all(torch.equal(after[name], base[name]) for name in base)
+
+
+# ------------------------------------------------------------------ the translator
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    """A tiny translation run (the checkpoint) and its pairs."""
+    from synthetic_pairs import TINY_OVERRIDES, write_tsv
+    from zoo.training.run import train
+
+    root = tmp_path_factory.mktemp("translator")
+    pairs = write_tsv(root / "pairs.tsv")
+    train("transformer-en-it-small", str(pairs), root / "checkpoint", overrides=dict(TINY_OVERRIDES), progress=False,
+          vocab_size=120, batch_tokens=256, lr=3e-3, warmup_steps=10, max_steps=20, eval_every=1000,
+          eval_sentences=4, eval_pairs=20)
+    return root / "checkpoint", pairs
+
+
+def translator_run(translator, run: Path, *extra, expect: int = 0):
+    from synthetic_pairs import TINY_MODEL
+
+    return invoke(["train", "transformer-en-it-small", *TINY_MODEL, "--data", translator[1], "--weights", translator[0],
+                   "-o", run, "--batch-tokens", "256", "--eval-every", "1000", "--eval-sentences", "4",
+                   "--lr", "3e-2", "--warmup", "1", "--amp", "off", *extra], expect=expect)
+
+
+def test_a_translator_fine_tunes_a_lora_adapter_on_self_and_cross_attention(tmp_path, translator):
+    run = tmp_path / "run"
+    result = translator_run(translator, run, "--lora", "4", "--max-steps", "6")
+    assert "trained transformer-en-it-small: 6 steps" in result.output
+    checkpoint = load_file(translator[0] / "model.safetensors")
+    base, merged = load_file(run / "base" / "model.safetensors"), load_file(run / "model.safetensors")
+    assert base.keys() == checkpoint.keys() and all(torch.equal(base[n], checkpoint[n]) for n in base)
+    assert (run / "tokenizer.json").read_bytes() == (translator[0] / "tokenizer.json").read_bytes()  # its vocabulary
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    targets = sorted(json.loads((run / "adapter" / "adapter_config.json").read_text())["target_modules"])
+    assert "decoder.h.0.crossattention.q_attn" in targets and "encoder.h.0.attn.c_attn" in targets
+    assert "decoder.h.0.mlp.c_fc" in targets
+    for module in targets:
+        a = adapter[f"base_model.model.{module}.lora_A.weight"]
+        b = adapter[f"base_model.model.{module}.lora_B.weight"]
+        assert b.abs().max() > 1e-3
+        assert torch.equal(merged[f"{module}.weight"], base[f"{module}.weight"] + (b @ a) * 2.0)  # alpha 2 x rank
+    adapted = {f"{m}.weight" for m in targets}
+    assert all(torch.equal(merged[n], base[n]) for n in base if n not in adapted)
+
+
+def test_a_translators_unmerged_adapter_translates_as_its_merged_weights(tmp_path, translator):
+    merged_run, kept = tmp_path / "merged", tmp_path / "kept"
+    translator_run(translator, merged_run, "--lora", "4", "--max-steps", "6")
+    translator_run(translator, kept, "--lora", "4", "--max-steps", "6", "--no-merge")
+    assert not (kept / "model.safetensors").exists()
+    sentences = ["Tom sees the red cat.", "She has the old book."]
+    outputs = [invoke(["translate", run, *sentences]).output for run in (merged_run, kept)]
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 2
+    untuned = invoke(["translate", translator[0], *sentences]).output
+    assert untuned != outputs[0]  # the adapter changed the translations: the comparison is not vacuous
+    result = invoke(["export", kept, "--format", "hf", "--adapter", "-o", tmp_path / "hf"], expect=1)
+    assert "--adapter writes PEFT adapters for decoders only" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "PAIRS", "--lora", "4"], "not a zoo model directory"),
+    (["--weights", "NO_VOCABULARY", "--lora", "4"], "no tokenizer.json beside the weights"),
+    (["--lora", "4", "--vocab-size", "100"], "keeps the vocabulary of its --weights"),
+    (["--lora", "4", "--set", "mlp.d_ff=128"], "mlp"),
+])
+def test_bad_translator_fine_tuning_is_one_line_and_writes_nothing(tmp_path, translator, args, message):
+    import zoo
+    from synthetic_pairs import TINY_OVERRIDES
+
+    no_vocabulary = tmp_path / "built"
+    zoo.save(zoo.build("transformer-en-it-small", **TINY_OVERRIDES, vocab_size=120), no_vocabulary)
+    args = [{"PAIRS": translator[1], "NO_VOCABULARY": no_vocabulary}.get(a, a) for a in args]
+    if "--weights" in args:
+        weights = args.index("--weights")
+        translator = (args[weights + 1], translator[1])
+        args = args[:weights] + args[weights + 2:]
+    run = tmp_path / "run"
+    result = translator_run(translator, run, "--max-steps", "2", *args, expect=1)
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not run.exists()

@@ -45,7 +45,8 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_ca
     if opset is not None:
         raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
     if adapter_run is not None and spec.is_encoder_decoder:
-        raise ExportError("--adapter exports a decoder's LoRA adapter; translators are not trained with LoRA")
+        raise ExportError("--adapter writes PEFT adapters for decoders only (Marian's layout permutes the translator's "
+                          "projections); export the translator's merged weights: leave --adapter out")
     if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf/marian.py)
         from zoo.exporters.hf.marian import export_marian
 

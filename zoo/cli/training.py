@@ -21,11 +21,12 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="New run directory.")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue this run directory from its newest snapshot, with its model, data and settings.")
-@click.option("--weights", default=None, help="Decoders: fine-tune these weights ('hf', a hub id, a Hugging Face or zoo "
-              "directory) with the checkpoint's tokenizer; fine-tuning defaults: --lr 1e-4 --warmup 20 "
-              "--weight-decay 0 --batch-size 4 --seq-len 256.")
+@click.option("--weights", default=None, help="Fine-tune these weights instead of random ones. Decoders: 'hf', a hub "
+              "id, a Hugging Face or zoo directory, with the checkpoint's tokenizer. Translators: a translation run "
+              "directory, with its vocabulary. Defaults: --lr 1e-4 --warmup 20 --weight-decay 0 (decoders also "
+              "--batch-size 4 --seq-len 256).")
 @click.option("--lora", "lora_rank", type=int, default=None, metavar="RANK",
-              help="Decoders, with --weights: train a LoRA adapter of this rank (8, 16) on the frozen weights "
+              help="With --weights: train a LoRA adapter of this rank (8, 16) on the frozen weights "
                    "(through PEFT) instead of every weight; default --lr 1e-3.")
 @click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --lora: the update is scaled by alpha / rank [2 x rank].")
@@ -34,7 +35,8 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("--lora-targets", default=None, help="With --lora: the linear layers to adapt, comma-separated: roles "
               "(attention, mlp) or layer names (c_attn, attn.c_proj) [attention,mlp].")
 @click.option("--lora-base", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="With --lora: hold the frozen projections in this dtype; bfloat16 halves their memory and "
+              help="With --lora: hold the frozen matrices (projections, embeddings) in this dtype; bfloat16 halves "
+                   "their memory and "
                    "needs --amp bf16 (a GPU or a CPU with native bf16) [float32].")
 @click.option("--merge/--no-merge", default=None, help="With --lora: publish the merged weights (default), or keep "
               "base/ + adapter/ (zoo loads them merged).")
@@ -130,6 +132,10 @@ def train(ctx, model, overrides, data, output, resume, force, plan_processes, pr
         flag = "--no-merge" if lora_options[0] == "merge" else f"--{lora_options[0].replace('_', '-')}"
         raise click.UsageError(f"{flag} applies to a LoRA run; add --lora RANK (e.g. --lora 8)")
     config = settings_for(model, data, dict(overrides), settings, given, resume)
+    kept = sorted(given & {"vocab_size", "tokenizer", "vocabulary"}) if config.task == "translation" and config.weights else []
+    if kept:
+        raise ZooError(f"--{kept[0].replace('_', '-')}: a fine-tuned translator keeps the vocabulary of its --weights; "
+                       "leave the option out")
     unused = sorted(name for name in given if not hasattr(config, name))
     if unused:
         raise ZooError(f"--{unused[0].replace('_', '-')} does not apply to {config.task} ({config.model}); "

@@ -157,7 +157,7 @@ def restore_base(peft_model, base_weights: Path) -> None:
     :func:`merged` left them base + B·A - B·A, which rounding makes not quite the base)."""
     from peft.tuners.lora import LoraLayer
 
-    from zoo.core.model_dir import read_tensor
+    from zoo.core.tensor_files import read_tensor
 
     with torch.no_grad():
         for name, module in peft_model.get_base_model().named_modules():

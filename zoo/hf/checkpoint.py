@@ -29,7 +29,8 @@ from torch import nn
 from zoo.core.builder import construct
 from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SAFETENSORS_SHARDS, read_json
 from zoo.core.limits import check_fits
-from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state, read_tensor
+from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
+from zoo.core.tensor_files import read_tensor
 from zoo.core.spec import ModelSpec
 from zoo.errors import WeightsError, first_line
 from zoo.hf.formats import checkpoint_format, plan, to_zoo_tensors

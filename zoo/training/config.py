@@ -57,13 +57,32 @@ class TrainConfig:
     device: str | None = None  # None: CUDA when available
     checkpoint_activations: bool = False  # recompute each block in the backward pass: less memory, more time
     strategy: str = "ddp"  # ddp: every process holds the whole model | fsdp: FSDP2 shards (zoo.training.fsdp)
+    # fine-tuning: start from a checkpoint instead of random weights (the task says which it takes)
+    weights: str | None = None
+    # LoRA (zoo.training.weights): train a rank-r adapter on the frozen weights instead of every weight
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # the update is scaled by alpha / rank; None: 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "attention,mlp"  # roles (attention, mlp) or linear layers by name (c_attn, attn.c_proj)
+    lora_base: str = "float32"  # float32 | bfloat16: the frozen matrices' dtype (bfloat16 needs --amp bf16)
+    merge: bool = True  # publish the merged weights (False: base/ + adapter/, merged when loaded)
 
     # settings that decide the run's trajectory, fixed once it starts (a task adds its own) ...
     TRAJECTORY: ClassVar[tuple[str, ...]] = ("lr", "warmup_steps", "schedule", "beta2", "eps", "weight_decay",
-                                             "clip_norm", "amp", "seed", "strategy")
-    # ... and those a resumed run may change: when to stop, checkpoint and validate
+                                             "clip_norm", "amp", "seed", "strategy", "weights", "lora_rank",
+                                             "lora_alpha", "lora_dropout", "lora_targets", "lora_base")
+    # ... and those a resumed run may change: when to stop, checkpoint, validate and publish
     ADJUSTABLE: ClassVar[tuple[str, ...]] = ("max_minutes", "max_steps", "epochs", "checkpoint_every", "eval_every",
-                                             "average_last", "average_every", "checkpoint_activations")
+                                             "average_last", "average_every", "checkpoint_activations", "merge")
+    # Fine-tuning a checkpoint (weights) starts from these unless the command line says otherwise:
+    # a small peak with a short warm-up (large steps would wreck what the checkpoint knows) and no
+    # weight decay pulling it towards zero ...
+    FINE_TUNING: ClassVar[dict] = {"lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0}
+    # ... and a LoRA adapter (lora_rank) from these: B starts at zero and is scaled by alpha / rank
+    # (2 by default), so it takes larger steps than the full weights; Hu et al. (2021) fine-tuned
+    # GPT-2 with lr 2e-4 at a scale of 8, about the same step in the weights as 1e-3 at our 2. An
+    # adapter run publishes its last adapter (checkpoint averaging averages whole models).
+    LORA_TUNING: ClassVar[dict] = {**FINE_TUNING, "lr": 1e-3, "average_last": 1}
 
     def save(self, run_dir: Path) -> None:
         with atomic_file(Path(run_dir) / TRAIN_CONFIG) as f:

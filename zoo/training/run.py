@@ -22,8 +22,8 @@ def settings_for(model: str | None, data: str | None, overrides: dict | None = N
 
     ``settings`` are training settings by field name (None: the task's default); ``given``
     names those the user chose (all non-None ones if not said). Fine-tuning a checkpoint
-    (``weights``) takes :data:`zoo.lm.config.FINE_TUNING` (with ``lora_rank``, ``LORA_TUNING``) for
-    the settings not given.
+    (``weights``) takes the task's :attr:`TrainConfig.FINE_TUNING` (with ``lora_rank``, its
+    ``LORA_TUNING``) for the settings not given.
     """
     settings = {name: value for name, value in (settings or {}).items() if value is not None}
     given = set(settings) if given is None else given & set(settings)
@@ -37,9 +37,8 @@ def settings_for(model: str | None, data: str | None, overrides: dict | None = N
             raise ValueError("a new run needs a model")
         config_class = task_config(task_of_family(load_spec(model, overrides or None).family))
         if settings.get("weights"):
-            from zoo.lm.config import FINE_TUNING, LORA_TUNING
-
-            settings = {**(LORA_TUNING if settings.get("lora_rank") else FINE_TUNING), **settings}
+            settings = {**(config_class.LORA_TUNING if settings.get("lora_rank") else config_class.FINE_TUNING),
+                        **settings}
     return run_config(config_class, model, data, overrides, settings, given, Path(resume) if resume else None)
 
 

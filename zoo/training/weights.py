@@ -45,10 +45,11 @@ def replace_files(source: Path, run_dir: Path, names: tuple[str, ...]) -> None:
 
 def read_model(directory: Path, device: torch.device, dtype=None) -> nn.Module:
     """A model directory's model read tensor by tensor into memory of its own, cast to ``dtype``
-    on the way (see :func:`zoo.core.model_dir.read_tensors`), so that the stored file is never
+    on the way (see :func:`zoo.core.tensor_files.read_tensors`), so that the stored file is never
     resident whole and nothing stays mapped from it: what a model about to be cast or sharded needs."""
     from zoo.core.builder import construct
-    from zoo.core.model_dir import load_state, read_tensors
+    from zoo.core.model_dir import load_state
+    from zoo.core.tensor_files import read_tensors
     from zoo.core.spec import load_spec
 
     model = construct(load_spec(directory / SPEC), device)
@@ -214,7 +215,7 @@ def check_lora(config, spec: ModelSpec) -> None:
         raise DataError(f"--lora {config.lora_rank}: the rank must be at least 1 (8 or 16 are usual)")
     if not config.weights:
         raise DataError("--lora trains an adapter on a checkpoint's frozen weights, and random weights are not worth "
-                        "adapting; give --weights (hf, a hub id or a directory), or train every weight without --lora")
+                        "adapting; give --weights CHECKPOINT, or train every weight without --lora")
     if config.lora_base not in BASE_DTYPES:
         raise DataError(f"--lora-base {config.lora_base}: choose {' or '.join(BASE_DTYPES)}")
     if config.average_last > 1:

@@ -21,6 +21,7 @@ from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import DataError
 from zoo.training.loss import smoothed_cross_entropy
 from zoo.training.task import Task
+from zoo.training.weights import check_lora
 from zoo.translation.data import Batch, TokenBatches, group_references, read_pairs, sample_sources, split_pairs
 from zoo.translation.train_config import TranslationConfig
 from zoo.translation.vocabulary import PAD_ID, Vocabulary
@@ -69,6 +70,21 @@ def tokenize_corpus(splits: dict, vocabulary: Vocabulary, config: TranslationCon
     return Corpus(splits, batches, val_src, val_tgt, dropped)
 
 
+def translator_checkpoint(source: str) -> Path:
+    """The directory a translator fine-tunes from: a zoo model directory with the vocabulary its
+    embeddings were trained with (a translation run, or its export)."""
+    from zoo.core.files import MANIFEST, TOKENIZER, WEIGHTS
+
+    path = Path(source).expanduser()
+    if not path.is_dir() or not ((path / WEIGHTS).is_file() or (path / MANIFEST).is_file()):
+        raise DataError(f"--weights {source}: not a zoo model directory; a translator fine-tunes a translation run "
+                        "directory (zoo train transformer-en-it-small --data PAIRS -o RUN)")
+    if not (path / TOKENIZER).is_file():
+        raise DataError(f"--weights {source}: no {TOKENIZER} beside the weights; a translator fine-tunes with the "
+                        "vocabulary it was trained with, so give a translation run directory")
+    return path
+
+
 class TranslationTask(Task):
     """An encoder-decoder model learning English → Italian from sentence pairs."""
 
@@ -80,6 +96,7 @@ class TranslationTask(Task):
         spec = load_spec(config.model, config.overrides or None)
         if not spec.is_encoder_decoder:
             raise DataError(f"{config.model} is a {spec.family} model; translation trains encoder-decoder models")
+        check_lora(config, spec)
         self.splits: dict | None = None
 
     def read(self) -> dict:
@@ -88,15 +105,26 @@ class TranslationTask(Task):
         return self.splits
 
     def create(self, directory: Path, dtype: torch.dtype = torch.float32) -> None:
-        """Train the vocabulary on the training split; write it, the spec and the initial weights."""
-        from zoo.core.builder import build
-
+        """Train the vocabulary on the training split (or take the checkpoint's, with ``weights``);
+        write it, the spec and the initial weights."""
         config, train_pairs = self.config, self.read()["train"]
-        vocabulary = Vocabulary.train([p.en for p in train_pairs], [p.it for p in train_pairs],
-                                      config.vocab_size, config.tokenizer, config.vocabulary)
+        if config.weights:
+            source = translator_checkpoint(config.weights)
+            vocabulary = Vocabulary.load(source)
+        else:
+            vocabulary = Vocabulary.train([p.en for p in train_pairs], [p.it for p in train_pairs],
+                                          config.vocab_size, config.tokenizer, config.vocabulary)
         spec = load_spec(config.model, {**config.overrides, "vocab_size": vocabulary.size})
+        if config.weights:
+            from zoo.core.model_dir import load_model_for_spec
+
+            model = load_model_for_spec(spec, source, dtype=dtype)  # refused unless its architecture is spec's
+        else:
+            from zoo.core.builder import build
+
+            model = build(spec, seed=config.seed)
         vocabulary.save(directory)
-        write_model_files(build(spec, seed=config.seed), spec, directory, {"training": {"step": 0}})
+        write_model_files(model, spec, directory, {"training": {"step": 0, "weights": config.weights}})
 
     def planned(self) -> tuple[ModelSpec, int, int]:
         """A batch of ``batch_tokens`` as sentences of 32 tokens (about the corpus's longest)."""
