@@ -103,8 +103,12 @@ def test_every_registered_model_exports_and_validates(exported, name, kv_cache):
     assert ("past_key_values.0.key" in decoder) is kv_cache and "logit_index" not in decoder
     if kv_cache:
         assert decoder["past_key_values.0.key"] == ["batch", spec.n_kv_heads, "past_sequence", spec.head_dim]
+    optional = [i["name"] for i in manifest["graphs"]["decoder"]["inputs"] if i.get("optional")]
     outputs = {o["name"]: o["shape"] for o in manifest["graphs"]["decoder"]["outputs"]}
-    assert outputs["logits"] == ["batch", "sequence", spec.vocab_size]  # every position: no zoo-only input
+    if spec.is_encoder_decoder:
+        assert optional == [] and outputs["logits"] == ["batch", "sequence", spec.vocab_size]
+    else:  # every position unless a caller feeds logits_start, which no other client knows
+        assert optional == ["logits_start"] and outputs["logits"] == ["batch", "logits_sequence", spec.vocab_size]
     assert ("present.0.value" in outputs) is kv_cache
     genai = kv_cache and not spec.is_encoder_decoder  # onnxruntime-genai runs it (tests/test_genai.py)
     assert (manifest["genai"]["config"] == "genai_config.json") is genai
@@ -125,6 +129,38 @@ def test_greedy_tokens_match_pytorch(exported, kv_cache):
         want = greedy(model, prompt, 12, use_cache=True)
         assert torch.equal(greedy(lm, prompt, 12, use_cache=True), want)
         assert torch.equal(greedy(lm, prompt, 12, use_cache=False), want)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
+def test_prefill_asks_the_graph_for_the_last_position_only(exported, kv_cache, monkeypatch):
+    """Other clients see the standard decoder (logits for every position, logits_start not among the
+    required inputs); zoo's runtime feeds logits_start = -1 at prefill and gets one row, torch's."""
+    import onnxruntime as ort
+
+    model, out = exported("gpt2", kv_cache)
+    session = ort.InferenceSession(str(out / "decoder.onnx"))
+    assert "logits_start" not in [i.name for i in session.get_inputs()]
+    ids = torch.randint(0, 96, (2, 6), generator=torch.Generator().manual_seed(3))
+    feeds = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy()}
+    for i in session.get_inputs()[2:]:  # an empty past
+        feeds[i.name] = torch.zeros(2, model.spec.n_kv_heads, 0, model.spec.head_dim).numpy()
+    with torch.inference_mode():
+        want = model(ids)
+    every = torch.from_numpy(session.run(["logits"], feeds)[0])
+    torch.testing.assert_close(every, want, rtol=1e-4, atol=1e-4)
+    last = torch.from_numpy(session.run(["logits"], {**feeds, "logits_start": torch.tensor([-1]).numpy()})[0])
+    assert last.shape == (2, 1, model.spec.vocab_size)
+    torch.testing.assert_close(last, want[:, -1:], rtol=1e-4, atol=1e-4)
+    lm = runtime.load(out)
+    fed = []
+    run = runtime.GraphSession.run
+    monkeypatch.setattr(runtime.GraphSession, "run", lambda self, feeds, sizes=None: fed.append(dict(feeds)) or run(self, feeds, sizes))
+    with torch.inference_mode():
+        cache = lm.new_cache(2, 8)
+        torch.testing.assert_close(lm(ids, cache=cache, last_only=True), want[:, -1:], rtol=1e-4, atol=1e-4)
+        assert lm(ids[:, :1], cache=lm.new_cache(2, 8), last_only=True).shape == (2, 1, model.spec.vocab_size)
+        assert lm(ids, last_only=False).shape == (2, 6, model.spec.vocab_size)
+    assert [feeds.get("logits_start", torch.tensor([0])).tolist() for feeds in fed] == [[-1], [0], [0]]
 
 
 def test_generate_drives_the_runtime_like_pytorch(exported):

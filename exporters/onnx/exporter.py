@@ -29,6 +29,7 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -40,7 +41,7 @@ from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
 from zoo.exporters.onnx.errors import export_failure
-from zoo.exporters.onnx.graphs import ExportGraph, graphs_for
+from zoo.exporters.onnx.graphs import LOGITS_SEQUENCE, LOGITS_START, ExportGraph, graphs_for
 from zoo.exporters.onnx.quantize import QuantizeSettings, quantize_export, quantize_settings
 from zoo.core.spec import ModelSpec
 
@@ -167,21 +168,65 @@ def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
         path = out / f"{graph.name}.onnx"
         onnx_program.save(str(path), external_data=True)
     proto = name_dimensions(path, graph)
+    if graph.selects_logits:
+        proto = select_logit_positions(path)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{graph.name}.onnx fails onnx.checker: {first_line(exc)}") from None
+    defaults = {t.name for t in proto.graph.initializer}
     return {
         "file": path.name,
-        "inputs": [io_entry(v) for v in proto.graph.input],
+        "inputs": [io_entry(v, optional=v.name in defaults) for v in proto.graph.input],
         "outputs": [io_entry(v) for v in proto.graph.output],
     }
 
 
-def io_entry(value: onnx.ValueInfoProto) -> dict:
+def io_entry(value: onnx.ValueInfoProto, optional: bool = False) -> dict:
+    """A graph input's or output's manifest entry; ``optional``: an input with a default value."""
     tensor = value.type.tensor_type
     shape = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape}
+    entry = {"name": value.name, "dtype": ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape}
+    return {**entry, "optional": True} if optional else entry
+
+
+PASS_THROUGH = {"Cast", "Add", "Mul", "Div", "Tanh", "Softcap"}  # what may follow the head's MatMul on the way to logits
+
+
+def select_logit_positions(path: Path) -> onnx.ModelProto:
+    """Let a caller ask the saved decoder graph for the logits of the last positions only.
+
+    The LM head's MatMul gets a ``Slice`` of the hidden states along the sequence from the
+    input ``logits_start`` (an int64 of shape (1,)), which has a default value of 0: every
+    position, so onnxruntime-genai, Optimum and transformers.js, which never feed it (it is
+    not among the session's required inputs), get the standard decoder's logits. zoo's runtime
+    feeds -1 at prefill, where it needs one row of logits, and the head's GEMM (a third of GPT-2
+    Small's prefill) runs on one position instead of all. Only the graph proto is rewritten.
+    """
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    node = producers.get("logits")
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = next((producers[i] for i in node.input if i in producers and i not in constants), None)
+    shapes = {v.name: v.type.tensor_type.shape for v in [*graph.value_info, *graph.input]}
+    if node is None or node.op_type not in ("MatMul", "Gemm") or len(getattr(shapes.get(node.input[0]), "dim", ())) != 3:
+        return proto  # no (B, T, D) hidden states found before the head: every call gets every position's logits
+    hidden = f"{LOGITS_START}/hidden"
+    ends, axes = f"{LOGITS_START}/ends", f"{LOGITS_START}/axes"
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), LOGITS_START),
+                              onnx.numpy_helper.from_array(np.array([np.iinfo(np.int64).max], dtype=np.int64), ends),
+                              onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes)])
+    graph.input.append(onnx.helper.make_tensor_value_info(LOGITS_START, onnx.TensorProto.INT64, [1]))
+    index = list(graph.node).index(node)
+    graph.node.insert(index, onnx.helper.make_node("Slice", [node.input[0], LOGITS_START, ends, axes], [hidden],
+                                                   name=f"{LOGITS_START}/Slice"))
+    node.input[0] = hidden
+    logits = next(v for v in graph.output if v.name == "logits")
+    logits.type.tensor_type.shape.dim[1].dim_param = LOGITS_SEQUENCE
+    onnx.save(proto, str(path))
+    return proto
 
 
 _SYMBOL = re.compile(r"\b[a-z]\d+\b")

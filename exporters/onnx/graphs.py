@@ -35,6 +35,12 @@ def example_size(dim: str | int) -> int:
     return dim if isinstance(dim, int) else sum(EXAMPLE[part.strip()] for part in dim.split("+"))
 
 
+# The decoder's optional input (int64, shape (1,), default 0): the first position that gets logits,
+# counted from the end when negative (-1: the last only); the logits' sequence dimension follows it.
+LOGITS_START = "logits_start"
+LOGITS_SEQUENCE = "logits_sequence"
+
+
 def past_name(layer: int, part: str) -> str:
     """The input holding layer ``layer``'s past ``part`` (``key`` or ``value``)."""
     return f"past_key_values.{layer}.{part}"
@@ -80,6 +86,7 @@ class ExportGraph(nn.Module):
     """
 
     name = "graph"
+    selects_logits = False  # the exporter adds the optional input logits_start (see exporter.select_logit_positions)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -157,7 +164,10 @@ class CachedGraph(ExportGraph):
 class DecoderGraph(CachedGraph):
     """A decoder-only LM: ``input_ids``, ``attention_mask`` (B, past + T) and, with a
     cache, ``past_key_values.{i}.key``/``.value`` → ``logits`` (B, T, V) and
-    ``present.{i}.key``/``.value``. An empty past serves prefill."""
+    ``present.{i}.key``/``.value``. An empty past serves prefill. The saved graph also takes
+    the optional ``logits_start``, so that prefill can ask for the last position's logits only."""
+
+    selects_logits = True
 
     def __init__(self, model: nn.Module, kv_cache: bool) -> None:
         super().__init__(model, kv_cache, model.spec.n_layers)

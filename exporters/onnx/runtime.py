@@ -24,7 +24,7 @@ import torch
 from zoo.core.files import MANIFEST, SPEC, read_json
 from zoo.errors import ZooError, first_line
 from zoo.core.spec import ModelSpec, load_spec
-from zoo.exporters.onnx.graphs import past_name, present_name
+from zoo.exporters.onnx.graphs import LOGITS_SEQUENCE, LOGITS_START, past_name, present_name
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_}
@@ -137,18 +137,24 @@ class GraphSession:
         entry = next(e for e in self.inputs + self.outputs if e["name"] == name)
         return TORCH_DTYPES[entry["dtype"]]
 
-    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run the graph on ``feeds`` (every input by name); return every output by name."""
+    def takes(self, name: str) -> bool:
+        """Whether the graph has the input ``name`` (an optional one, say)."""
+        return any(entry["name"] == name for entry in self.inputs)
+
+    def run(self, feeds: dict[str, torch.Tensor], sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """Run the graph on ``feeds`` (every input by name; an optional one may be left out) and
+        return every output by name; ``sizes`` gives output dimensions no input has."""
         binding = self.session.io_binding()
-        sizes: dict[str, int] = {}
+        sizes = dict(sizes or {})
         kept = []  # the bound tensors must live until the run ends
-        for entry in self.inputs:
+        inputs = [entry for entry in self.inputs if not (entry.get("optional") and entry["name"] not in feeds)]
+        for entry in inputs:
             tensor = feeds[entry["name"]].to(self.device, TORCH_DTYPES[entry["dtype"]]).contiguous()
             for dim, size in zip(entry["shape"], tensor.shape):
                 if isinstance(dim, str) and "+" not in dim:
                     sizes.setdefault(dim, size)
             kept.append(tensor)
-        for entry, tensor in zip(self.inputs, kept):
+        for entry, tensor in zip(inputs, kept):
             expected = [dimension(d, sizes) for d in entry["shape"]]
             if list(tensor.shape) != expected:
                 raise ZooError(f"{self.path.name}: input {entry['name']} has shape {tuple(tensor.shape)}, "
@@ -280,20 +286,26 @@ class OnnxDecoderLM(OnnxModel):
         B, T = input_ids.shape
         if isinstance(cache, TokenHistory):
             ids, mask = cache.extend(input_ids, attention_mask)
-            return last_logits(self._run(ids, mask, None), 1 if last_only else T)
+            return last_logits(self._run(ids, mask, None, last_only), 1 if last_only else T)
         past = cache.length if cache is not None else 0
         mask = attention_mask if attention_mask is not None else ones_mask(B, past + T)
         feeds = (cache or self.new_cache(B)).feeds() if self.kv_cache else None
-        outputs = self._run(input_ids, mask, feeds)
+        outputs = self._run(input_ids, mask, feeds, last_only)
         if cache is not None:
             cache.store(outputs, T)
         return last_logits(outputs, 1 if last_only else T)
 
     forward = __call__
 
-    def _run(self, ids, mask, past: dict | None) -> dict[str, torch.Tensor]:
-        """Run the decoder graph on ``ids`` (B, T): logits (B, T, V) and the present cache."""
-        return self.graphs["decoder"].run({"input_ids": ids, "attention_mask": mask, **(past or {})})
+    def _run(self, ids, mask, past: dict | None, last_only: bool = False) -> dict[str, torch.Tensor]:
+        """Run the decoder graph on ``ids`` (B, T): logits (B, T, V), or (B, 1, V) with ``last_only``
+        where the graph can skip the other positions' (``logits_start``), and the present cache."""
+        feeds = {"input_ids": ids, "attention_mask": mask, **(past or {})}
+        decoder, T = self.graphs["decoder"], ids.shape[1]
+        if last_only and T > 1 and decoder.takes(LOGITS_START):
+            feeds[LOGITS_START] = torch.tensor([-1], dtype=torch.int64)
+            T = 1
+        return decoder.run(feeds, sizes={LOGITS_SEQUENCE: T})
 
 
 class OnnxEncoderDecoder(OnnxModel):

@@ -148,9 +148,9 @@ def cached_runs(model, runtime, generator, batch: int, model_step, runtime_step)
 
 
 def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, runtime_step,
-                 padded: bool = False) -> list[Case]:
+                 padded: bool = False, output: str = "logits") -> list[Case]:
     """Logits cases of :func:`cached_runs`, each within ``tolerance``."""
-    return [compare("logits", got, want, (batch, sequence, past), padded or bool((mask == 0).any()), tolerance)
+    return [compare(output, got, want, (batch, sequence, past), padded or bool((mask == 0).any()), tolerance)
             for got, want, mask, sequence, past in cached_runs(model, runtime, generator, batch, model_step,
                                                                runtime_step)]
 
@@ -164,8 +164,15 @@ def validate_decoder(model, runtime, generator, tolerance) -> list[Case]:
     def runtime_step(ids, mask, cache):
         return runtime(ids, attention_mask=mask, cache=cache)
 
+    def model_last(ids, mask, cache):
+        return model(ids.to(device), attention_mask=mask.to(device), cache=cache, last_only=True)
+
+    def runtime_last(ids, mask, cache):  # the last position's logits only (logits_start), as generation asks
+        return runtime(ids, attention_mask=mask, cache=cache, last_only=True)
+
     return [case for batch in BATCHES
-            for case in cached_cases(model, runtime, generator, tolerance, batch, model_step, runtime_step)]
+            for case in cached_cases(model, runtime, generator, tolerance, batch, model_step, runtime_step)] + \
+        cached_cases(model, runtime, generator, tolerance, BATCHES[-1], model_last, runtime_last, output="last logits")
 
 
 def validate_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]:
