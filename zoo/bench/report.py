@@ -16,20 +16,23 @@ from zoo.bench.options import RUNTIMES
 from zoo.core.files import atomic_file, atomic_path
 
 # (text, measure, runtime, batch, key, threshold, better): the issue's targets for GPT-2 Small fp32 on CPU
+# The current targets, each against this machine's own ceilings (issue 19's list; the torch-bf16
+# prefill and gpt2-xl export-memory targets are not measured by the bench yet).
 TARGETS = [
-    ("decode batch 1: torch >= 60% of the bandwidth ceiling", "decode", "torch", 1,
-     "fraction_of_bandwidth_ceiling", 0.6, "higher"),
-    ("decode batch 1: onnxruntime >= 80% of the bandwidth ceiling", "decode", "onnxruntime", 1,
+    ("decode batch 1: torch >= 80% of the bandwidth ceiling", "decode", "torch", 1,
      "fraction_of_bandwidth_ceiling", 0.8, "higher"),
-    ("decode batch 1: torch >= 3x Hugging Face generate", "decode", "torch", 1, "vs_hf", 3.0, "higher"),
-    ("decode batch 1: onnxruntime >= 3x Hugging Face generate", "decode", "onnxruntime", 1, "vs_hf", 3.0, "higher"),
+    ("decode batch 1: onnxruntime >= 85% of the bandwidth ceiling", "decode", "onnxruntime", 1,
+     "fraction_of_bandwidth_ceiling", 0.85, "higher"),
+    ("decode batch 4: torch >= 70% of the bandwidth ceiling", "decode", "torch", 4,
+     "fraction_of_bandwidth_ceiling", 0.7, "higher"),
+    ("decode batch 4: onnxruntime >= 80% of the bandwidth ceiling", "decode", "onnxruntime", 4,
+     "fraction_of_bandwidth_ceiling", 0.8, "higher"),
     ("decode batch 1: onnxruntime-int4 >= 3x the fp32 bandwidth ceiling", "decode", "onnxruntime-int4", 1,
      "fraction_of_bandwidth_ceiling", 3.0, "higher"),
-    ("decode batch 1: onnxruntime-int8 >= 1.8x the fp32 bandwidth ceiling", "decode", "onnxruntime-int8", 1,
-     "fraction_of_bandwidth_ceiling", 1.8, "higher"),
+    ("decode batch 1: onnxruntime-int8 >= 2x the fp32 bandwidth ceiling", "decode", "onnxruntime-int8", 1,
+     "fraction_of_bandwidth_ceiling", 2.0, "higher"),
+    ("prefill 1x128: onnxruntime no slower than torch", "prefill", "onnxruntime", 1, "vs_torch", 1.0, "higher"),
     ("prefill 1x128: torch at least as fast as Hugging Face", "prefill", "torch", 1, "vs_hf", 1.0, "higher"),
-    ("prefill 1x128: torch >= 60% of the fp32 FLOP ceiling", "prefill", "torch", 1,
-     "fraction_of_flop_ceiling", 0.6, "higher"),
     ("build from safetensors: zoo no slower than from_pretrained (build + first forward)", "build", "zoo", None,
      "vs_hf", 1.0, "higher"),
     ("build from safetensors: zoo peak RSS <= 1.2x the weight bytes", "build", "zoo", None,
@@ -52,12 +55,17 @@ def evaluate_targets(report: dict) -> list[dict]:
     zoo_build, hf_build = find_row(results, "build", "zoo", None), find_row(results, "build", "hf", None)
     if zoo_build and hf_build and "ready_s" in zoo_build and "ready_s" in hf_build:
         zoo_build["vs_hf"] = hf_build["ready_s"]["median"] / zoo_build["ready_s"]["median"]
+    for row in results:  # how many times faster than torch at the same measure and batch
+        torch_row = find_row(results, row.get("measure"), "torch", row.get("batch"))
+        if row.get("runtime") not in ("torch", "hf") and torch_row and "latency_s" in row and "latency_s" in torch_row:
+            row["vs_torch"] = torch_row["latency_s"]["median"] / row["latency_s"]["median"]
     out = []
     for text, measure, runtime, batch, key, threshold, better in TARGETS:
         row = find_row(results, measure, runtime, batch)
         target = {"target": text, "threshold": threshold, "better": better}
         if row is None or key not in row:
-            why = reason(report, measure, runtime) or (reason(report, measure, "hf") if key == "vs_hf" else None)
+            why = reason(report, measure, runtime) or (reason(report, measure, "hf") if key == "vs_hf" else None) \
+                or (reason(report, measure, "torch") if key == "vs_torch" else None)
             out.append({**target, "not_available": why or "not measured"})
             continue
         value = row[key]
@@ -79,13 +87,6 @@ def reason(report: dict, measure: str, runtime: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- terminal
-
-
-def _si(value: float, unit: str) -> str:
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
 
 
 def _spread(fig: dict, scale: float = 1.0, digits: int = 3) -> str:
