@@ -62,8 +62,11 @@ class ZooContender:
     """A model with :class:`zoo.core.model.DecoderLM`'s call protocol: PyTorch or ONNX Runtime."""
 
     def __init__(self, name: str, model) -> None:
+        from zoo.generation.sampling import prepare_for_decode
+
         self.name = name
         self.model = model
+        prepare_for_decode(model)  # as zoo.generate does: prefill is timed on the same layers as decode
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         cache = self.model.new_cache(ids.shape[0], ids.shape[1])

@@ -12,9 +12,11 @@ Batches are left-padded: ``attention_mask`` (B, T) marks real tokens with 1.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import DataError
@@ -23,21 +25,42 @@ StreamCallback = Callable[[torch.Tensor], None]
 
 
 def prepare_for_decode(model) -> None:
-    """Store every linear weight of a CPU model transposed in memory ([in, out]), keeping its
-    [out, in] shape as a view: the same values, tied weights stay tied.
+    """Ready a CPU model's linear layers for inference; the values, ties and training are untouched.
 
-    A batch-1 decode step is one matrix-vector product per weight, and CPU BLAS streams
-    an [in, out] matrix much faster (GPT-2's LM head: 27 vs 16 GB/s on one core here).
-    Weights already stored that way (Hugging Face Conv1D weights, loaded as views) are
-    left alone, so calling this again costs nothing.
+    * Every weight is stored transposed in memory ([in, out]), keeping its [out, in] shape as
+      a view. A batch-1 decode step is one matrix-vector product per weight, and CPU BLAS
+      streams an [in, out] matrix much faster (GPT-2's LM head: 27 vs 16 GB/s on one core of
+      an Intel machine). Weights already stored that way (Hugging Face Conv1D weights, loaded
+      as views) are left alone, so calling this again costs nothing.
+    * Every ``nn.Linear`` computes a product of several rows (prefill, batched decode) in
+      float32 with oneDNN (:func:`inference_linear`) when no gradient is recorded. On an AMD
+      EPYC (Zen 4) MKL's float32 GEMM, which ``F.linear`` calls, ran 4x768 @ 768x3072 at 23
+      GFLOP/s against oneDNN's 60, and 128 rows at 125 against 172: batch-4 decode of GPT-2
+      Small went from 52 to 117 tokens/s, prefill 1x128 from 204 to 137 ms. One row stays
+      with MKL's matrix-vector product, which was as fast there.
     """
     if not isinstance(model, nn.Module):
         return
+    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     for module in model.modules():
         if isinstance(module, nn.Linear):
             weight = module.weight.data
-            if weight.device.type == "cpu" and weight.stride() == (weight.shape[1], 1):  # stored [out, in]
+            if weight.device.type != "cpu":
+                continue
+            if weight.stride() == (weight.shape[1], 1):  # stored [out, in]
                 module.weight.data = weight.t().contiguous().t()  # (out, in) view of (in, out) storage
+            if onednn and type(module).forward is nn.Linear.forward and "forward" not in module.__dict__:
+                module.forward = functools.partial(inference_linear, module)  # this layer only, not the class
+
+
+def inference_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, with a float32 product of several rows on the CPU computed by oneDNN (the
+    kernel ``torch.compile`` uses for CPU linear layers) when no gradient is recorded."""
+    weight, bias = module.weight, module.bias
+    if (not torch.is_grad_enabled() and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and x.dim() >= 2 and x.numel() > x.shape[-1]):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 def next_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
