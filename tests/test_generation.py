@@ -222,7 +222,6 @@ def test_cli_empty_prompt_and_bad_settings_are_errors():
 
 
 def test_cli_onnxruntime_runtime_gives_the_torch_tokens(tmp_path):
-    pytest.importorskip("onnxruntime")
     exported = run("export", "gpt2", *set_args(SMALL), "--format", "onnx", "--kv-cache", "-o", tmp_path / "onnx")
     assert exported.exit_code == 0, exported.output
     common = ["--max-new-tokens", 10, "Once upon a time", "In the beginning"]

@@ -184,3 +184,24 @@ def test_build_mask_static_is_always_materialised():
         fast, _ = build_mask(3, 2, padding, True, bias, torch.float32, "cpu")
         static, _ = build_mask(3, 2, padding, True, bias, torch.float32, "cpu", static=True)
         torch.testing.assert_close(static, fast.expand_as(static))
+
+
+@pytest.mark.parametrize("n_heads", [1, 4, 6, 12, 20, 32])
+def test_alibi_attends_as_transformers_bloom(n_heads):
+    """An independent reference: BLOOM's build_alibi_tensor (slope_h * key position) in
+    transformers. zoo's bias, -slope_h * |i - j|, differs from it by -slope_h * i along each causal
+    row, a constant that softmax removes; so the slopes and the causal attention weights agree."""
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    T = 9
+    model = zoo.build("gpt2", seed=0, positional="alibi", d_model=4 * n_heads, n_layers=1,
+                      **{"attention.n_heads": n_heads, "context_length": 16})
+    positions = torch.arange(T)
+    ours = model.positional.attention_bias(positions, positions, True)[0]  # (H, T, T)
+    bloom = build_alibi_tensor(torch.ones(1, T), n_heads, torch.float32)[:, 0]  # (H, T)
+    torch.testing.assert_close(-ours[:, 1, 0], bloom[:, 1], rtol=1e-6, atol=0)  # slope_h, both ways
+    scores = torch.randn(n_heads, T, T, generator=torch.Generator().manual_seed(n_heads))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    theirs = (scores + bloom[:, None, :]).masked_fill(~causal, float("-inf")).softmax(-1)
+    torch.testing.assert_close((scores + ours).masked_fill(~causal, float("-inf")).softmax(-1), theirs,
+                               rtol=1e-5, atol=1e-6)

@@ -334,6 +334,18 @@ def test_fp16_export_validates(tmp_path):
     assert logits.dtype == torch.float16 and cache.keys[0].dtype == torch.float16 and cache.length == 3
 
 
+@pytest.mark.parametrize("opset", range(18, 26))
+def test_every_advertised_opset_exports_and_validates(tmp_path, opset):
+    """--opset 18 to 25, as the help says: each exports, loads in ONNX Runtime and matches PyTorch."""
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
+    manifest = export(model, tmp_path / "onnx", kv_cache=True, opset=opset)
+    assert manifest["opset"] == opset and manifest["validation"]["passed"]
+    proto = onnx.load(str(tmp_path / "onnx" / "decoder.onnx"), load_external_data=False)
+    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == opset
+    fused = manifest["attention_operator"].startswith("Attention (fused")
+    assert fused is (opset >= 23)  # the fused operator exists from opset 23
+
+
 def test_bad_options_are_one_line_errors(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
     with pytest.raises(ExportError, match="--dtype 'bf16' is not supported by the onnx exporter"):

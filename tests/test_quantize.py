@@ -19,7 +19,11 @@ from zoo.errors import ExportError
 from zoo.exporters.onnx import quantize as onnx_quantize
 from zoo.exporters.onnx import runtime
 from zoo.exporters.onnx.exporter import export
-from zoo.exporters.onnx.validation import QUANTIZED_THRESHOLDS
+
+# top-1 agreement with fp32 that each scheme must reach here (the test's own numbers, not the exporter's)
+TOP1_AGREEMENT = {"int8": 0.95, "int4": 0.7}
+# greedy translations' tokens equal to fp32 PyTorch's (100% for both when written)
+TOKEN_AGREEMENT = {"int8": 0.9, "int4": 0.6}
 
 # a table-dominated decoder: the 16384 x 64 table is ~30x the weights of its one layer, so it
 # outweighs the graph file itself (~70 kB of nodes, fixed)
@@ -65,7 +69,7 @@ def test_decoder_generates_through_zoo_runtime(exports, scheme):
     with torch.inference_mode():  # top-1 agreement with fp32 over every position of a prompt
         want = model(ids).argmax(-1)
         got = lm(ids, cache=lm.new_cache(2, ids.shape[1])).argmax(-1)
-    assert (got == want).float().mean() >= QUANTIZED_THRESHOLDS[scheme]["top1_agreement"]
+    assert (got == want).float().mean() >= TOP1_AGREEMENT[scheme]
 
 
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
@@ -104,7 +108,10 @@ def test_encoder_decoder_translates_quantized(exports, scheme):
     src_mask = torch.ones_like(src)
     with torch.inference_mode():
         hypotheses = greedy_search(seq2seq, src, src_mask, 9)
-    assert len(hypotheses) == 3
+        want = greedy_search(model, src, src_mask, 9)  # fp32 PyTorch
+    assert len(hypotheses) == 3 and len({tuple(w) for w in want}) > 1  # the sources get different translations
+    same = sum(a == b for got, ref in zip(hypotheses, want) for a, b in zip(got, ref))
+    assert same / sum(max(len(got), len(ref)) for got, ref in zip(hypotheses, want)) >= TOKEN_AGREEMENT[scheme]
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["quantization"]["graphs"]) == {"encoder", "cross_attention_kv", "decoder"}
     for entry in manifest["graphs"].values():

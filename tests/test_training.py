@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_a_few_dozen_steps_lower_the_loss_and_leave_a_complete_run_directory(tmp
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert all(r["tokens_per_second"] > 0 for r in records(run, "train"))
     validation = records(run, "validation")[-1]
-    assert validation["step"] == 40 and validation["bleu"] is not None
+    assert validation["step"] == 40 and isinstance(validation["bleu"], float) and 0.0 <= validation["bleu"] <= 100.0
     model = load_model(run)  # the run directory is a zoo model directory
     vocab = Vocabulary.load(run)
     assert model.spec.vocab_size == vocab.size == vocab.source.get_vocab_size()
@@ -235,3 +236,54 @@ def test_mfu_is_logged_and_train_profile_compares_the_loop_before_and_after(tmp_
     assert set(profile["operators"]) == {names[0], names[-1]}
     assert "MFU" in result.output and "where a step's time goes" in result.output
     assert not (tmp_path / "run2").exists()
+
+
+def test_optimisation_options_reach_the_optimizer_the_clipping_and_the_loss(tmp_path, monkeypatch):
+    import zoo.training.loop as loop
+    import zoo.translation.task as task
+
+    seen = {}
+    make, clip, smoothed = loop.make_optimizer, torch.nn.utils.clip_grad_norm_, task.smoothed_cross_entropy
+
+    def spy_optimizer(*args, **kwargs):
+        seen["optimizer"] = make(*args, **kwargs)
+        return seen["optimizer"]
+
+    def spy_clip(parameters, max_norm, *args, **kwargs):
+        seen["clip_norm"] = max_norm
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    def spy_loss(logits, targets, smoothing, *args, **kwargs):
+        seen.setdefault("smoothing", set()).add(smoothing)
+        return smoothed(logits, targets, smoothing, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_optimizer", spy_optimizer)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    monkeypatch.setattr(task, "smoothed_cross_entropy", spy_loss)
+    data = write_tsv(tmp_path / "pairs.tsv")
+    result = CliRunner().invoke(cli, ["train", "transformer-en-it-small", "--data", str(data), *TINY_MODEL,
+                                      "--vocab-size", "120", "--batch-tokens", "256", "--eval-sentences", "4",
+                                      "--eval-every", "1000", "--max-steps", "2", "-o", str(tmp_path / "run"),
+                                      "--weight-decay", "0.37", "--clip-norm", "0.42", "--label-smoothing", "0.23",
+                                      "--lr", "0.0021", "--beta2", "0.97"])
+    assert result.exit_code == 0, result.output
+    decayed, plain = seen["optimizer"].param_groups
+    assert decayed["weight_decay"] == 0.37 and plain["weight_decay"] == 0.0  # vectors are not decayed
+    assert decayed["betas"] == (0.9, 0.97) and decayed["lr"] <= 0.0021
+    assert seen["clip_norm"] == 0.42 and seen["smoothing"] == {0.23, 0.0}  # training smooths; validation scores NLL
+
+
+def test_epochs_and_max_minutes_end_the_run(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv")
+    base = ["train", "transformer-en-it-small", "--data", str(data), *TINY_MODEL, "--vocab-size", "120",
+            "--batch-tokens", "256", "--eval-sentences", "4", "--eval-every", "1000", "--average-last", "1"]
+    two = CliRunner().invoke(cli, [*base, "--epochs", "2", "-o", str(tmp_path / "epochs")])
+    assert two.exit_code == 0, two.output
+    steps = json.loads((tmp_path / "epochs" / "manifest.json").read_text())["training"]["step"]
+    assert re.search(rf"trained transformer-en-it-small: {steps} steps \(2(\.0+)? epochs\)", two.output), two.output
+    assert steps > 2
+    timed = CliRunner().invoke(cli, [*base, "--max-minutes", "0.02", "-o", str(tmp_path / "timed")])  # 1.2 s
+    assert timed.exit_code == 0, timed.output
+    training = json.loads((tmp_path / "timed" / "manifest.json").read_text())["training"]
+    assert training["step"] < 30 * steps // 2  # far short of the default 30 epochs
+    assert 1.2 <= training["seconds"] < 10

@@ -197,9 +197,8 @@ def test_evaluate_command_reports_scores_and_writes_samples(run_dir):
 
 
 def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
-    pytest.importorskip("onnxruntime")
-    runtime = pytest.importorskip("zoo.exporters.onnx.runtime")
     from zoo.core.model_dir import load_model
+    from zoo.exporters.onnx import runtime
     from zoo.core.export import export_model
 
     model = load_model(run_dir)

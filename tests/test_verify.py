@@ -106,9 +106,18 @@ def test_round_trip_hf_zoo_hf_is_bit_identical(tmp_path):
 
 
 def test_fp16_export_loads_in_transformers(tmp_path):
+    from transformers import GPT2LMHeadModel
+
     assert run("export", "gpt2", *set_args(SMALL), "--format", "hf", "--dtype", "fp16", "-o", tmp_path / "hf").exit_code == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "float16"
     assert all(t.dtype == torch.float16 for t in load_file(tmp_path / "hf" / "model.safetensors").values())
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    ours = zoo.build("gpt2", seed=0, **SMALL).eval()  # what zoo export built (seed 0)
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        theirs = model.float()(ids).logits
+        torch.testing.assert_close(theirs, ours(ids), rtol=0, atol=2e-2)  # fp16 weights: rounding only
 
 
 @pytest.mark.parametrize("extra,message", [

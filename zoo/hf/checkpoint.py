@@ -38,6 +38,9 @@ from zoo.hf.formats import checkpoint_format, plan, to_zoo_tensors
 # --------------------------------------------------------------------------- reading checkpoints
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 class CheckpointReader:
     """Names, shapes and tensors of a Hugging Face checkpoint, without reading data up front.
 
@@ -108,13 +111,22 @@ class CheckpointReader:
             return {name: tuple(t.shape) for name, t in self._tensors.items()}
         return {name: tuple(handle.get_slice(name).get_shape()) for name, handle in self._files.items()}
 
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor ``name``. A safetensors tensor comes in memory of its own, its file mapped only
-        while it is read: converting a checkpoint tensor by tensor (a cast to bfloat16, say) never
-        holds the whole file resident."""
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor ``name`` in ``dtype`` (None: as stored). Stored in that dtype, a safetensors
+        tensor is a memory-mapped view (no copy); stored otherwise, it is read into memory of its
+        own and cast slice by slice (:func:`zoo.core.tensor_files.read_tensor`), so converting a
+        checkpoint to a smaller dtype never holds the whole file resident."""
         if self._tensors is not None:
-            return self._tensors[name]
-        return read_tensor(self._paths[name], name)
+            tensor = self._tensors[name]
+            return tensor if dtype is None else tensor.to(dtype)
+        handle = self._files[name]
+        try:
+            stored = SAFETENSORS_DTYPES.get(handle.get_slice(name).get_dtype())
+            if dtype is None or stored == dtype:
+                return handle.get_tensor(name)
+        except SafetensorError as exc:
+            raise WeightsError(f"{self.directory}: cannot read {name} ({first_line(exc)})") from None
+        return read_tensor(self._paths[name], name, dtype)
 
     def close(self) -> None:
         self._stack.close()
@@ -151,7 +163,7 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
     model = construct(spec, device)
     with CheckpointReader(directory) as reader:
         stored = plan(fmt, model, reader.shapes(), str(directory))
-        tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name]),
+        tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name], dtype),
                                  lambda t: t.to(device=device, dtype=dtype))
     return load_state(model, tensors, str(directory)).eval()
 
