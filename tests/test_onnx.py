@@ -346,6 +346,19 @@ def test_every_advertised_opset_exports_and_validates(tmp_path, opset):
     assert fused is (opset >= 23)  # the fused operator exists from opset 23
 
 
+def test_validation_reads_the_weights_from_the_file_without_a_packed_copy(tmp_path, monkeypatch):
+    """ONNX Runtime's default session packs a copy of every weight (gpt2-xl: 5.9 GB beside the
+    model's own); validation's session reads them from the mapped external data file instead."""
+    loads = []
+    load = runtime.load
+    monkeypatch.setattr(runtime, "load", lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
+    export(model, tmp_path / "onnx", kv_cache=True)
+    assert loads and all(kwargs.get("prepack") is False for kwargs in loads)
+    options = runtime.session_options(prepack=False)
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+
+
 def test_bad_options_are_one_line_errors(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
     with pytest.raises(ExportError, match="--dtype 'bf16' is not supported by the onnx exporter"):

@@ -299,17 +299,18 @@ def run_validation(model: nn.Module, out: Path) -> dict:
     """Run ONNX Runtime against PyTorch, print and save the report; raise on a mismatch."""
     from zoo.exporters.onnx.validation import validate_export
 
+    name = model.spec.name
     try:
         report = validate_export(model, out)
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot run the export of {model.spec.name}: {first_line(exc)}") from None
+        raise ExportError(f"ONNX Runtime cannot run the export of {name}: {first_line(exc)}") from None
     (out / VALIDATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     tqdm.write(report.text(), file=sys.stderr)
     if not report.passed:
         worst = report.worst()
-        raise ExportError(f"ONNX Runtime disagrees with PyTorch on {model.spec.name}: max |difference| "
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch on {name}: max |difference| "
                           f"{worst.max_abs_diff:.2e} exceeds {worst.tolerance} ({worst.describe()}); "
                           "nothing was written")
     return report.summary()
