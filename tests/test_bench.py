@@ -20,6 +20,8 @@ TARGETS = [
     "decode batch 1: onnxruntime-int4 >= 3x the fp32 bandwidth ceiling",
     "decode batch 1: onnxruntime-int8 >= 2x the fp32 bandwidth ceiling",
     "prefill 1x128: onnxruntime no slower than torch",
+    "prefill 1x128: torch-bf16 >= 1.8x Hugging Face fp32",
+    "decode batch 1: torch-bf16 no slower than torch fp32",
     "prefill 1x128: torch at least as fast as Hugging Face",
     "build from safetensors: zoo no slower than from_pretrained (build + first forward)",
     "build from safetensors: zoo peak RSS <= 1.2x the weight bytes",
@@ -57,8 +59,9 @@ def figures_in(value):
 def tiny_run(tmp_path_factory):
     """One tiny ``zoo bench`` through the CLI: every runtime, the build comparison, JSON and PNG."""
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--repeats", "1", "--warmup", "0",
-                                      "--new-tokens", "3", "--threads", "1", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--repeats", "1", "--warmup", "0", "--runtime",
+                                      "torch,torch-bf16,onnxruntime,hf", "--new-tokens", "3", "--threads", "1",
+                                      "-o", str(out)])
     assert result.exit_code == 0, result.output
     return result.output, json.loads(out.read_text()), out.with_suffix(".png")
 
@@ -70,7 +73,7 @@ def test_tiny_report_has_every_section(tiny_run):
     assert "flop_per_s" in report["ceilings"]["matmul_float32"]
     assert "bytes_per_s" in report["ceilings"]["read_bandwidth"]
     rows = {(r["measure"], r.get("runtime"), r.get("batch")) for r in report["results"] if "not_available" not in r}
-    for runtime in ("torch", "onnxruntime", "hf"):
+    for runtime in ("torch", "torch-bf16", "onnxruntime", "hf"):
         for measure in ("prefill", "decode"):
             for batch in (1, 4):
                 assert (measure, runtime, batch) in rows, f"no {measure} row for {runtime} at batch {batch}"
@@ -82,6 +85,12 @@ def test_tiny_report_has_every_section(tiny_run):
     assert [t["target"] for t in report["targets"]] == TARGETS
     assert all(("pass" in t) != ("not_available" in t) for t in report["targets"])
     assert "targets" in text and "decode" in text and "prefill" in text
+    accuracy = next(r for r in report["results"] if r["measure"] == "accuracy")
+    assert accuracy["runtime"] == "torch-bf16" and accuracy["positions"] == 2 * 128
+    assert 0 < accuracy["relative_error"] < 0.05  # bfloat16 rounding: small, and not zero (it did run in bf16)
+    assert "accuracy torch-bf16 against fp32" in text
+    bf16 = next(r for r in report["results"] if r["measure"] == "decode" and r["runtime"] == "torch-bf16")
+    assert "vs_torch" in bf16
 
 
 def test_every_figure_is_a_positive_number(tiny_run):
@@ -122,7 +131,7 @@ def test_unknown_runtime_is_one_line_error():
     result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--runtime", "torch,tensorrt"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: --runtime torch,tensorrt: choose from torch, onnxruntime, onnxruntime-int8, onnxruntime-int4, hf "
+        "error: --runtime torch,tensorrt: choose from torch, torch-bf16, onnxruntime, onnxruntime-int8, onnxruntime-int4, hf "
         "(comma-separated)"]
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from zoo.errors import ZooError
 
-RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-int4", "hf")
+RUNTIMES = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "onnxruntime-int4", "hf")
 DEFAULT_RUNTIMES = ("torch", "onnxruntime", "hf")
 # ONNX Runtime contenders and the weight quantization of their export (None: fp32)
 ONNX_RUNTIMES = {"onnxruntime": None, "onnxruntime-int8": "int8", "onnxruntime-int4": "int4"}

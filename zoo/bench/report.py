@@ -32,13 +32,15 @@ TARGETS = [
     ("decode batch 1: onnxruntime-int8 >= 2x the fp32 bandwidth ceiling", "decode", "onnxruntime-int8", 1,
      "fraction_of_bandwidth_ceiling", 2.0, "higher"),
     ("prefill 1x128: onnxruntime no slower than torch", "prefill", "onnxruntime", 1, "vs_torch", 1.0, "higher"),
+    ("prefill 1x128: torch-bf16 >= 1.8x Hugging Face fp32", "prefill", "torch-bf16", 1, "vs_hf", 1.8, "higher"),
+    ("decode batch 1: torch-bf16 no slower than torch fp32", "decode", "torch-bf16", 1, "vs_torch", 1.0, "higher"),
     ("prefill 1x128: torch at least as fast as Hugging Face", "prefill", "torch", 1, "vs_hf", 1.0, "higher"),
     ("build from safetensors: zoo no slower than from_pretrained (build + first forward)", "build", "zoo", None,
      "vs_hf", 1.0, "higher"),
     ("build from safetensors: zoo peak RSS <= 1.2x the weight bytes", "build", "zoo", None,
      "peak_rss_over_weights", 1.2, "lower"),
 ]
-RUNTIME_COLOURS = {"torch": "#1f77b4", "onnxruntime": "#2ca02c", "onnxruntime-int8": "#17becf",
+RUNTIME_COLOURS = {"torch": "#1f77b4", "torch-bf16": "#aec7e8", "onnxruntime": "#2ca02c", "onnxruntime-int8": "#17becf",
                    "onnxruntime-int4": "#9467bd", "hf": "#ff7f0e", "zoo": "#1f77b4"}
 
 
@@ -57,8 +59,12 @@ def evaluate_targets(report: dict) -> list[dict]:
         zoo_build["vs_hf"] = hf_build["ready_s"]["median"] / zoo_build["ready_s"]["median"]
     for row in results:  # how many times faster than torch at the same measure and batch
         torch_row = find_row(results, row.get("measure"), "torch", row.get("batch"))
-        if row.get("runtime") not in ("torch", "hf") and torch_row and "latency_s" in row and "latency_s" in torch_row:
+        if row.get("runtime") in ("torch", "hf") or torch_row is None:
+            continue
+        if "latency_s" in row and "latency_s" in torch_row:
             row["vs_torch"] = torch_row["latency_s"]["median"] / row["latency_s"]["median"]
+        elif "tokens_per_s" in row and "tokens_per_s" in torch_row:
+            row["vs_torch"] = row["tokens_per_s"]["median"] / torch_row["tokens_per_s"]["median"]
     out = []
     for text, measure, runtime, batch, key, threshold, better in TARGETS:
         row = find_row(results, measure, runtime, batch)
@@ -150,7 +156,12 @@ def render(report: dict) -> str:
             lines += [f"onnx export {r['runtime']} (kv cache, {r.get('weights', 'fp32')}, opset {r['opset']}): "
                       f"{r['seconds']['median']:.1f} s, {r['bytes'] / 1e6:.0f} MB, graphs and weights "
                       f"{r.get('graph_bytes', r['bytes']) / 1e6:.1f} MB{ratio}"]
-    lines += [""] if any(r["measure"] == "onnx_export" for r in results) else []
+    for r in results:
+        if r["measure"] == "accuracy":
+            lines += [f"accuracy {r['runtime']} against fp32 ({r['positions']} positions of random prompts): top-1 "
+                      f"agreement {r['top1_agreement']:.1%} on {r['decisive_positions']} decisive positions, relative "
+                      f"logit error {r['relative_error']:.4f}"]
+    lines += [""] if any(r["measure"] in ("onnx_export", "accuracy") for r in results) else []
     builds = [r for r in results if r["measure"] == "build" and "not_available" not in r]
     if builds:
         lines += [f"build {builds[0]['model']} from a local safetensors file ({builds[0]['weight_bytes'] / 1e9:.2f} GB), "

@@ -127,13 +127,13 @@ def kv_bytes_per_step(spec: ModelSpec, batch: int, keys: float, element_size: in
 
 def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threads: int, steps):
     """The runtimes to measure, the PyTorch model they share weights with, rows for the
-    runtimes that cannot run, and the ONNX export row."""
+    runtimes that cannot run, and the ONNX export rows (with torch-bf16's accuracy row)."""
     from zoo.bench.build import write_hf_checkpoint
     from zoo.hf.checkpoint import load_weights
     from zoo.hf.gpt2 import gpt2_layout_problem
 
     device = options.device
-    unavailable, contenders = [], []
+    unavailable, contenders, exports = [], [], []
     problem = gpt2_layout_problem(spec)
     if problem is None:
         write_hf_checkpoint(spec, workdir / "hf", seed=options.seed)
@@ -142,9 +142,14 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
         from zoo.core.builder import build
 
         model = build(spec, seed=options.seed, device=device)
+    if "torch-bf16" in options.runtimes:  # the same weights in bfloat16, and what rounding them costs
+        from zoo.exporters.onnx.exporter import model_in_dtype
+
+        bf16 = model_in_dtype(model, spec, torch.bfloat16)
+        exports.append(accuracy_row(model, bf16, "torch-bf16", options.seed))
+        contenders.append(ZooContender("torch-bf16", bf16))
     if "torch" in options.runtimes:
         contenders.append(ZooContender("torch", model))
-    exports = []
     for name in [r for r in options.runtimes if r in ONNX_RUNTIMES]:
         steps(f"export to ONNX ({name})")
         try:
@@ -153,7 +158,7 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
             contenders.append(ZooContender(name, runtime_model))
         except (ZooError, ImportError) as exc:
             unavailable.append({"measure": "onnx_export", "runtime": name, "not_available": first_line(exc)})
-    add_size_ratios(exports)
+    add_size_ratios([r for r in exports if r["measure"] == "onnx_export"])
     if "hf" in options.runtimes:
         if problem is not None:
             unavailable.append({"measure": "all", "runtime": "hf",
@@ -164,6 +169,24 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
             hf = GPT2LMHeadModel.from_pretrained(workdir / "hf", dtype=torch.float32).to(device).eval()
             contenders.append(HFContender(hf))
     return contenders, unavailable, model, exports
+
+
+def accuracy_row(reference: nn.Module, model: nn.Module, runtime: str, seed: int) -> dict:
+    """How far ``model``'s logits are from ``reference``'s (fp32) on two random 128-token prompts,
+    in the measures quantized exports state: top-1 agreement on decisive positions and the
+    relative logit error (:class:`zoo.exporters.onnx.validation.Agreement`)."""
+    from zoo.exporters.onnx.validation import Agreement
+
+    ids = torch.randint(0, reference.spec.vocab_size, (2, 128), generator=torch.Generator().manual_seed(seed))
+    ids = ids.to(next(reference.parameters()).device)
+    agreement = Agreement()
+    with torch.inference_mode():
+        agreement.add("logits", model(ids).float(), reference(ids), torch.ones_like(ids).cpu(), 0)
+    case = agreement.cases[0]
+    return {"measure": "accuracy", "runtime": runtime, "positions": case.positions,
+            "decisive_positions": agreement.positions,
+            "top1_agreement": agreement.agree / agreement.positions if agreement.positions else 1.0,
+            "relative_error": case.relative_error}
 
 
 def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threads: int,

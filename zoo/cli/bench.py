@@ -12,8 +12,9 @@ from zoo.cli.options import spec_options
 @click.command()
 @spec_options
 @click.option("--runtime", "runtimes", default="torch,onnxruntime,hf", show_default=True,
-              help="Comma-separated runtimes to measure: torch, onnxruntime, onnxruntime-int8, onnxruntime-int4 "
-                   "(weight-only quantized exports), hf.")
+              help="Comma-separated runtimes to measure: torch, torch-bf16 (the same weights in bfloat16, with its "
+                   "accuracy against fp32), onnxruntime, onnxruntime-int8, onnxruntime-int4 (weight-only quantized "
+                   "exports), hf.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for PyTorch and ONNX Runtime (default: every core this process may use).")
