@@ -214,6 +214,18 @@ def measure_utilisation(flops_per_token: float, device: torch.device, dtype: tor
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+def _glibc(call) -> bool:
+    """``call(libc)`` on the C library, if it is glibc; whether it took effect."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(name and call(ctypes.CDLL(name)))
+    except (OSError, AttributeError):
+        return False
+
+
 def return_freed_memory(threshold: int = 128 * 1024) -> bool:
     """Ask glibc to serve every allocation above ``threshold`` bytes with its own mapping, given
     back to the system when freed. By default glibc raises that threshold after each large free,
@@ -222,14 +234,7 @@ def return_freed_memory(threshold: int = 128 * 1024) -> bool:
     faults on reallocation: 13% of DDP's tokens/s there, and half of a LoRA run's (whose frozen
     weights autocast casts afresh every step). FSDP runs, chosen for memory, pay it; the others
     keep glibc's default. Returns whether it took effect (glibc only)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(name and ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
+    return _glibc(lambda libc: libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def trim_freed_memory() -> bool:
@@ -237,14 +242,7 @@ def trim_freed_memory() -> bool:
     a new fine-tuning run has just read a whole checkpoint to write itself, and the tensors it
     freed would otherwise stay in the process beside the weights it trains. Returns whether it
     took effect (glibc only)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(name and ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    return _glibc(lambda libc: libc.malloc_trim(0))
 
 
 def weights_for(config, compute_dtype: torch.dtype, dist) -> FullWeights:
