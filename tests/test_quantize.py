@@ -84,7 +84,7 @@ def test_tied_table_is_stored_once_quantized(exports, scheme):
     packed = [n for n, i in inits.items() if i.data_type == onnx.TensorProto.UINT8 and i.dims[0] == spec.vocab_size]
     assert len(packed) == 1  # one blob for the lookup and the head
     readers = {n.op_type for n in proto.graph.node if packed[0] in n.input}
-    assert readers == {"GatherBlockQuantized", "MatMulNBits"}
+    assert readers == {"Gather", "MatMulNBits"}  # standard ops for the lookup: onnxruntime-web runs it
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == scheme
     assert manifest["quantization"]["graphs"]["decoder"]["heads"] == 1

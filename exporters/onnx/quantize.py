@@ -13,14 +13,10 @@ validated:
 2. **A tied head** — ``MatMul(x, Transpose(table))``, or ``MatMul(x, table_T)`` once the
    exporter has folded the transpose into a copy — becomes ``MatMulNBits(x, B, scales)``
    with N = V and K = d. Its ``B`` is exactly the table's packed rows (row v of the table
-   is column v of the head, blocked along d), so **one blob serves both**: the lookup is
-   ``com.microsoft.GatherBlockQuantized`` on that same ``B`` viewed as 3-D data
-   (gather_axis 0, quantize_axis 2, one block per (row, block) pair), followed by a
-   ``Reshape`` back to (..., d). Only its scales differ in shape — (V, d / block, 1),
-   the rank the gather requires — so the gather reads them through a ``Reshape`` of the
-   head's scales (ONNX Runtime folds that copy at load: V · d / block floats, 0.4 MB
-   for GPT-2 at block 128). The file holds the table once, quantized; no fp32 V x d
-   initializer remains.
+   is column v of the head, blocked along d), so **one blob serves both**: the lookup
+   ``Gather``-s the same ``B`` rows and their scales and dequantizes them with standard
+   operators (onnxruntime-web has no kernel for ``com.microsoft.GatherBlockQuantized``).
+   The file holds the table once, quantized; no fp32 V x d initializer remains.
 3. **Every other MatMul** with a constant weight goes through
    ``MatMulNBitsQuantizer`` (RTN, block-wise along K).
 
@@ -224,22 +220,51 @@ def matmul_nbits(head, qname: str, sname: str, shape: tuple, settings: QuantizeS
 
 
 def lookup_nodes(node, qname: str, sname: str, shape: tuple, settings: QuantizeSettings) -> list:
-    """GatherBlockQuantized on the packed table (rows x blocks x blob), then back to (..., d)."""
+    """The rows ``ids`` of the packed table, dequantized with standard operators only:
+    ``Gather`` the packed blocks (..., d/block, blob) and their scales, unpack the nibbles
+    (int4: element 2j in the low four bits of byte j, 2j+1 in the high four), subtract the
+    implied zero point 2^(bits-1), scale, and reshape to (..., d). ONNX Runtime's
+    ``GatherBlockQuantized`` would do the same in one node, but onnxruntime-web has no
+    kernel for it, and the gathered rows are a vanishing share of a step's work."""
     out, ids = node.output[0], node.input[1]
     base = node.name or out
-    vocab, width = shape
-    blocks = width // settings.block_size
-    return [
-        helper.make_node("Constant", [], [f"{base}/scale_shape"],
-                         value=numpy_helper.from_array(np.array([vocab, blocks, 1], np.int64))),
-        helper.make_node("Reshape", [sname, f"{base}/scale_shape"], [f"{base}/scales3"]),  # (V, d/block, 1)
-        helper.make_node("GatherBlockQuantized", [qname, ids, f"{base}/scales3"], [f"{base}/blocks"],
-                         name=f"{base}_Q{settings.bits}", domain=MS_DOMAIN, gather_axis=0, quantize_axis=2,
-                         block_size=settings.block_size, bits=settings.bits),  # (..., d/block, block)
-        helper.make_node("Shape", [ids], [f"{base}/ids_shape"]),
-        helper.make_node("Constant", [], [f"{base}/width"], value=numpy_helper.from_array(np.array([width], np.int64))),
-        helper.make_node("Concat", [f"{base}/ids_shape", f"{base}/width"], [f"{base}/out_shape"], axis=0),
-        helper.make_node("Reshape", [f"{base}/blocks", f"{base}/out_shape"], [out]),  # (..., d)
+    width = shape[1]
+
+    def name(part: str) -> str:
+        return f"{base}/{part}"
+
+    def constant(part: str, value) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name(part)], value=numpy_helper.from_array(np.asarray(value)))
+
+    nodes = [
+        helper.make_node("Gather", [qname, ids], [name("packed")], axis=0),  # (..., d/block, blob) uint8
+        helper.make_node("Cast", [name("packed")], [name("bytes")], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Gather", [sname, ids], [name("row_scales")], axis=0),  # (..., d/block)
+        constant("last", np.array([-1], np.int64)),
+        helper.make_node("Unsqueeze", [name("row_scales"), name("last")], [name("scales")]),  # (..., d/block, 1)
+        constant("zero_point", np.float32(2 ** (settings.bits - 1))),
+    ]
+    values, scales = name("bytes"), name("scales")
+    if settings.bits == 4:  # (..., d/block, blob, 2): the low then the high nibble of each byte
+        nodes += [
+            constant("sixteen", np.float32(16)),
+            helper.make_node("Div", [name("bytes"), name("sixteen")], [name("high_fraction")]),
+            helper.make_node("Floor", [name("high_fraction")], [name("high")]),
+            helper.make_node("Mul", [name("high"), name("sixteen")], [name("high_part")]),
+            helper.make_node("Sub", [name("bytes"), name("high_part")], [name("low")]),
+            helper.make_node("Unsqueeze", [name("low"), name("last")], [name("low_1")]),
+            helper.make_node("Unsqueeze", [name("high"), name("last")], [name("high_1")]),
+            helper.make_node("Concat", [name("low_1"), name("high_1")], [name("nibbles")], axis=-1),
+            helper.make_node("Unsqueeze", [name("scales"), name("last")], [name("nibble_scales")]),
+        ]
+        values, scales = name("nibbles"), name("nibble_scales")
+    return nodes + [
+        helper.make_node("Sub", [values, name("zero_point")], [name("centered")]),
+        helper.make_node("Mul", [name("centered"), scales], [name("rows")]),
+        helper.make_node("Shape", [ids], [name("ids_shape")]),
+        constant("width", np.array([width], np.int64)),
+        helper.make_node("Concat", [name("ids_shape"), name("width")], [name("out_shape")], axis=0),
+        helper.make_node("Reshape", [name("rows"), name("out_shape")], [out]),  # (..., d)
     ]
 
 
