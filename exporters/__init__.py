@@ -24,7 +24,17 @@ class HFExporter(Exporter):
         return hf_exporter(model, spec, out_dir, **options)
 
 
+class WebExporter(Exporter):
+    """A folder transformers.js and Optimum load; see :mod:`zoo.exporters.web.exporter`."""
+
+    def __call__(self, model, spec, out_dir, **options):
+        from zoo.exporters.web.exporter import web_exporter
+
+        return web_exporter(model, spec, out_dir, **options)
+
+
 @hookimpl
 def zoo_register_exporters(registry):
     registry.add("exporter", "onnx", OnnxExporter())
     registry.add("exporter", "hf", HFExporter())
+    registry.add("exporter", "web", WebExporter())

@@ -45,9 +45,9 @@ def cli(plugins):
 
 
 def _add_commands() -> None:
-    from zoo.cli import bench, compare, export, generate, models, show, training, translation, verify
+    from zoo.cli import bench, compare, export, generate, models, serve, show, training, translation, verify
 
-    for area in (models, export, verify, generate, training, translation, compare, bench, show):
+    for area in (models, export, verify, generate, training, translation, compare, bench, show, serve):
         for command in area.COMMANDS:
             cli.add_command(command)
 

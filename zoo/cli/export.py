@@ -12,7 +12,8 @@ from zoo.errors import ExportError
 
 @click.command()
 @spec_options
-@click.option("--format", "fmt", default="onnx", show_default=True, help="Export format (a registered exporter: onnx, hf).")
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              help="Export format (a registered exporter: onnx, hf, web).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
 @click.option("--weights", default=None, help=WEIGHTS_HELP)
 @click.option("--kv-cache", is_flag=True, help="Export past key/values as inputs and present ones as outputs.")
@@ -24,13 +25,16 @@ from zoo.errors import ExportError
 @click.option("--block-size", type=int, default=None,
               help="With --quantize: weights per quantization block (a power of two >= 16 dividing the hidden "
                    "size; default 128, or the largest that divides).")
+@click.option("--variants", default=None, metavar="fp32,fp16,q4,int8",
+              help="web: the precisions to write, as transformers.js names them (default fp32,q4).")
 @click.option("--adapter", is_flag=True, help="MODEL is a LoRA run (zoo train --lora) and --format hf: export its "
               "frozen base, with the adapter in OUTPUT/adapter as a PEFT folder "
               "(PeftModel.from_pretrained(base, OUTPUT/adapter)).")
 @click.option("--no-validate", is_flag=True, help="Skip running the exported model against PyTorch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, adapter, no_validate,
+def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, variants, adapter,
+           no_validate,
            seed, force):
     """Export MODEL to another format; the directory appears complete or not at all.
 
@@ -40,6 +44,7 @@ def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quant
 
     spec = load_spec_arg(model, overrides)
     extra = quantize_options(fmt, quantize, block_size, spec, dtype)
+    extra.update(web_options(fmt, variants, block_size, spec))
     weights = run_weights(model, weights)
     if adapter:
         weights = adapter_base(model, fmt, weights)
@@ -70,12 +75,34 @@ def quantize_options(fmt: str, quantize: str | None, block_size: int | None, spe
     """The exporter's quantization options, checked before the model is built."""
     if quantize is None and block_size is None:
         return {}
+    if fmt == "web" and quantize is None:
+        return {}  # --block-size for the web's quantized variants: web_options
+    if fmt == "web":
+        raise ExportError("--format web names its precisions with --variants (q4, int8, fp16, fp32), not --quantize")
     if fmt != "onnx":
         raise ExportError(f"--quantize and --block-size apply to --format onnx, not {fmt}")
     from zoo.exporters.onnx.quantize import quantize_settings
 
     quantize_settings(quantize, block_size, spec, dtype)  # one-line errors before any work
     return {"quantize": quantize, "block_size": block_size}
+
+
+def web_options(fmt: str, variants: str | None, block_size: int | None, spec) -> dict:
+    """``--variants`` (and ``--block-size``) of ``--format web``, checked before the model is built."""
+    if fmt != "web":
+        if variants is not None:
+            raise ExportError(f"--variants applies to --format web, not {fmt}")
+        return {}
+    from zoo.exporters.onnx.quantize import quantize_settings
+    from zoo.exporters.web.folder import VARIANTS, parse_variants
+
+    names = parse_variants(variants)
+    quantized = [VARIANTS[n].quantize for n in names if VARIANTS[n].quantize]
+    if block_size is not None and not quantized:
+        raise ExportError("--block-size applies to the quantized web variants (q4, int8); none is listed in --variants")
+    for scheme in quantized:
+        quantize_settings(scheme, block_size, spec)  # one-line errors before any work
+    return {"variants": names, **({"block_size": block_size} if block_size is not None else {})}
 
 
 COMMANDS = (export,)

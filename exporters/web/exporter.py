@@ -1,0 +1,184 @@
+"""The ``web`` exporter: a folder that transformers.js (browser or Node) and Optimum load as it is.
+
+    zoo export gpt2 --format web -o out/gpt2-web                     # fp32 + q4 graphs
+    zoo export gpt2 --format web --variants fp32,fp16,q4,int8 -o out/gpt2-web
+    zoo serve-web out/gpt2-web                                       # a page that generates with it
+
+    // transformers.js, in a page or in Node:
+    const generator = await pipeline("text-generation", "gpt2-web", { dtype: "q4" });
+
+Why a format of its own rather than more files in the ``onnx`` directory: Hugging Face's
+clients read a different layout (``config.json`` with a ``model_type`` they know at the top,
+graphs under ``onnx/`` named by precision, each graph one file), and one folder holds several
+precisions of the same model, where an ``onnx`` export is one graph set in one precision.
+Each graph is still made, quantized and validated against PyTorch by the ``onnx`` exporter,
+with the key/value cache: this module only lays its decoder graph out as Hugging Face's
+clients expect:
+
+- ``onnx/model.onnx`` (fp32), ``model_fp16.onnx``, ``model_q4.onnx``, ``model_int8.onnx``:
+  the names transformers.js picks by ``dtype``. A graph past protobuf's 2 GB limit keeps
+  its weights in ``model{suffix}.onnx_data``, declared in ``config.json`` under
+  ``transformers.js_config.use_external_data_format``.
+- ``config.json``: the transformers config of the checkpoint family the model fits (``gpt2``,
+  ``llama``, ``qwen2``, ``gpt_neox``). A model no family describes (a plugin attention,
+  rotary with ALiBi...) gets a ``llama`` config with its sizes: the graph's inputs and outputs
+  are the standard decoder's, and what the clients take from the config is only the cache's
+  shape (layers, key/value heads, head size) and the special tokens, so generation is
+  exact; ``zoo.stand_in`` in the config says so. ``transformers.js_config.dtype`` names the
+  precision a client gets when it asks for none (the smallest written).
+- ``generation_config.json`` and the tokenizer (``tokenizer.json`` + ``tokenizer_config.json``).
+- ``manifest.json``: variants, each one's validation, and the sha256 of every file.
+
+Operators that onnxruntime-web has no kernel for (:data:`WEB_MISSING_OPERATORS`) are refused
+with a line naming the operator and the way around it; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from zoo.core.files import MANIFEST, sha256_file
+from zoo.core.spec import ModelSpec
+from zoo.errors import ExportError
+from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS, Variant,
+                                     check_folder, parse_variants)
+
+PROTOBUF_LIMIT = 2 * 1024**3  # one .onnx file cannot hold more
+STAND_IN_TYPE = "llama"  # the generic decoder-only model_type of transformers.js and Optimum
+
+# Operators a zoo graph could hold that onnxruntime-web's WebAssembly build (the one
+# transformers.js loads in browsers, ort-wasm-simd-threaded.asyncify) has no kernel for, and
+# what avoids each. tests/test_web.py checks every entry against onnxruntime-web itself.
+WEB_MISSING_OPERATORS = {
+    ("com.microsoft", "GatherBlockQuantized"): "zoo's quantizer looks embeddings up with standard operators; "
+                                               "quantize with `zoo export --format web --variants q4`",
+}
+
+
+def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = True,
+                 dtype: str = "fp32", opset: int | None = None, validate: bool = True,
+                 tokenizer_dir: str | Path | None = None, variants=None, block_size: int | None = None) -> dict:
+    """Write the web folder of ``model`` into ``out_dir`` (a fresh temporary directory that
+    :func:`zoo.core.export.export_model` renames into place); return the manifest.
+
+    ``variants``: transformers.js dtypes to write (:data:`VARIANTS`; default fp32 and q4);
+    ``block_size``: the quantized variants' block. The graphs always have the key/value cache.
+    """
+    from zoo.exporters.onnx.exporter import onnx_exporter
+
+    out = Path(out_dir)
+    names = parse_variants(variants)
+    if spec.is_encoder_decoder:
+        raise ExportError("--format web writes decoder-only models; transformers.js runs a translator as "
+                          "encoder_model.onnx + decoder_model_merged.onnx with a use_cache_branch input, a layout "
+                          "zoo's three translator graphs do not have yet: use --format onnx")
+    if dtype != "fp32":
+        raise ExportError(f"--dtype {dtype} does not apply to --format web: list the precisions with "
+                          "--variants (e.g. --variants fp16,q4)")
+    (out / ONNX_DIR).mkdir()
+    entries = {}
+    with tempfile.TemporaryDirectory(prefix=".web-", dir=out.parent) as scratch:
+        for name in names:
+            variant = VARIANTS[name]
+            work = Path(scratch) / name
+            work.mkdir()
+            manifest = onnx_exporter(model, spec, work, kv_cache=True, dtype=variant.onnx_dtype, opset=opset,
+                                     validate=validate, tokenizer_dir=tokenizer_dir, quantize=variant.quantize,
+                                     block_size=block_size if variant.quantize else None)
+            entries[name] = place_graph(work / manifest["graphs"]["decoder"]["file"], out / ONNX_DIR, variant)
+            entries[name].update({k: manifest[k] for k in ("opset", "attention_operator", "quantization", "validation")
+                                  if k in manifest})
+            if name == names[0]:
+                tokenizer = copy_tokenizer_files(work, out)
+                inputs = manifest["graphs"]["decoder"]["inputs"]
+    config, stand_in = write_configs(spec, out, names, entries)
+    manifest = {"format": "web", "model": spec.name, "config": config, "stand_in": stand_in,
+                "variants": entries, "tokenizer": tokenizer,
+                "inputs": [i["name"] for i in inputs if not i.get("optional")],
+                **({} if tokenizer else {"tokenizer_reason": f"no tokenizer is known for the {spec.tokenizer or 'unnamed'} "
+                                                             "vocabulary: clients must give token ids"}),
+                "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__}}
+    check_folder(out)
+    manifest["files"] = {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                         for p in sorted(out.rglob("*")) if p.is_file()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
+    """Save the exported decoder graph ``source`` as ``onnx_dir/model{suffix}.onnx``: one file,
+    or with its weights in ``.onnx_data`` past protobuf's limit; refuse operators the web lacks."""
+    proto = onnx.load(str(source))
+    refuse_missing_operators(proto, variant.file)
+    target = onnx_dir / variant.file
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    external = weights >= PROTOBUF_LIMIT - (64 << 20)
+    if external:
+        onnx.save_model(proto, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{variant.file}_data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(target))
+    return {"file": f"{ONNX_DIR}/{variant.file}", "external_data": external}
+
+
+def refuse_missing_operators(proto: onnx.ModelProto, file: str) -> None:
+    """Raise when the graph holds an operator onnxruntime-web cannot run."""
+    for node in proto.graph.node:
+        fix = WEB_MISSING_OPERATORS.get((node.domain or "", node.op_type))
+        if fix:
+            domain = f"{node.domain}." if node.domain else ""
+            raise ExportError(f"{file} uses {domain}{node.op_type} (node {node.name!r}), which onnxruntime-web has no "
+                              f"kernel for: {fix}; nothing was written")
+
+
+def copy_tokenizer_files(work: Path, out: Path) -> list[str]:
+    """The tokenizer files the onnx exporter wrote (for genai, the same ones transformers.js reads)."""
+    if not all((work / name).is_file() for name in TOKENIZER_FILES):
+        return []
+    names = [*TOKENIZER_FILES, *(["LICENSE"] if (work / "LICENSE").is_file() else [])]  # GPT-2's vocabulary licence
+    for name in names:
+        shutil.copyfile(work / name, out / name)
+    return names
+
+
+def write_configs(spec: ModelSpec, out: Path, names: tuple, entries: dict) -> tuple[str, bool]:
+    """``config.json`` and ``generation_config.json``; return the model_type and whether it is a stand-in."""
+    from transformers import GenerationConfig
+
+    from zoo.hf.formats import format_for_spec, layout_problem
+
+    stand_in = layout_problem(spec) is not None
+    config = stand_in_config(spec) if stand_in else format_for_spec(spec).hf_config(spec, torch.float32)
+    values = config.to_dict()
+    values["transformers.js_config"] = {
+        "dtype": next(name for name in SMALLEST_FIRST if name in names),
+        **({"use_external_data_format": {VARIANTS[n].file: 1 for n in names if entries[n]["external_data"]}}
+           if any(entries[n]["external_data"] for n in names) else {}),
+    }
+    if stand_in:
+        values["zoo"] = {"stand_in": f"{spec.name} is described by no transformers model_type; this {STAND_IN_TYPE} "
+                                     "config gives clients the cache shape and special tokens of the ONNX graph, "
+                                     "which computes the model itself"}
+    (out / CONFIG).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    return values["model_type"], stand_in
+
+
+def stand_in_config(spec: ModelSpec):
+    """A ``llama`` config with ``spec``'s sizes and special tokens (see the module docstring)."""
+    from transformers import LlamaConfig
+
+    eos = spec.eos_token_id
+    return LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.d_model, num_hidden_layers=spec.n_layers,
+                       num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads, head_dim=spec.head_dim,
+                       intermediate_size=getattr(getattr(spec, "mlp", None), "d_ff", None) or 4 * spec.d_model,
+                       max_position_embeddings=spec.context_length, bos_token_id=spec.bos_token_id,
+                       eos_token_id=eos, pad_token_id=spec.pad_token_id, tie_word_embeddings=spec.tie_embeddings,
+                       architectures=["LlamaForCausalLM"])
