@@ -28,6 +28,10 @@ class Variant:
     def file(self) -> str:
         return f"model{self.suffix}.onnx"
 
+    @property
+    def path(self) -> str:  # in the folder
+        return f"{ONNX_DIR}/{self.file}"
+
 
 VARIANTS = {v.dtype: v for v in (
     Variant("fp32", ""),
@@ -45,7 +49,7 @@ def parse_variants(text: str | tuple | list | None) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
-        raise ExportError(f"--variants {','.join(unknown) or text!r}: choose from {', '.join(VARIANTS)} "
+        raise ExportError(f"--variants {','.join(unknown) or repr(text)}: choose from {', '.join(VARIANTS)} "
                           "(comma-separated, e.g. fp32,q4)")
     return names
 

@@ -28,7 +28,8 @@ for (const dtype of request.dtypes) {
   for (const row of rows) {
     const inputs = { input_ids: tensor(row, BigInt), attention_mask: tensor(row, () => 1n) };
     const out = await model.generate({ ...inputs, max_new_tokens: request.new_tokens, do_sample: false });
-    const { logits } = await model(inputs);
+    const output = (await model(inputs)).logits;
+    const logits = output.type === "float32" ? output : output.to("float32");  // fp16 data is raw halves
     const [, length, vocab] = logits.dims;
     const last = Array.from(logits.data.slice((length - 1) * vocab, length * vocab), Number);
     results.push({ tokens: out.tolist()[0].map(Number), logits: last });
