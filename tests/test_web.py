@@ -129,6 +129,9 @@ def test_the_folder_has_what_transformers_js_and_optimum_read(gpt2_web):
     ops = {(n.domain, n.op_type) for n in q4.graph.node}
     assert ("com.microsoft", "MatMulNBits") in ops and ("com.microsoft", "GatherBlockQuantized") not in ops
     assert not list(out.rglob("*.onnx.data")) and not list(out.rglob("*.onnx_data"))  # one file per graph
+    past = next(i for i in q4.graph.input if i.name == "past_key_values.0.key").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in past] == ["batch_size", 4, "past_sequence_length", 8]  # the
+    # names transformers.js resolves when it makes the first step's empty cache (others become 0)
 
 
 def test_an_operator_onnxruntime_web_lacks_is_refused(tmp_path):
@@ -379,3 +382,59 @@ def test_paths_leaving_the_folder_or_listing_it_get_404(served, path):
 def test_only_get_and_head_are_answered(served):
     status, _, _ = get(served, "/model/onnx/model.onnx", "POST")
     assert status == 501
+
+
+# --------------------------------------------------------------------------- speed (pytest -m benchmark)
+
+
+def ort_decode_rate(path: Path, ids: list[int], new_tokens: int, threads: int = 2) -> float:
+    """Greedy decode tokens/s of onnxruntime (Python) on ``path``, after the first token, as the page counts."""
+    import time
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    feed = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in pasts}
+    names = [o.name for o in session.get_outputs()]
+    tokens, step, started = list(ids), list(ids), None
+    for n in range(new_tokens):
+        feed["input_ids"] = np.array([step], np.int64)
+        feed["attention_mask"] = np.ones((1, len(tokens)), np.int64)
+        out = dict(zip(names, session.run(None, feed)))
+        step = [int(out["logits"][0, -1].argmax())]
+        tokens += step
+        feed.update({i.name: out[i.name.replace("past_key_values.", "present.")] for i in pasts})
+        started = time.perf_counter() if n == 0 else started
+    return (new_tokens - 1) / (time.perf_counter() - started)
+
+
+@pytest.mark.benchmark
+def test_gpt2_small_q4_in_chromium_against_onnxruntime(tmp_path):
+    """GPT-2 Small (random weights: there is no hub here) as a q4 web export: decode tokens/s in
+    headless Chromium (WebAssembly, 2 threads) and in onnxruntime (Python, 2 threads) on the same
+    file, in one run, and the folder's download size. Prints the figures the README quotes."""
+    out = tmp_path / "gpt2-q4"
+    result = CliRunner().invoke(cli, ["export", "gpt2", "--format", "web", "--variants", "q4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    ids, new = PROMPTS[2], 64
+    server = make_server(out, "127.0.0.1", 0, library=node_modules(), quiet=True)
+    serve_in_background(server)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        query = f"/?auto=1&threads=2&dtype=q4&max_new_tokens={new}&ids={','.join(map(str, ids))}"
+        browser(url + query)  # warm: the first page pays for compiling the WebAssembly
+        pages = [browser(url + query)["tokens_per_second"] for _ in range(3)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    onnxruntime_rates = [ort_decode_rate(out / VARIANTS["q4"].path, ids, new) for _ in range(3)]
+    page, native = max(pages), max(onnxruntime_rates)
+    print(f"\nGPT-2 Small q4: Chromium (WebAssembly, 2 threads) {page:.1f} tokens/s, onnxruntime (Python, 2 threads) "
+          f"{native:.1f} tokens/s, ratio {page / native:.2f}; folder {size / 1e6:.1f} MB "
+          f"(best of 3; pages {[round(p, 1) for p in pages]}, onnxruntime {[round(r, 1) for r in onnxruntime_rates]})")
+    assert page > 0 and native > 0

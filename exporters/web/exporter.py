@@ -36,6 +36,7 @@ with a line naming the operator and the way around it; nothing is written then.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,6 +118,7 @@ def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
     or with its weights in ``.onnx_data`` past protobuf's limit; refuse operators the web lacks."""
     proto = onnx.load(str(source))
     refuse_missing_operators(proto, variant.file)
+    name_dimensions_as_clients_do(proto.graph)
     target = onnx_dir / variant.file
     weights = sum(len(t.raw_data) for t in proto.graph.initializer)
     external = weights >= PROTOBUF_LIMIT - (64 << 20)
@@ -126,6 +128,20 @@ def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
     else:
         onnx.save_model(proto, str(target))
     return {"file": f"{ONNX_DIR}/{variant.file}", "external_data": external}
+
+
+# zoo's dimension names -> Optimum's, which transformers.js resolves when it makes the empty cache
+# of the first step (an unknown name becomes 0: a cache of batch 0 that the graph cannot reshape).
+CLIENT_DIMENSIONS = {"batch": "batch_size", "sequence": "sequence_length", "past_sequence": "past_sequence_length"}
+_DIMENSION = re.compile(r"\b(batch|past_sequence|sequence)\b")
+
+
+def name_dimensions_as_clients_do(graph: onnx.GraphProto) -> None:
+    """Rename the symbolic dimensions of ``graph`` (``batch`` → ``batch_size``, ...) in place."""
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = _DIMENSION.sub(lambda m: CLIENT_DIMENSIONS[m.group(1)], dim.dim_param)
 
 
 def refuse_missing_operators(proto: onnx.ModelProto, file: str) -> None:
