@@ -157,6 +157,17 @@ class PageHandler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class PageServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that closes a connection mid-download is not an error worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def make_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, library: str | Path | None = None,
                 quiet: bool = False) -> ThreadingHTTPServer:
     """A server for the web export in ``folder`` (checked first: one-line errors), not yet started;
@@ -170,10 +181,9 @@ def make_server(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, l
         "info": json.dumps(page_info(folder, variants, files)).encode(),
     })
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = PageServer((host, port), handler)
     except OSError as exc:
         raise ZooError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
-    server.daemon_threads = True
     return server
 
 
