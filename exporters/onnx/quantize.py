@@ -221,51 +221,94 @@ def matmul_nbits(head, qname: str, sname: str, shape: tuple, settings: QuantizeS
 
 def lookup_nodes(node, qname: str, sname: str, shape: tuple, settings: QuantizeSettings) -> list:
     """The rows ``ids`` of the packed table, dequantized with standard operators only:
-    ``Gather`` the packed blocks (..., d/block, blob) and their scales, unpack the nibbles
-    (int4: element 2j in the low four bits of byte j, 2j+1 in the high four), subtract the
-    implied zero point 2^(bits-1), scale, and reshape to (..., d). ONNX Runtime's
-    ``GatherBlockQuantized`` would do the same in one node, but onnxruntime-web has no
-    kernel for it, and the gathered rows are a vanishing share of a step's work."""
+    ``Gather`` the packed blocks (..., d/block, blob) and their scales, dequantize them
+    (:func:`dequantize_nodes`) and reshape to (..., d). ONNX Runtime's ``GatherBlockQuantized``
+    would do the same in one node, but onnxruntime-web has no kernel for it, and the gathered
+    rows are a vanishing share of a step's work."""
     out, ids = node.output[0], node.input[1]
     base = node.name or out
-    width = shape[1]
-
-    def name(part: str) -> str:
-        return f"{base}/{part}"
-
-    def constant(part: str, value) -> onnx.NodeProto:
-        return helper.make_node("Constant", [], [name(part)], value=numpy_helper.from_array(np.asarray(value)))
-
-    nodes = [
+    name = f"{base}/{{}}".format
+    return [
         helper.make_node("Gather", [qname, ids], [name("packed")], axis=0),  # (..., d/block, blob) uint8
-        helper.make_node("Cast", [name("packed")], [name("bytes")], to=onnx.TensorProto.FLOAT),
         helper.make_node("Gather", [sname, ids], [name("row_scales")], axis=0),  # (..., d/block)
-        constant("last", np.array([-1], np.int64)),
+        constant(name("last"), np.array([-1], np.int64)),
         helper.make_node("Unsqueeze", [name("row_scales"), name("last")], [name("scales")]),  # (..., d/block, 1)
-        constant("zero_point", np.float32(2 ** (settings.bits - 1))),
+        *dequantize_nodes(base, name("packed"), name("scales"), settings.bits, name("rows")),
+        helper.make_node("Shape", [ids], [name("ids_shape")]),
+        constant(name("width"), np.array([shape[1]], np.int64)),
+        helper.make_node("Concat", [name("ids_shape"), name("width")], [name("out_shape")], axis=0),
+        helper.make_node("Reshape", [name("rows"), name("out_shape")], [out]),  # (..., d)
     ]
-    values, scales = name("bytes"), name("scales")
-    if settings.bits == 4:  # (..., d/block, blob, 2): the low then the high nibble of each byte
+
+
+def dequantize_nodes(base: str, packed: str, scales: str, bits: int, out: str) -> list:
+    """Standard operators turning ``packed`` blocks (..., blocks, blob) uint8 and their
+    ``scales`` (..., blocks, 1) into ``out`` (..., blocks, block) float: unpack the nibbles
+    (int4: element 2j in the low four bits of byte j, 2j+1 in the high four), subtract the
+    implied zero point 2^(bits-1), scale. ``out`` has the blocks' values in order once the
+    last two dimensions of a 4-bit result, (blob, 2), are read as one."""
+    name = f"{base}/{{}}".format
+    nodes = [
+        helper.make_node("Cast", [packed], [name("bytes")], to=onnx.TensorProto.FLOAT),
+        constant(name("zero_point"), np.float32(2 ** (bits - 1))),
+    ]
+    values = name("bytes")
+    if bits == 4:  # (..., blocks, blob, 2): the low then the high nibble of each byte
         nodes += [
-            constant("sixteen", np.float32(16)),
+            constant(name("sixteen"), np.float32(16)),
+            constant(name("nibble_axis"), np.array([-1], np.int64)),
             helper.make_node("Div", [name("bytes"), name("sixteen")], [name("high_fraction")]),
             helper.make_node("Floor", [name("high_fraction")], [name("high")]),
             helper.make_node("Mul", [name("high"), name("sixteen")], [name("high_part")]),
             helper.make_node("Sub", [name("bytes"), name("high_part")], [name("low")]),
-            helper.make_node("Unsqueeze", [name("low"), name("last")], [name("low_1")]),
-            helper.make_node("Unsqueeze", [name("high"), name("last")], [name("high_1")]),
+            helper.make_node("Unsqueeze", [name("low"), name("nibble_axis")], [name("low_1")]),
+            helper.make_node("Unsqueeze", [name("high"), name("nibble_axis")], [name("high_1")]),
             helper.make_node("Concat", [name("low_1"), name("high_1")], [name("nibbles")], axis=-1),
-            helper.make_node("Unsqueeze", [name("scales"), name("last")], [name("nibble_scales")]),
+            helper.make_node("Unsqueeze", [scales, name("nibble_axis")], [name("nibble_scales")]),
         ]
         values, scales = name("nibbles"), name("nibble_scales")
     return nodes + [
         helper.make_node("Sub", [values, name("zero_point")], [name("centered")]),
-        helper.make_node("Mul", [name("centered"), scales], [name("rows")]),
-        helper.make_node("Shape", [ids], [name("ids_shape")]),
-        constant("width", np.array([width], np.int64)),
-        helper.make_node("Concat", [name("ids_shape"), name("width")], [name("out_shape")], axis=0),
-        helper.make_node("Reshape", [name("rows"), name("out_shape")], [out]),  # (..., d)
+        helper.make_node("Mul", [name("centered"), scales], [out]),
     ]
+
+
+def constant(name: str, value) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value)))
+
+
+def expand_at_load(proto: onnx.ModelProto) -> int:
+    """Replace every ``MatMulNBits`` on constant weights by standard operators that dequantize
+    them (:func:`dequantize_nodes`), a transpose to (K, N) and a ``MatMul``; return how many.
+
+    The weights stay 4- or 8-bit in the file, and since the dequantizing operators read only
+    initializers, ONNX Runtime's constant folding computes the fp32 matrix once, when the
+    session loads. That is for onnxruntime-web: its WebAssembly ``MatMulNBits`` has no fast
+    kernel (GPT-2 Small's 768 x 3072 product at batch 1 took 20-25 ms against 0.7-1 ms as an
+    fp32 MatMul, and 1.7 ms expanded), so a browser downloads the small file and computes in fp32.
+    """
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    count = 0
+    for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.domain == MS_DOMAIN]:
+        if len(node.input) > 3 and any(node.input[3:]) or not {node.input[1], node.input[2]} <= inits:
+            continue  # zero points, indices, bias or computed weights: left as they are
+        k, n, bits, block = (attribute(node, key, None) for key in ("K", "N", "bits", "block_size"))
+        if k % block:
+            continue  # a padded last block: left as it is
+        base = f"{node.name or node.output[0]}/expanded"
+        name = f"{base}/{{}}".format
+        replace_node(graph, node, *[
+            constant(name("scale_shape"), np.array([n, k // block, 1], np.int64)),
+            helper.make_node("Reshape", [node.input[2], name("scale_shape")], [name("scales")]),  # (N, blocks, 1)
+            *dequantize_nodes(base, node.input[1], name("scales"), bits, name("blocks")),
+            constant(name("weight_shape"), np.array([n, k], np.int64)),
+            helper.make_node("Reshape", [name("blocks"), name("weight_shape")], [name("weight_nk")]),
+            helper.make_node("Transpose", [name("weight_nk")], [name("weight")], perm=[1, 0]),  # (K, N)
+            helper.make_node("MatMul", [node.input[0], name("weight")], list(node.output), name=f"{base}/MatMul"),
+        ])
+        count += 1
+    return count
 
 
 def replace_node(graph: onnx.GraphProto, node, *new) -> None:

@@ -16,7 +16,11 @@ with the key/value cache: this module only lays its decoder graph out as Hugging
 clients expect:
 
 - ``onnx/model.onnx`` (fp32), ``model_fp16.onnx``, ``model_q4.onnx``, ``model_int8.onnx``:
-  the names transformers.js picks by ``dtype``. A graph past protobuf's 2 GB limit keeps
+  the names transformers.js picks by ``dtype``. The quantized graphs keep their weights 4- or
+  8-bit in the file and expand them to fp32 when the session loads
+  (:func:`zoo.exporters.onnx.quantize.expand_at_load`): onnxruntime-web's WebAssembly
+  ``MatMulNBits`` is 6x slower than its fp32 MatMul on a whole model, so the download is small
+  and the compute fp32. (``--format onnx --quantize`` keeps ``MatMulNBits``, fast natively.) A graph past protobuf's 2 GB limit keeps
   its weights in ``model{suffix}.onnx_data``, declared in ``config.json`` under
   ``transformers.js_config.use_external_data_format``.
 - ``config.json``: the transformers config of the checkpoint family the model fits (``gpt2``,
@@ -116,7 +120,10 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
 def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
     """Save the exported decoder graph ``source`` as ``onnx_dir/model{suffix}.onnx``: one file,
     or with its weights in ``.onnx_data`` past protobuf's limit; refuse operators the web lacks."""
+    from zoo.exporters.onnx.quantize import expand_at_load
+
     proto = onnx.load(str(source))
+    expanded = expand_at_load(proto) if variant.quantize else 0
     refuse_missing_operators(proto, variant.file)
     name_dimensions_as_clients_do(proto.graph)
     target = onnx_dir / variant.file
@@ -127,7 +134,8 @@ def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
                         location=f"{variant.file}_data", size_threshold=1024)
     else:
         onnx.save_model(proto, str(target))
-    return {"file": f"{ONNX_DIR}/{variant.file}", "external_data": external}
+    return {"file": f"{ONNX_DIR}/{variant.file}", "external_data": external,
+            **({"expanded_at_load": expanded} if variant.quantize else {})}
 
 
 # zoo's dimension names -> Optimum's, which transformers.js resolves when it makes the empty cache
