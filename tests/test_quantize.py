@@ -154,3 +154,24 @@ def test_bad_options_are_one_line(tmp_path, args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_weights_expanded_at_load_compute_what_matmulnbits_computes(exports, scheme, tmp_path):
+    """The web's form of a quantized graph (expand_at_load: standard operators rebuild each fp32
+    matrix from the same bytes) against the MatMulNBits graph it came from, in onnxruntime."""
+    from onnx_greedy import ort_greedy
+
+    _, out = exports("gpt2", scheme)
+    proto = onnx.load(str(out / "decoder.onnx"))
+    counts = json.loads((out / "manifest.json").read_text())["quantization"]["graphs"]["decoder"]
+    assert onnx_quantize.expand_at_load(proto) == counts["matmuls"] + counts["heads"]
+    assert not any(n.domain for n in proto.graph.node)
+    expanded = tmp_path / "expanded.onnx"
+    onnx.save(proto, str(expanded))
+    for ids in ([5, 17, 33, 2], [40, 41, 42, 43, 44, 45]):
+        tokens, logits = ort_greedy(expanded, ids, 6)
+        want_tokens, want_logits = ort_greedy(out / "decoder.onnx", ids, 6)
+        # MatMulNBits rounds its activations to int8 (accuracy level 4); the expansion computes in fp32
+        assert np.abs(logits - want_logits).max() < 0.05 * np.abs(want_logits).max()
+        assert tokens[:len(ids) + 1] == want_tokens[:len(ids) + 1]

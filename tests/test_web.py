@@ -141,7 +141,7 @@ def test_the_folder_has_what_transformers_js_and_optimum_read(gpt2_web):
 def test_an_operator_onnxruntime_web_lacks_is_refused(tmp_path):
     (domain, op), _ = next(iter(WEB_MISSING_OPERATORS.items()))
     node = onnx.helper.make_node(op, ["data", "ids", "scales"], ["y"], domain=domain, name="lookup")
-    graph = onnx.helper.make_graph([node], "g", [], [])
+    graph = onnx.helper.make_graph([node], "g", [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     path = tmp_path / "graph.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     (tmp_path / "onnx").mkdir()

@@ -278,36 +278,62 @@ def constant(name: str, value) -> onnx.NodeProto:
 
 
 def expand_at_load(proto: onnx.ModelProto) -> int:
-    """Replace every ``MatMulNBits`` on constant weights by standard operators that dequantize
-    them (:func:`dequantize_nodes`), a transpose to (K, N) and a ``MatMul``; return how many.
+    """Replace every ``MatMulNBits`` on constant weights by operators that rebuild the fp32
+    (K, N) matrix from its quantized bytes, then a ``MatMul``; return how many.
 
-    The weights stay 4- or 8-bit in the file, and since the dequantizing operators read only
-    initializers, ONNX Runtime's constant folding computes the fp32 matrix once, when the
-    session loads. That is for onnxruntime-web: its WebAssembly ``MatMulNBits`` has no fast
-    kernel (GPT-2 Small's 768 x 3072 product at batch 1 took 20-25 ms against 0.7-1 ms as an
-    fp32 MatMul, and 1.7 ms expanded), so a browser downloads the small file and computes in fp32.
+    Those operators read only initializers, so ONNX Runtime's constant folding computes the
+    matrix once, when the session loads: the file stays 4- or 8-bit and the compute is fp32.
+    That is for onnxruntime-web: its WebAssembly ``MatMulNBits`` has no fast kernel (GPT-2
+    Small's 768 x 3072 product at batch 1 took 20-25 ms against 0.7-1 ms as an fp32 MatMul).
+
+    The bytes are re-laid out so the rebuild is four operators: a lookup table maps each byte
+    to its value(s) minus the zero point (``Gather`` on the byte as an index), which for 4 bits
+    yields rows k and K/2 + k at once, (2, K/2, N) → (K, N) by a reshape; the block scales
+    multiply (K/block, block, N). Folding holds every intermediate until it finishes, and a
+    longer chain (nibble arithmetic) ran out of WebAssembly memory on GPT-2 Small; ``Cast``
+    from ONNX's ``INT4`` has no WebAssembly kernel. A table shared with an embedding lookup
+    keeps its packed copy for the lookup.
     """
     graph = proto.graph
-    inits = {i.name for i in graph.initializer}
+    inits = {i.name: i for i in graph.initializer}
     count = 0
     for node in [n for n in graph.node if n.op_type == "MatMulNBits" and n.domain == MS_DOMAIN]:
-        if len(node.input) > 3 and any(node.input[3:]) or not {node.input[1], node.input[2]} <= inits:
+        if len(node.input) > 3 and any(node.input[3:]) or not {node.input[1], node.input[2]} <= set(inits):
             continue  # zero points, indices, bias or computed weights: left as they are
         k, n, bits, block = (attribute(node, key, None) for key in ("K", "N", "bits", "block_size"))
-        if k % block:
-            continue  # a padded last block: left as it is
+        if k % block or k % 2:
+            continue  # a padded last block, or no two halves: left as they are
+        packed = numpy_helper.to_array(inits[node.input[1]])  # (N, K/block, blob) uint8
+        if bits == 4:  # element 2j in the low four bits of byte j, 2j+1 in the high four
+            packed = np.stack([packed & 0x0F, packed >> 4], axis=-1)
+        values = packed.reshape(n, k).T  # (K, N) unsigned, zero point 2^(bits-1)
+        zero = 2 ** (bits - 1)
+        if bits == 4:  # byte (r, n): low nibble row r, high nibble row K/2 + r
+            stored = (values[: k // 2] | (values[k // 2:] << 4)).astype(np.uint8)  # (K/2, N)
+            table = np.stack([np.arange(256) % 16, np.arange(256) // 16]) - zero  # (2, 256): low, high
+        else:
+            stored = values.astype(np.uint8)  # (K, N)
+            table = (np.arange(256) - zero)[None, :]  # (1, 256)
+        scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, k // block).T  # (K/block, N)
         base = f"{node.name or node.output[0]}/expanded"
         name = f"{base}/{{}}".format
+        graph.initializer.extend([
+            numpy_helper.from_array(np.ascontiguousarray(stored), name("bytes")),
+            numpy_helper.from_array(table.astype(np.float32), name("table")),
+            numpy_helper.from_array(np.ascontiguousarray(scales[:, None, :]).astype(np.float32), name("scales")),
+        ])
         replace_node(graph, node, *[
-            constant(name("scale_shape"), np.array([n, k // block, 1], np.int64)),
-            helper.make_node("Reshape", [node.input[2], name("scale_shape")], [name("scales")]),  # (N, blocks, 1)
-            *dequantize_nodes(base, node.input[1], name("scales"), bits, name("blocks")),
-            constant(name("weight_shape"), np.array([n, k], np.int64)),
-            helper.make_node("Reshape", [name("blocks"), name("weight_shape")], [name("weight_nk")]),
-            helper.make_node("Transpose", [name("weight_nk")], [name("weight")], perm=[1, 0]),  # (K, N)
+            helper.make_node("Cast", [name("bytes")], [name("indices")], to=onnx.TensorProto.INT32),
+            helper.make_node("Gather", [name("table"), name("indices")], [name("values")], axis=1),  # (2|1, ., N)
+            constant(name("block_shape"), np.array([k // block, block, n], np.int64)),
+            helper.make_node("Reshape", [name("values"), name("block_shape")], [name("blocks")]),
+            helper.make_node("Mul", [name("blocks"), name("scales")], [name("weight_blocks")]),
+            constant(name("weight_shape"), np.array([k, n], np.int64)),
+            helper.make_node("Reshape", [name("weight_blocks"), name("weight_shape")], [name("weight")]),  # (K, N)
             helper.make_node("MatMul", [node.input[0], name("weight")], list(node.output), name=f"{base}/MatMul"),
         ])
         count += 1
+    drop_unused(graph)
     return count
 
 
