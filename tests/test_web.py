@@ -451,5 +451,11 @@ def test_gpt2_small_in_chromium_against_onnxruntime(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+    native = tmp_path / "gpt2-int4"  # the onnx format's int4: MatMulNBits, for native ONNX Runtime
+    result = CliRunner().invoke(cli, ["export", "gpt2", "--format", "onnx", "--kv-cache", "--quantize", "int4",
+                                      "-o", str(native)])
+    assert result.exit_code == 0, result.output
+    rate = max(ort_decode_rate(native / "decoder.onnx", ids, new) for _ in range(2))
+    lines.append(f"onnx --quantize int4 (MatMulNBits): onnxruntime {rate:.1f} tokens/s")
     print("\nGPT-2 Small, decode after the first token, best of 2 (WebAssembly 2 threads; onnxruntime 2 threads):")
     print("\n".join(lines))
