@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 import zoo
 from conftest import REPO, tiny_overrides
-from onnx_greedy import ort_greedy
+from onnx_greedy import decode_rate, ort_greedy
 from zoo.cli import cli
 from zoo.core import registry
 from zoo.errors import ExportError
@@ -399,31 +399,6 @@ def test_only_get_and_head_are_answered(served):
 # --------------------------------------------------------------------------- speed (pytest -m benchmark)
 
 
-def ort_decode_rate(path: Path, ids: list[int], new_tokens: int, threads: int = 2) -> float:
-    """Greedy decode tokens/s of onnxruntime (Python) on ``path``, after the first token, as the page counts."""
-    import time
-
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-    feed = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in pasts}
-    names = [o.name for o in session.get_outputs()]
-    tokens, step, started = list(ids), list(ids), None
-    for n in range(new_tokens):
-        feed["input_ids"] = np.array([step], np.int64)
-        feed["attention_mask"] = np.ones((1, len(tokens)), np.int64)
-        out = dict(zip(names, session.run(None, feed)))
-        step = [int(out["logits"][0, -1].argmax())]
-        tokens += step
-        feed.update({i.name: out[i.name.replace("past_key_values.", "present.")] for i in pasts})
-        started = time.perf_counter() if n == 0 else started
-    return (new_tokens - 1) / (time.perf_counter() - started)
-
-
 @pytest.mark.benchmark
 def test_gpt2_small_in_chromium_against_onnxruntime(tmp_path):
     """GPT-2 Small (random weights: there is no hub here) as a web folder, fp32, q4 and int8: decode
@@ -443,7 +418,7 @@ def test_gpt2_small_in_chromium_against_onnxruntime(tmp_path):
             query = f"/?auto=1&threads=2&dtype={dtype}&max_new_tokens={new}&ids={','.join(map(str, ids))}"
             browser(url + query)  # warm: the first page pays for compiling the WebAssembly
             page = max(browser(url + query)["tokens_per_second"] for _ in range(2))
-            native = max(ort_decode_rate(out / VARIANTS[dtype].path, ids, new) for _ in range(2))
+            native = max(decode_rate(out / VARIANTS[dtype].path, ids, new) for _ in range(2))
             size = (out / VARIANTS[dtype].path).stat().st_size + shared
             lines.append(f"{dtype}: Chromium {page:.1f} tokens/s, onnxruntime {native:.1f} tokens/s, "
                          f"ratio {page / native:.3f}; folder for this precision {size / 1e6:.1f} MB")
@@ -455,7 +430,7 @@ def test_gpt2_small_in_chromium_against_onnxruntime(tmp_path):
     result = CliRunner().invoke(cli, ["export", "gpt2", "--format", "onnx", "--kv-cache", "--quantize", "int4",
                                       "-o", str(native)])
     assert result.exit_code == 0, result.output
-    rate = max(ort_decode_rate(native / "decoder.onnx", ids, new) for _ in range(2))
+    rate = max(decode_rate(native / "decoder.onnx", ids, new) for _ in range(2))
     lines.append(f"onnx --quantize int4 (MatMulNBits): onnxruntime {rate:.1f} tokens/s")
     print("\nGPT-2 Small, decode after the first token, best of 2 (WebAssembly 2 threads; onnxruntime 2 threads):")
     print("\n".join(lines))
