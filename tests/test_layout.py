@@ -134,3 +134,19 @@ def test_pyproject_installs_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
     assert packages - listed == set()
+
+
+def test_the_cache_protocol_declares_what_zoo_calls():
+    """LayerCache names every member the model, attention and beam search use; zoo's caches have them."""
+    import torch
+
+    from zoo.core.cache import KVCache
+    from zoo.core.components import LayerCache
+    from zoo.exporters.onnx.graphs import PastKeyValues
+
+    declared = {"update", "advance", "reorder", "length", "memory"}
+    assert declared <= set(vars(LayerCache)) | set(LayerCache.__annotations__)
+    cache = KVCache(n_layers=1, batch=2, n_kv_heads=1, head_dim=4, capacity=3)
+    assert all(hasattr(cache, name) for name in declared)
+    past = PastKeyValues([torch.zeros(2, 1, 0, 4)], [torch.zeros(2, 1, 0, 4)])
+    assert all(hasattr(past, name) for name in declared - {"reorder"})

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import zoo
-from conftest import local_plugin, tiny_overrides
+from conftest import REPO, local_plugin, tiny_overrides
 from zoo.core.model_dir import load_model, save_model
 from zoo.cli import cli
 from zoo.errors import PluginError
@@ -438,3 +438,85 @@ def test_show_model_draws_a_spec_too_deep_to_assemble(tmp_path):
     result = CliRunner().invoke(cli, ["show", "model", "gpt2", "--set", "n_layers=1000000000", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+def docs_attention_example() -> str:
+    """The attention plugin docs/plugins.md shows, as written there (it calls SDPA itself)."""
+    doc = (REPO / "docs" / "plugins.md").read_text()
+    start = doc.index("# unfused_attention.py")
+    return doc[start:doc.index("```", start)]
+
+
+def test_the_function_mode_records_what_the_identity_trick_records():
+    """The two capture paths agree on zoo's own attention: its attend() with v = I, and the
+    weights computed from the arguments of the SDPA call inside it."""
+    from zoo.show.attention import FunctionRecorder
+
+    model = tiny_decoder(positional="alibi", **{"attention.n_kv_heads": 2}).eval()
+    ids = torch.tensor([[464, 3797, 3332, 319, 262, 2603]])
+    with torch.no_grad(), capture_attention(model) as by_identity:
+        model(ids)
+    records = []
+    recorder = FunctionRecorder(records)
+    hooks = [h for i, block in enumerate(model.stack.h) for h in (
+        block.attn.register_forward_pre_hook(recorder.enter(f"stack.h.{i}.attn")),
+        block.attn.register_forward_hook(recorder.leave))]
+    with torch.no_grad(), recorder:
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    assert [r.module for r in records] == [r.module for r in by_identity] == ["stack.h.0.attn", "stack.h.1.attn"]
+    for mine, reference in zip(records, by_identity):
+        torch.testing.assert_close(mine.weights, reference.weights, atol=1e-6, rtol=1e-5)
+
+
+SOFTMAX_PLUGIN = textwrap.dedent('''
+    import math
+
+    import torch
+    from torch import nn
+
+    import zoo
+
+
+    class ByHand(zoo.Attention):
+        """Self-attention written out: its own forward, softmax(QKᵀ/√d + causal mask) V."""
+
+        def __init__(self, spec, options, layer_index=0):
+            super().__init__(spec, options, layer_index)
+            self.n_heads = options.n_heads
+            self.qkv = nn.Linear(spec.d_model, 3 * spec.d_model)
+            self.out = nn.Linear(spec.d_model, spec.d_model)
+
+        def forward(self, x, ctx):
+            B, T, D = x.shape
+            q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in self.qkv(x).split(D, dim=-1))
+            if ctx.cache is not None:
+                k, v = ctx.cache.update(self.layer_index, k, v)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            future = torch.ones(T, k.shape[2], dtype=torch.bool).triu(k.shape[2] - T + 1)
+            weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+            return self.out((weights @ v).transpose(1, 2).reshape(B, T, D))
+
+
+    @zoo.hookimpl
+    def zoo_register_components(registry):
+        registry.add("attention", "by_hand", ByHand)
+''')
+
+
+@pytest.mark.parametrize("plugin, name", [(docs_attention_example(), "unfused"), (SOFTMAX_PLUGIN, "by_hand")],
+                         ids=["docs-example-calling-sdpa", "softmax-written-out"])
+def test_an_attention_plugin_with_its_own_forward_is_drawn(fresh_registry, tmp_path, plugin, name):
+    local_plugin(tmp_path, f"{name}.py", plugin)
+    model = tiny_decoder(attention=name).eval()
+    maps = attention_maps(model, "The cat sat on the mat")
+    assert maps.weights.shape == (2, 4, 6, 6)
+    assert bool((maps.weights.triu(1) == 0).all())  # causal, as the plugin computes it
+    torch.testing.assert_close(maps.weights.sum(-1), torch.ones(2, 4, 6))
+    out = tmp_path / "attention.png"
+    result = run("--plugin", tmp_path / f"{name}.py", "show", "attention", "gpt2", *TINY_GPT2, "--set",
+                 f"attention={name}", "The cat sat on the mat", "--dpi", DPI, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == reported(result)
+

@@ -163,10 +163,29 @@ class Exporter:
 
 
 class LayerCache(Protocol):
-    """What self-attention needs from a key/value cache: store the new keys and values
-    of one layer and return all keys and values seen so far."""
+    """A key/value cache, as the model, attention and the decoding loops use it
+    (:class:`zoo.core.cache.KVCache`; while exporting, the graph's ``PastKeyValues``, which
+    beam search never reorders).
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    Attention calls :meth:`update`; the model reads :attr:`length` (tokens cached: the
+    position of the next one) and calls :meth:`advance` after each forward pass;
+    cross-attention keeps its keys and values per layer in :attr:`memory`; beam search
+    calls :meth:`reorder` when it keeps some rows."""
+
+    length: int  # tokens stored per row
+    memory: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer → cross-attention (keys, values)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer ``layer``'s new keys and values (B, KV, T, hd); return all so far (B, KV, length + T, hd)."""
+        ...
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more tokens as cached, once every layer has stored them."""
+        ...
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (B',) of the batch, in that order (beam search)."""
+        ...
 
 
 @dataclass

@@ -1,12 +1,18 @@
 """``zoo show attention``: attention maps as heat maps with the tokens on the axes.
 
 ``scaled_dot_product_attention`` does not return its weights, and the model classes
-are not changed to return them. Instead :func:`capture_attention` wraps each attention
-module's ``attend(q, k, v, mask, is_causal)`` for the duration of one forward pass and
-calls it a second time with ``v`` set to the identity: an attention whose output is a
-weighted sum of the values returns exactly its weight matrix then. The weights recorded
-are therefore those of the module's own ``attend`` (SDPA, or a plugin's override such as
-cosine attention), masks and biases included.
+are not changed to return them. Instead :func:`capture_attention` records them during one
+forward pass, in one of two ways:
+
+- a module with an ``attend(q, k, v, mask, is_causal)`` method (zoo's multi-head and cross
+  attention, and plugins built on them) has it wrapped and called a second time with ``v``
+  set to the identity: an attention whose output is a weighted sum of the values returns
+  exactly its weight matrix then, masks and biases included;
+- any other :class:`zoo.Attention` (a plugin that writes its own ``forward``) runs under a
+  torch function mode that sees what it calls: ``F.scaled_dot_product_attention``, whose
+  weights are computed from the same arguments (:func:`sdpa_weights`), or a softmax over the
+  last dimension of a (B, H, Tq, Tk) tensor, which is taken as the weights. So any attention
+  that computes softmax(QKᵀ) somewhere can be drawn, however the plugin is written.
 
 For a decoder the maps are its causal self-attention; for an encoder-decoder (a
 translation run directory) the default is the cross-attention alignment between the
@@ -65,22 +71,86 @@ def _recording_attend(original, records: list[AttentionRecord], name: str):
     return attend
 
 
+def sdpa_weights(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False) -> torch.Tensor:
+    """The weights ``F.scaled_dot_product_attention`` applies for these arguments (no dropout):
+    softmax(q kᵀ · scale + mask), key heads shared across query heads as ``enable_gqa`` does."""
+    if key.shape[-3] != query.shape[-3]:
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.shape[-1]) if scale is None else scale)
+    if is_causal:
+        scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1),
+                                    float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return scores.softmax(-1)
+
+
+SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
+
+
+class FunctionRecorder(torch.overrides.TorchFunctionMode):
+    """Record, for the attention module running now (``current``), the weights of its first
+    ``scaled_dot_product_attention`` call or softmax over the keys of a (B, H, Tq, Tk) tensor."""
+
+    def __init__(self, records: list[AttentionRecord]) -> None:
+        super().__init__()
+        self.records = records
+        self.current: str | None = None
+        self.recorded = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.current is None or self.recorded:
+            return out
+        weights = None
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            weights = sdpa_weights(*args, **kwargs)
+        elif func in SOFTMAXES and isinstance(out, torch.Tensor) and out.dim() == 4:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            weights = out if dim in (-1, 3) else None
+        if weights is not None:
+            kind, layer = attention_site(self.current)
+            self.records.append(AttentionRecord(self.current, kind, layer, weights.detach().float().cpu()))
+            self.recorded = True
+        return out
+
+    def enter(self, name: str):
+        def hook(module, args):
+            self.current, self.recorded = name, False
+        return hook
+
+    def leave(self, module, args, output) -> None:
+        self.current = None
+
+
 @contextlib.contextmanager
 def capture_attention(model: nn.Module) -> Iterator[list[AttentionRecord]]:
-    """Record the attention weights of every module with an ``attend`` method while the
-    block runs; the list yielded fills up as the model is called. The modules are left
-    exactly as they were on exit."""
+    """Record the attention weights of every attention module while the block runs (see the
+    module docstring for how); the list yielded fills up as the model is called. The modules
+    are left exactly as they were on exit."""
+    from zoo.core.components import Attention
+
     records: list[AttentionRecord] = []
     wrapped = []  # (module, the attend it had on the instance itself, if any)
+    recorder = FunctionRecorder(records)
+    hooks = []
     for name, module in model.named_modules():
         if callable(getattr(type(module), "attend", None)):
             wrapped.append((module, module.__dict__.get("attend")))
             module.attend = _recording_attend(module.attend, records, name)
-    if not wrapped:
-        raise PictureError(f"{type(model).__name__} has no attention module with an attend() method to capture")
+        elif isinstance(module, Attention):
+            hooks += [module.register_forward_pre_hook(recorder.enter(name)),
+                      module.register_forward_hook(recorder.leave)]
+    if not wrapped and not hooks:
+        raise PictureError(f"{type(model).__name__} has no attention module (a zoo.Attention) to capture")
     try:
-        yield records
+        with recorder if hooks else contextlib.nullcontext():
+            yield records
     finally:
+        for hook in hooks:
+            hook.remove()
         for module, own in wrapped:
             if own is None:
                 del module.attend
