@@ -161,7 +161,7 @@ def capture_attention(model: nn.Module) -> Iterator[list[AttentionRecord]]:
 # --------------------------------------------------------------------------- tokens
 
 
-def tokenizer_for(spec, directory: str | Path | None = None):
+def backend_tokenizer_for(spec, directory: str | Path | None = None):
     """A decoder's tokenizer as a ``tokenizers.Tokenizer``: ``tokenizer.json`` in its model
     directory, else GPT-2's (the copy shipped with the zoo) for a spec whose tokenizer is ``gpt2``."""
     from tokenizers import Tokenizer
@@ -327,7 +327,7 @@ def attention_maps(model: nn.Module, text: str, directory: str | Path | None = N
     if target is not None:
         raise PictureError(f"--target is for translation models; {spec.name} is a decoder")
     model.eval()
-    return decoder_attention(model, tokenizer_for(spec, directory), text)
+    return decoder_attention(model, backend_tokenizer_for(spec, directory), text)
 
 
 # --------------------------------------------------------------------------- picture

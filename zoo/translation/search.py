@@ -87,7 +87,8 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(model: Seq2Seq, src_ids: torch.Tensor, src_mask: torch.Tensor,
-                max_len: int | Sequence[int] | torch.Tensor, beam: int = 4, alpha: float = 0.6) -> list[list[int]]:
+                max_len: int | Sequence[int] | torch.Tensor, beam: int = DEFAULT_BEAM,
+                alpha: float = DEFAULT_LENGTH_PENALTY) -> list[list[int]]:
     """Beam search with GNMT length penalty ``alpha``; beam 1 gives the greedy output.
 
     Each step takes the best ``2 × beam`` continuations of every sentence: those ending
