@@ -11,10 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import zoo
 from synthetic_pairs import TINY_OVERRIDES, one_thread, write_tsv
 from zoo.cli import cli
 from zoo.core.builder import build
 from zoo.core.spec import load_spec
+from zoo.errors import ZooError
 from zoo.hf.marian import marian_inexact, marian_table, stream_permutation, to_marian_model
 from zoo.plugins.positional.sinusoidal import sinusoid_table
 from zoo.translation.search import greedy_search, load_translator
@@ -163,3 +165,16 @@ def test_what_cannot_become_a_marian_model_is_refused_in_one_line(exported, tmp_
         assert result.exit_code != 0 and words in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
         assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_verifies_a_translation_run_as_the_cli_does(exported):
+    """zoo.verify(zoo.load(RUN_DIR)): the loaded model knows its run, whose vocabulary MarianMTModel reads."""
+    run_dir, _ = exported
+    model = zoo.load(run_dir)
+    assert model.loaded_from == run_dir
+    report = zoo.verify(model, steps=8)
+    assert report.passed
+    assert report.lines()[0].startswith("transformer-en-it-small vs transformers MarianMTModel")
+    del model.loaded_from  # a translator built in memory has no vocabulary to verify with
+    with pytest.raises(ZooError, match="a translator is verified with its training run's vocabulary"):
+        zoo.verify(model)

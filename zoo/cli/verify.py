@@ -27,29 +27,16 @@ def verify(model, overrides, against, weights, tokenizer_dir, prompts, steps, at
     """Run MODEL and its family's transformers class on the same weights and print a parity
     report; exit 0 only when logits are within tolerance and greedy tokens identical.
     A translator's run directory (zoo verify RUN_DIR) is compared with MarianMTModel."""
-    from zoo.hf.verify import PROMPTS, verify as verify_model
+    from zoo.hf.verify import verify as verify_model
 
     spec = load_spec_arg(model, overrides)
     weights = run_weights(model, weights)
     net = model_from_args(spec, weights, seed=seed, device=device)
-    if spec.is_encoder_decoder:  # a translator: MarianMTModel, with the run directory's vocabulary
-        report = translator_report(net, weights, prompts, steps, atol)
-    else:
-        report = verify_model(net, against, weights, tokenizer_dir, prompts or PROMPTS, steps, atol,
-                              label=weights or f"random init (seed {seed})")
+    report = verify_model(net, against, weights, tokenizer_dir, prompts, steps, atol,
+                          label=weights or f"random init (seed {seed})")
     click.echo("\n".join(report.lines()))
     if not report.passed:
         sys.exit(1)
-
-
-def translator_report(net, weights, prompts, steps, atol):
-    """``zoo verify RUN_DIR``: the translator against MarianMTModel, reading the run's vocabulary."""
-    from zoo.errors import ZooError
-    from zoo.hf.verify import TRANSLATION_PROMPTS, verify_translator
-
-    if weights is None:
-        raise ZooError("a translator is verified with its vocabulary: zoo verify RUN_DIR --against hf")
-    return verify_translator(net, weights, prompts or TRANSLATION_PROMPTS, steps, atol)
 
 
 COMMANDS = (verify,)

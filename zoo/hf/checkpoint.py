@@ -256,7 +256,8 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
 
     A checkpoint becomes the catalog model its ``config.json`` fits (``gpt2-medium``,
     ``smollm2-135m``, ...), else its family's layout sized by the config. ``dtype`` None keeps a zoo
-    directory's stored dtype and reads a Hugging Face checkpoint as float32.
+    directory's stored dtype and reads a Hugging Face checkpoint as float32. The model's
+    ``loaded_from`` is the directory it came from (what :func:`zoo.verify` compares against).
     """
     source = str(source)
     if source == "hf":
@@ -264,6 +265,10 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
                            "or use zoo.load_weights(spec, 'hf')")
     directory = hf_directory(source)
     if directory is None:
-        return load_model(Path(source).expanduser(), device=device, dtype=dtype)
+        model = load_model(Path(source).expanduser(), device=device, dtype=dtype)
+        model.loaded_from = Path(source).expanduser()  # zoo.verify reads a translation run's vocabulary there
+        return model
     spec = hf_directory_spec(directory, source)
-    return load_hf_directory(spec, directory, device, dtype or torch.float32)
+    model = load_hf_directory(spec, directory, device, dtype or torch.float32)
+    model.loaded_from = directory
+    return model

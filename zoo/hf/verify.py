@@ -147,25 +147,37 @@ REFERENCES = ("hf",)  # what a model can be verified against
 
 
 def verify(model: nn.Module, against: str = "hf", weights: str | None = None, tokenizer=None,
-           prompts=PROMPTS, steps: int = 20, atol: float | None = None, label: str | None = None) -> ParityReport:
+           prompts=None, steps: int = 20, atol: float | None = None, label: str | None = None) -> ParityReport:
     """Check zoo ``model`` against its family's transformers class (``GPT2LMHeadModel``,
-    ``LlamaForCausalLM``, ...) and return the report (``report.passed``, ``report.lines()``).
+    ``LlamaForCausalLM``, ...; a translator: ``MarianMTModel``) and return the report
+    (``report.passed``, ``report.lines()``).
 
-    ``weights``: where ``model``'s weights came from; a Hugging Face checkpoint there ("hf",
-    a hub id or a directory) is loaded by transformers itself, anything else (None, a zoo
-    model directory) gives the reference ``model``'s own weights. ``tokenizer``: a tokenizer
-    or its directory (default: the checkpoint's ``tokenizer.json``, or for GPT-2 the copy shipped with zoo). ``label`` names the
-    weights in the report (default: ``weights``).
+    ``weights``: where ``model``'s weights came from (default: the directory :func:`zoo.load`
+    read it from); a Hugging Face checkpoint there ("hf", a hub id or a directory) is loaded by
+    transformers itself, anything else (None, a zoo model directory) gives the reference
+    ``model``'s own weights; a translator's is its training run, whose vocabulary the
+    reference reads. ``tokenizer``: a tokenizer or its directory (default: the checkpoint's
+    ``tokenizer.json``, or for GPT-2 the copy shipped with zoo). ``prompts``: texts to compare
+    on (default: four of the family's kind). ``label`` names the weights in the report
+    (default: ``weights``).
     """
     if against not in REFERENCES:
         raise ZooError(f"cannot verify against {against!r}; choose one of: {', '.join(REFERENCES)}")
+    loaded_from = getattr(model, "loaded_from", None)
+    if model.spec.is_encoder_decoder:
+        run_dir = weights or loaded_from
+        if run_dir is None:
+            raise ZooError("a translator is verified with its training run's vocabulary: "
+                           "zoo.verify(zoo.load(RUN_DIR)), or zoo verify RUN_DIR")
+        return verify_translator(model, run_dir, prompts or TRANSLATION_PROMPTS, steps, atol, label=label)
     problem = layout_problem(model.spec)
     if problem:
         raise ZooError(f"cannot verify against {against}: {problem}")
+    weights = weights if weights is not None else (str(loaded_from) if loaded_from is not None else None)
     reference = hf_reference(model, weights)
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = tokenizer_for(model.spec, tokenizer, getattr(reference, "name_or_path", None) or None)
-    return verify_against_hf(model, reference, tokenizer, prompts, steps, atol,
+    return verify_against_hf(model, reference, tokenizer, prompts or PROMPTS, steps, atol,
                              weights=label or weights or "the model's own")
 
 
