@@ -520,3 +520,19 @@ def test_an_attention_plugin_with_its_own_forward_is_drawn(fresh_registry, tmp_p
     assert result.exit_code == 0, result.output
     assert png_size(out) == reported(result)
 
+
+
+def test_a_hugging_face_directory_is_drawn_with_its_own_weights(tmp_path):
+    """MODEL may be any directory zoo loads: a Hugging Face checkpoint too (it used to be read as a zoo directory)."""
+    hf = tmp_path / "hf"
+    result = run("export", "gpt2", *TINY_GPT2, "--seed", "3", "--format", "hf", "-o", hf)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "attention.png"
+    result = run("show", "attention", hf, "The cat sat", "--dpi", DPI, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == reported(result)
+    drawn = attention_maps(zoo.load(hf), "The cat sat")
+    seeded = attention_maps(tiny_decoder(), "The cat sat")  # seed 0: other weights, other maps
+    assert not torch.allclose(drawn.weights, seeded.weights)
+    result = run("show", "positional", "learned", "--model", hf, "--dpi", DPI, "-o", tmp_path / "wpe.png")
+    assert result.exit_code == 0, result.output

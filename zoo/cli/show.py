@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli.options import OverrideType, load_spec_arg, model_from_args, spec_options
+from zoo.cli.options import OverrideType, load_spec_arg, model_from_args, run_weights, spec_options
 
 
 @click.group()
@@ -26,16 +26,17 @@ def picture_output(default: str):
 
 def _picture_model(model: str, overrides, weights: str | None, seed: int):
     """The model a picture shows and its directory (None for a catalog name or spec file):
-    a model directory's own weights, ``--weights``, or a seeded random init."""
+    a directory's own weights (zoo model, training run, Hugging Face checkpoint), ``--weights``,
+    or a seeded random init."""
     from zoo.errors import PictureError
 
     directory = Path(model) if Path(model).is_dir() else None
-    if directory is not None and not weights and (directory / "model.safetensors").is_file():
-        from zoo.core.model_dir import load_model
+    if weights is None and run_weights(model, None) is not None:
+        from zoo.hf.checkpoint import load
 
         if overrides:
             raise PictureError(f"--set cannot change the trained model in {directory}; drop --set")
-        return load_model(directory), directory
+        return load(model), directory
     return model_from_args(load_spec_arg(model, overrides), weights, seed=seed), directory
 
 
@@ -66,7 +67,7 @@ def show_positional(scheme, model_name, weights, d_model, heads, length, overrid
     output = check_output(output or f"{scheme}.png")
     if weights and model_name is None:
         raise PictureError("--weights needs --model, the model the weights belong to")
-    if model_name is not None and (weights or Path(model_name, "model.safetensors").is_file()):
+    if model_name is not None and (weights or run_weights(model_name, None) is not None):
         if d_model or heads:
             raise PictureError("--d-model and --heads cannot resize a model with weights; drop them")
         net, _ = _picture_model(model_name, overrides, weights, seed)
