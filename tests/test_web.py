@@ -434,3 +434,18 @@ def test_gpt2_small_in_chromium_against_onnxruntime(tmp_path):
     lines.append(f"onnx --quantize int4 (MatMulNBits): onnxruntime {rate:.1f} tokens/s")
     print("\nGPT-2 Small, decode after the first token, best of 2 (WebAssembly 2 threads; onnxruntime 2 threads):")
     print("\n".join(lines))
+
+
+def test_a_graph_with_a_missing_operator_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The real exporter's refusal: were the fused Attention missing from onnxruntime-web, an export would
+    name it and write nothing, no scratch directory either."""
+    from zoo.exporters.web import exporter as web
+
+    monkeypatch.setitem(web.WEB_MISSING_OPERATORS, ("", "Attention"), "export with --opset 18 (no fused Attention)")
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
+    with pytest.raises(ExportError, match=r"model.onnx uses Attention \(node .*\), which onnxruntime-web has no "
+                                          r"kernel for: export with --opset 18"):
+        zoo.export(model, tmp_path / "web", "web", variants=("fp32",))
+    assert list(tmp_path.iterdir()) == []
+    manifest = zoo.export(model, tmp_path / "web18", "web", variants=("fp32",), opset=18)  # the way around it
+    assert manifest["variants"]["fp32"]["opset"] == 18

@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -89,11 +88,12 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
                           "--variants (e.g. --variants fp16,q4)")
     (out / ONNX_DIR).mkdir()
     entries = {}
-    with tempfile.TemporaryDirectory(prefix=".web-", dir=out.parent) as scratch:
+    scratch = out / ".onnx-exports"  # inside the directory being written: a failure leaves nothing anywhere
+    try:
         for name in names:
             variant = VARIANTS[name]
-            work = Path(scratch) / name
-            work.mkdir()
+            work = scratch / name
+            work.mkdir(parents=True)
             manifest = onnx_exporter(model, spec, work, kv_cache=True, dtype=variant.onnx_dtype, opset=opset,
                                      validate=validate, tokenizer_dir=tokenizer_dir, quantize=variant.quantize,
                                      block_size=block_size if variant.quantize else None)
@@ -103,6 +103,9 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
             if name == names[0]:
                 tokenizer = copy_tokenizer_files(work, out)
                 inputs = manifest["graphs"]["decoder"]["inputs"]
+            shutil.rmtree(work)  # one variant's export at a time on disk
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     config, stand_in = write_configs(spec, out, names, entries)
     manifest = {"format": "web", "model": spec.name, "config": config, "stand_in": stand_in,
                 "variants": entries, "tokenizer": tokenizer,
