@@ -133,14 +133,15 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         attention_mask = None  # no padding: the model takes its cheaper unmasked path
     prepare_for_decode(model)  # outside inference mode: the weights stay usable for training
     with torch.inference_mode():
-        return decode(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, generator,
-                      eos_token_id, use_cache, stream)
+        return sampling_loop(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, generator,
+                             eos_token_id, use_cache, stream)
 
 
-def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-           temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
-           eos_token_id: int | None, use_cache: bool, stream: StreamCallback | None) -> torch.Tensor:
-    """The decode loop of :func:`generate`, with its arguments checked."""
+def sampling_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
+                  temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None,
+                  eos_token_id: int | None, use_cache: bool, stream: StreamCallback | None) -> torch.Tensor:
+    """The token-by-token loop of :func:`generate` (prefill, then one token a step), its arguments checked.
+    (``decode`` names a model's decoder pass, :meth:`zoo.core.model.EncoderDecoder.decode`.)"""
     batch, prompt = input_ids.shape
     device = input_ids.device
     total = prompt + max_new_tokens
