@@ -25,7 +25,7 @@ print(json.dumps({"code": code, "heavy": [m for m in heavy if m in sys.modules]}
 
 
 def run_light(*args):
-    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_REGISTRY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_PLUGINS", "ZOO_CATALOG", "ZOO_REGISTRY")}
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)],
                           capture_output=True, text=True, env=env, timeout=120)
     report = json.loads(done.stderr.strip().splitlines()[-1])

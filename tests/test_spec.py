@@ -19,10 +19,13 @@ def test_catalog_lists_every_model():
     assert set(zoo.list_models()) >= {*EXPECTED, "transformer-en-it", "transformer-en-it-small"}
 
 
-def test_catalog_reads_zoo_registry_files_and_inherits_family(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variable", ["ZOO_CATALOG", "ZOO_REGISTRY"])  # the old spelling still works
+def test_catalog_reads_zoo_catalog_files_and_inherits_family(tmp_path, monkeypatch, variable):
     extra = tmp_path / "mine.yaml"
     extra.write_text("models:\n  tiny-gpt:\n    extends: gpt2-medium\n    n_layers: 2\n")
-    monkeypatch.setenv("ZOO_REGISTRY", str(extra))
+    monkeypatch.delenv("ZOO_CATALOG", raising=False)
+    monkeypatch.delenv("ZOO_REGISTRY", raising=False)
+    monkeypatch.setenv(variable, str(extra))
     assert catalog_files()[-1] == extra
     entry = {e.name: e for e in catalog()}["tiny-gpt"]
     assert (entry.family, entry.description) == ("decoder", "GPT-2 Medium, 355M parameters")

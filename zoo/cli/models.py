@@ -22,7 +22,7 @@ def default_output(name: str) -> Path:
 @click.command("list")
 @click.option("--parameters", is_flag=True, help="Add each model's parameter count (assembles each on the meta device, importing torch).")
 def list_cmd(parameters):
-    """List the models in the catalog: registry.yaml, then the files in ZOO_REGISTRY."""
+    """List the models in the catalog: registry.yaml, then the files in ZOO_CATALOG."""
     from zoo.core.spec import catalog
 
     entries = catalog()

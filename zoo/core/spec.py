@@ -7,7 +7,7 @@ options against that component's ``Options`` dataclass when the spec loads, so a
 mistake is reported with its field path before anything is built.
 
 The models with names (``zoo list``) are the *model catalog*: ``registry.yaml`` plus
-any files named in ``ZOO_REGISTRY``. Reading the catalog needs no plugins (no torch);
+any files named in ``ZOO_CATALOG``. Reading the catalog needs no plugins (no torch);
 only :func:`validate` consults the component registry.
 """
 
@@ -246,11 +246,15 @@ def _read_yaml(path: Path) -> Any:
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
 
 
+CATALOG_VARIABLES = ("ZOO_CATALOG", "ZOO_REGISTRY")  # the second, the old spelling, is still read
+
+
 def catalog_files() -> list[Path]:
-    """The model catalog's files: the zoo's own ``registry.yaml``, then any in ``ZOO_REGISTRY``."""
+    """The model catalog's files: the zoo's own ``registry.yaml``, then any in ``ZOO_CATALOG``
+    (or its old spelling ``ZOO_REGISTRY``: "registry" is the component registry's word)."""
     files = [Path(__file__).parents[1] / "registry.yaml"]  # zoo/registry.yaml, a link to the top-level file
-    extra = os.environ.get("ZOO_REGISTRY", "")
-    files += [Path(p) for p in extra.split(os.pathsep) if p]
+    for variable in CATALOG_VARIABLES:
+        files += [Path(p) for p in os.environ.get(variable, "").split(os.pathsep) if p]
     return files
 
 
@@ -371,7 +375,7 @@ def _single_model(data: Any, path: Path) -> tuple[dict, str]:
     if isinstance(data, dict) and isinstance(data.get("models"), dict):
         models = data["models"]
         if len(models) != 1:
-            raise SpecError(f"{path}: holds {len(models)} models ({', '.join(models)}); add it with ZOO_REGISTRY and name one")
+            raise SpecError(f"{path}: holds {len(models)} models ({', '.join(models)}); add it with ZOO_CATALOG and name one")
         (name, body), = models.items()
         return {"name": name, **body}, f"{path}: models.{name}"
     if not isinstance(data, dict):
