@@ -12,9 +12,12 @@ for each prompt alone its ``ids`` and the greedy ``tokens`` and first-step ``log
 
 import json
 import sys
+from functools import partial
 
 import numpy as np
 import onnxruntime_genai as og
+
+from client_answer import print_answer  # beside this file, in every client's environment
 
 
 def prompt_ids(tokenizer, prompt) -> list[int]:
@@ -45,10 +48,7 @@ def main(directory: str, request_path: str) -> None:
     with open(f"{directory}/genai_config.json", encoding="utf-8") as config:
         pad = json.load(config)["model"]["pad_token_id"]
     rows = [prompt_ids(tokenizer, p) for p in request["prompts"]]
-    singles = [greedy(model, [row], request["new_tokens"], pad) for row in rows]
-    batch, _ = greedy(model, rows, request["new_tokens"], pad) if len(rows) > 1 else ([], None)
-    print(json.dumps({"ids": rows, "tokens": [s[0][0] for s in singles],
-                      "logits": [s[1][0].tolist() for s in singles], "batch": batch}))
+    print_answer(partial(greedy, model), rows, request["new_tokens"], pad)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ at the prompt's last position; and the greedy tokens of all prompts in one left-
 
 import json
 import sys
+from functools import partial
 
 import torch
 from optimum.onnxruntime import ORTModelForCausalLM
+
+from client_answer import print_answer  # beside this file, in every client's environment
 
 
 def greedy(model, rows: list[list[int]], new_tokens: int, pad: int) -> tuple[list[list[int]], torch.Tensor]:
@@ -42,10 +45,7 @@ def main(directory: str, request_path: str) -> None:
     pad = model.generation_config.pad_token_id
     pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos if eos is not None else 0)
     rows = [[int(t) for t in p] for p in request["prompts"]]
-    singles = [greedy(model, [row], request["new_tokens"], pad) for row in rows]
-    batch, _ = greedy(model, rows, request["new_tokens"], pad) if len(rows) > 1 else ([], None)
-    print(json.dumps({"ids": rows, "tokens": [s[0][0] for s in singles],
-                      "logits": [s[1][0].tolist() for s in singles], "batch": batch}))
+    print_answer(partial(greedy, model), rows, request["new_tokens"], pad)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from zoo.errors import ExportError
 
 ONNX_DIR = "onnx"
 CONFIG = "config.json"
-GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -52,7 +51,6 @@ def parse_variants(text: str | tuple | list | None) -> tuple[str, ...]:
         raise ExportError(f"--variants {','.join(unknown) or repr(text)}: choose from {', '.join(VARIANTS)} "
                           "(comma-separated, e.g. fp32,q4)")
     return names
-
 
 
 def check_folder(folder: str | Path, need_tokenizer: bool = False) -> list[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import shutil
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -162,8 +163,6 @@ class PageServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         """A browser that closes a connection mid-download is not an error worth a traceback."""
-        import sys
-
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 

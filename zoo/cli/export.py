@@ -34,8 +34,7 @@ from zoo.errors import ExportError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def export(model, overrides, fmt, output, weights, kv_cache, dtype, opset, quantize, block_size, variants, adapter,
-           no_validate,
-           seed, force):
+           no_validate, seed, force):
     """Export MODEL to another format; the directory appears complete or not at all.
 
     MODEL may be a run directory of 'zoo train' (its weights and vocabulary go along):

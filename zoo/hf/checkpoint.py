@@ -265,10 +265,9 @@ def load(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
                            "or use zoo.load_weights(spec, 'hf')")
     directory = hf_directory(source)
     if directory is None:
-        model = load_model(Path(source).expanduser(), device=device, dtype=dtype)
-        model.loaded_from = Path(source).expanduser()  # zoo.verify reads a translation run's vocabulary there
-        return model
-    spec = hf_directory_spec(directory, source)
-    model = load_hf_directory(spec, directory, device, dtype or torch.float32)
-    model.loaded_from = directory
+        directory = Path(source).expanduser()
+        model = load_model(directory, device=device, dtype=dtype)
+    else:
+        model = load_hf_directory(hf_directory_spec(directory, source), directory, device, dtype or torch.float32)
+    model.loaded_from = directory  # zoo.verify compares against it (a translation run: its vocabulary)
     return model
