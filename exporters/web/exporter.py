@@ -53,6 +53,7 @@ from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError
 from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS, Variant,
                                      check_folder, parse_variants)
+from zoo.exporters.web.seq2seq import check_merged, encoder_for_clients, merged_decoder
 
 PROTOBUF_LIMIT = 2 * 1024**3  # one .onnx file cannot hold more
 STAND_IN_TYPE = "llama"  # the generic decoder-only model_type of transformers.js and Optimum
@@ -79,10 +80,7 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
 
     out = Path(out_dir)
     names = parse_variants(variants)
-    if spec.is_encoder_decoder:
-        raise ExportError("--format web writes decoder-only models; transformers.js runs a translator as "
-                          "encoder_model.onnx + decoder_model_merged.onnx with a use_cache_branch input, a layout "
-                          "zoo's three translator graphs do not have yet: use --format onnx")
+    seq2seq = spec.is_encoder_decoder
     if dtype != "fp32":
         raise ExportError(f"--dtype {dtype} does not apply to --format web: list the precisions with "
                           "--variants (e.g. --variants fp16,q4)")
@@ -97,21 +95,29 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
             manifest = onnx_exporter(model, spec, work, kv_cache=True, dtype=variant.onnx_dtype, opset=opset,
                                      validate=validate, tokenizer_dir=tokenizer_dir, quantize=variant.quantize,
                                      block_size=block_size if variant.quantize else None)
-            entries[name] = place_graph(work / manifest["graphs"]["decoder"]["file"], out / ONNX_DIR, variant)
+            graphs = client_graphs(work, manifest, spec, quantized=bool(variant.quantize))
+            entries[name] = {"files": {}}
+            for file, (proto, expanded) in zip(variant.files(seq2seq), graphs):
+                entries[name]["files"][file] = {**place_graph(proto, out / ONNX_DIR / file),
+                                                **({"expanded_at_load": expanded} if variant.quantize else {})}
+            if seq2seq:
+                entries[name]["merge_check"] = check_merged(work, manifest, out / ONNX_DIR, variant.files(True),
+                                                            spec.n_decoder_layers, spec.vocab_size)
             entries[name].update({k: manifest[k] for k in ("opset", "attention_operator", "quantization", "validation")
                                   if k in manifest})
             if name == names[0]:
-                tokenizer = copy_tokenizer_files(work, out)
-                inputs = manifest["graphs"]["decoder"]["inputs"]
+                tokenizer = (write_translator_tokenizer(spec, tokenizer_dir, out) if seq2seq
+                             else copy_tokenizer_files(work, out))
+                inputs = {file: [i.name for i in graph.input] for file, graph in
+                          ((f, onnx.load(str(out / ONNX_DIR / f), load_external_data=False).graph)
+                           for f in variant.files(seq2seq))}
             shutil.rmtree(work)  # one variant's export at a time on disk
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     config, stand_in = write_configs(spec, out, names, entries)
     manifest = {"format": "web", "model": spec.name, "config": config, "stand_in": stand_in,
-                "variants": entries, "tokenizer": tokenizer,
-                "inputs": [i["name"] for i in inputs if not i.get("optional")],
-                **({} if tokenizer else {"tokenizer_reason": f"no tokenizer is known for the {spec.tokenizer or 'unnamed'} "
-                                                             "vocabulary: clients must give token ids"}),
+                "variants": entries, "tokenizer": tokenizer, "inputs": inputs,
+                **({} if tokenizer else {"tokenizer_reason": no_tokenizer_reason(spec, tokenizer_dir)}),
                 "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__}}
     check_folder(out)
     manifest["files"] = {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -120,25 +126,41 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
     return manifest
 
 
-def place_graph(source: Path, onnx_dir: Path, variant: Variant) -> dict:
-    """Save the exported decoder graph ``source`` as ``onnx_dir/model{suffix}.onnx``: one file,
-    or with its weights in ``.onnx_data`` past protobuf's limit; refuse operators the web lacks."""
+def client_graphs(work: Path, manifest: dict, spec: ModelSpec, quantized: bool) -> list[tuple[onnx.ModelProto, int]]:
+    """The onnx export in ``work`` as the graphs transformers.js runs, in :meth:`Variant.files` order
+    (the decoder as it is, or an encoder-decoder's encoder and merged decoder), each with the
+    number of quantized matrices expanded at load (:func:`expand_at_load`)."""
     from zoo.exporters.onnx.quantize import expand_at_load
 
-    proto = onnx.load(str(source))
-    expanded = expand_at_load(proto) if variant.quantize else 0
-    refuse_missing_operators(proto, variant.file)
+    protos, expanded = {}, {}
+    for name, entry in manifest["graphs"].items():
+        protos[name] = onnx.load(str(work / entry["file"]))
+        expanded[name] = expand_at_load(protos[name]) if quantized else 0
+        if expanded[name] and spec.is_encoder_decoder:  # check_merged compares against what the clients compute
+            copy = onnx.ModelProto()
+            copy.CopyFrom(protos[name])  # saving with external data rewrites the proto it saves
+            onnx.save_model(copy, str(work / entry["file"]), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{entry['file']}.expanded.data")
+    if not spec.is_encoder_decoder:
+        return [(protos["decoder"], expanded["decoder"])]
+    merged = merged_decoder(protos["cross_attention_kv"], protos["decoder"], spec.n_decoder_layers)
+    return [(encoder_for_clients(protos["encoder"]), expanded["encoder"]),
+            (merged, expanded["cross_attention_kv"] + expanded["decoder"])]
+
+
+def place_graph(proto: onnx.ModelProto, target: Path) -> dict:
+    """Save ``proto`` as ``target``: one file, or with its weights in ``.onnx_data`` past
+    protobuf's limit; refuse operators the web lacks first."""
+    refuse_missing_operators(proto, target.name)
     name_dimensions_as_clients_do(proto.graph)
-    target = onnx_dir / variant.file
     weights = sum(len(t.raw_data) for t in proto.graph.initializer)
     external = weights >= PROTOBUF_LIMIT - (64 << 20)
     if external:
         onnx.save_model(proto, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{variant.file}_data", size_threshold=1024)
+                        location=f"{target.name}_data", size_threshold=1024)
     else:
         onnx.save_model(proto, str(target))
-    return {"file": f"{ONNX_DIR}/{variant.file}", "external_data": external,
-            **({"expanded_at_load": expanded} if variant.quantize else {})}
+    return {"external_data": external}
 
 
 # zoo's dimension names -> Optimum's, which transformers.js resolves when it makes the empty cache
@@ -180,22 +202,70 @@ def write_configs(spec: ModelSpec, out: Path, names: tuple, entries: dict) -> tu
     from transformers import GenerationConfig
 
     from zoo.hf.formats import format_for_spec, layout_problem
+    from zoo.hf.marian import marian_layout_problem
 
-    stand_in = layout_problem(spec) is not None
-    config = stand_in_config(spec) if stand_in else format_for_spec(spec).hf_config(spec, torch.float32)
+    if spec.is_encoder_decoder:
+        stand_in = marian_layout_problem(spec) is not None
+        config = translator_config(spec)
+    else:
+        stand_in = layout_problem(spec) is not None
+        config = stand_in_config(spec) if stand_in else format_for_spec(spec).hf_config(spec, torch.float32)
     values = config.to_dict()
-    values["transformers.js_config"] = {
-        "dtype": next(name for name in SMALLEST_FIRST if name in names),
-        **({"use_external_data_format": {VARIANTS[n].file: 1 for n in names if entries[n]["external_data"]}}
-           if any(entries[n]["external_data"] for n in names) else {}),
-    }
+    external = {file: 1 for n in names for file, placed in entries[n]["files"].items() if placed["external_data"]}
+    values["transformers.js_config"] = {"dtype": next(name for name in SMALLEST_FIRST if name in names),
+                                        **({"use_external_data_format": external} if external else {})}
     if stand_in:
-        values["zoo"] = {"stand_in": f"{spec.name} is described by no transformers model_type; this {STAND_IN_TYPE} "
-                                     "config gives clients the cache shape and special tokens of the ONNX graph, "
-                                     "which computes the model itself"}
+        values["zoo"] = {"stand_in": f"{spec.name} is described by no transformers model_type; this {config.model_type} "
+                                     "config gives clients the cache shape and special tokens of the ONNX graphs, "
+                                     "which compute the model itself"}
     (out / CONFIG).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
-    GenerationConfig.from_model_config(config).save_pretrained(out)
+    generation = GenerationConfig.from_model_config(config)
+    if spec.is_encoder_decoder:  # greedy from <s> to </s>, as zoo translate
+        generation.max_length, generation.num_beams, generation.do_sample = spec.context_length, 1, False
+    generation.save_pretrained(out)
     return values["model_type"], stand_in
+
+
+def translator_config(spec: ModelSpec):
+    """The ``MarianConfig`` of an encoder-decoder: exact when Marian holds the model, otherwise a
+    stand-in with its sizes (the clients take the cache shape and special tokens from it)."""
+    from transformers import MarianConfig
+
+    from zoo.hf.marian import marian_config, marian_layout_problem
+    from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+    if marian_layout_problem(spec) is None:
+        return marian_config(spec)
+    d_ff = getattr(getattr(spec.mlp, "options", None), "d_ff", None) or 4 * spec.d_model
+    return MarianConfig(vocab_size=spec.vocab_size, decoder_vocab_size=spec.vocab_size, d_model=spec.d_model,
+                        encoder_layers=spec.n_layers, decoder_layers=spec.n_decoder_layers,
+                        encoder_attention_heads=spec.n_heads, decoder_attention_heads=spec.n_heads,
+                        encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, max_position_embeddings=spec.context_length,
+                        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID,
+                        forced_eos_token_id=None, tie_word_embeddings=spec.tie_embeddings,
+                        architectures=["MarianMTModel"])
+
+
+def write_translator_tokenizer(spec: ModelSpec, run_dir: str | Path | None, out: Path) -> list[str]:
+    """The run's shared vocabulary as a Hugging Face tokenizer (as the ``hf`` exporter writes it), or none."""
+    from zoo.hf.marian import marian_tokenizer, shared_vocabulary_problem
+    from zoo.translation.vocabulary import Vocabulary
+
+    if run_dir is None or shared_vocabulary_problem(Path(run_dir)):
+        return []
+    before = set(out.iterdir())
+    marian_tokenizer(Vocabulary.load(run_dir).source, spec.context_length).save_pretrained(out)
+    return sorted(p.name for p in set(out.iterdir()) - before)
+
+
+def no_tokenizer_reason(spec: ModelSpec, tokenizer_dir: str | Path | None) -> str:
+    if spec.is_encoder_decoder:
+        from zoo.hf.marian import shared_vocabulary_problem
+
+        why = (shared_vocabulary_problem(Path(tokenizer_dir)) if tokenizer_dir else
+               "a translator's vocabulary lives in its run directory (zoo export RUN_DIR --format web)")
+        return f"{why}: clients must give token ids"
+    return f"no tokenizer is known for the {spec.tokenizer or 'unnamed'} vocabulary: clients must give token ids"
 
 
 def stand_in_config(spec: ModelSpec):

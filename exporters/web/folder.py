@@ -24,8 +24,15 @@ class Variant:
     quantize: str | None = None
 
     @property
-    def file(self) -> str:
+    def file(self) -> str:  # a decoder-only model's one graph
         return f"model{self.suffix}.onnx"
+
+    def files(self, encoder_decoder: bool = False) -> tuple[str, ...]:
+        """The graph files of this precision: one for a decoder, the encoder and the merged decoder
+        for an encoder-decoder (:mod:`zoo.exporters.web.seq2seq`)."""
+        if encoder_decoder:
+            return f"encoder_model{self.suffix}.onnx", f"decoder_model_merged{self.suffix}.onnx"
+        return (self.file,)
 
     @property
     def path(self) -> str:  # in the folder
@@ -71,15 +78,23 @@ def check_folder(folder: str | Path, need_tokenizer: bool = False) -> list[str]:
     if not isinstance(config, dict) or not config.get("model_type"):
         raise ExportError(f"{folder / CONFIG} names no model_type, which transformers.js needs to pick a model "
                           f"class; {hint}")
-    found = [name for name, v in VARIANTS.items() if (folder / ONNX_DIR / v.file).is_file()]
+    seq2seq = bool(config.get("is_encoder_decoder"))
+    present = {name: [(folder / ONNX_DIR / f).is_file() for f in v.files(seq2seq)] for name, v in VARIANTS.items()}
+    found = [name for name, there in present.items() if all(there)]
+    for name, there in present.items():
+        if any(there) and not all(there):
+            lacking = [f for f, ok in zip(VARIANTS[name].files(seq2seq), there) if not ok]
+            raise ExportError(f"{folder / ONNX_DIR} has the {name} encoder-decoder only in part: {lacking[0]} is "
+                              f"missing; {hint}")
     if not found:
-        raise ExportError(f"{folder} has no graph under {ONNX_DIR}/ ({', '.join(v.file for v in VARIANTS.values())}); "
-                          f"{hint}")
+        listed = ", ".join(f for v in VARIANTS.values() for f in v.files(seq2seq))
+        raise ExportError(f"{folder} has no graph under {ONNX_DIR}/ ({listed}); {hint}")
     external = (config.get("transformers.js_config") or {}).get("use_external_data_format") or {}
     for name in found:
-        file = VARIANTS[name].file
-        if external.get(file) and not (folder / ONNX_DIR / f"{file}_data").is_file():
-            raise ExportError(f"{folder / ONNX_DIR / file} keeps its weights in {file}_data, which is missing; {hint}")
+        for file in VARIANTS[name].files(seq2seq):
+            if external.get(file) and not (folder / ONNX_DIR / f"{file}_data").is_file():
+                raise ExportError(f"{folder / ONNX_DIR / file} keeps its weights in {file}_data, which is missing; "
+                                  f"{hint}")
     if need_tokenizer:
         missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
         if missing:
