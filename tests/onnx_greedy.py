@@ -47,3 +47,37 @@ def decode_rate(path, ids: list[int], new_tokens: int, threads: int = 2) -> floa
     for n, _ in enumerate(greedy_steps(path, ids, new_tokens, threads)):
         started = time.perf_counter() if n == 0 else started
     return (new_tokens - 1) / (time.perf_counter() - started)
+
+
+def seq2seq_greedy(folder, suffix: str, source: list[int], new_tokens: int, start: int,
+                   eos: int) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding of an encoder-decoder in Hugging Face's client layout (``onnx/encoder_model``
+    + ``onnx/decoder_model_merged{suffix}.onnx``, Optimum's names), written against
+    onnxruntime alone: the tokens from ``start`` up to ``eos`` or ``new_tokens`` tokens, and the
+    first step's logits (V,)."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+
+    def session(name):
+        return onnxruntime.InferenceSession(f"{folder}/onnx/{name}{suffix}.onnx", options,
+                                            providers=["CPUExecutionProvider"])
+
+    encoder, decoder = session("encoder_model"), session("decoder_model_merged")
+    src = np.array([source], np.int64)
+    mask = np.ones_like(src)
+    hidden = encoder.run(None, {"input_ids": src, "attention_mask": mask})[0]
+    pasts = [i for i in decoder.get_inputs() if i.name.startswith("past_key_values.")]
+    feed = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), DTYPES[i.type]) for i in pasts}
+    names = [o.name for o in decoder.get_outputs()]
+    tokens, first = [start], None
+    for _ in range(new_tokens):
+        out = dict(zip(names, decoder.run(None, {**feed, "input_ids": np.array([tokens[-1:]], np.int64),
+                                                 "encoder_hidden_states": hidden, "encoder_attention_mask": mask,
+                                                 "use_cache_branch": np.array([len(tokens) > 1])})))
+        logits = out["logits"][0, -1].astype(np.float32)
+        first = logits if first is None else first
+        tokens.append(int(logits.argmax()))
+        feed = {i.name: out[i.name.replace("past_key_values.", "present.")] for i in pasts}
+        if tokens[-1] == eos:
+            break
+    return tokens, first

@@ -73,6 +73,7 @@ def page_info(folder: Path, variants: list[str], library: dict | None) -> dict:
         "variants": variants,
         "dtype": default if default in variants else variants[0],
         "tokenizer": (folder / "tokenizer.json").is_file(),
+        "task": "translation" if config.get("is_encoder_decoder") else "text-generation",
         "library": "./lib/transformers.js" if library else CDN_LIBRARY,
         **({"wasm": {"mjs": f"lib/{WASM_BUILD}.mjs", "wasm": f"lib/{WASM_BUILD}.wasm"}} if library else {}),
     }

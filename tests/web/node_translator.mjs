@@ -37,8 +37,12 @@ for (const dtype of request.dtypes) {
   answer.dtypes[dtype] = results;
   if (dtype === request.dtypes[0] && texts.length) {
     const translator = await pipeline("translation", id, { dtype });
-    answer.texts = (await translator(texts, { max_new_tokens: Math.max(...request.new_tokens) }))
-      .map((r) => r.translation_text);
+    answer.texts = [];
+    for (const [n, source] of request.sources.entries()) {
+      if (typeof source !== "string") continue;
+      const [result] = await translator(source, { max_new_tokens: request.new_tokens[n] });
+      answer.texts.push(result.translation_text);
+    }
     await translator.dispose();
   }
   await model.dispose();
