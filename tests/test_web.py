@@ -128,7 +128,7 @@ def test_the_folder_has_what_transformers_js_and_optimum_read(gpt2_web):
     q4 = onnx.load(str(out / "onnx" / "model_q4.onnx"))
     ops = {(n.domain, n.op_type) for n in q4.graph.node}
     assert not {op for domain, op in ops if domain}  # standard operators only: the weights expand at load
-    assert manifest["variants"]["q4"]["expanded_at_load"] == 9  # 8 in the blocks and the tied head
+    assert manifest["variants"]["q4"]["files"]["model_q4.onnx"]["expanded_at_load"] == 9  # 8 in the blocks, the tied head
     packed = [i for i in q4.graph.initializer if i.data_type == onnx.TensorProto.UINT8]
     assert sum(np.prod(i.dims) for i in packed) * 2 >= 0.9 * sum(  # the weights are stored 4-bit
         np.prod(p.shape) for name, p in gpt2_web[0].named_parameters() if p.ndim == 2 and "wpe" not in name)

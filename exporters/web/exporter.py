@@ -30,6 +30,10 @@ clients expect:
   shape (layers, key/value heads, head size) and the special tokens, so generation is
   exact; ``zoo.stand_in`` in the config says so. ``transformers.js_config.dtype`` names the
   precision a client gets when it asks for none (the smallest written).
+- An encoder-decoder (a translator run) is written as ``onnx/encoder_model{suffix}.onnx`` and
+  ``onnx/decoder_model_merged{suffix}.onnx`` (:mod:`zoo.exporters.web.seq2seq`) with a ``marian``
+  config (a stand-in when Marian's layout does not hold the model) and the run's shared
+  vocabulary as the tokenizer.
 - ``generation_config.json`` and the tokenizer (``tokenizer.json`` + ``tokenizer_config.json``).
 - ``manifest.json``: variants, each one's validation, and the sha256 of every file.
 
