@@ -163,7 +163,11 @@ SCALE_NORM = textwrap.dedent('''
     class ScaleNorm(zoo.Norm):
         def __init__(self, spec, options):
             super().__init__()
-            self.scale = nn.Parameter(torch.tensor(float(spec.d_model) ** 0.5))  # sqrt(D), as the paper starts
+            self.d_model = spec.d_model
+            self.scale = nn.Parameter(torch.empty(()))
+
+        def reset_parameters(self):
+            nn.init.constant_(self.scale, float(self.d_model) ** 0.5)  # sqrt(D), as the paper starts
 
         def forward(self, x):  # (B, T, D)
             return self.scale * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-5)

@@ -51,7 +51,11 @@ class GainNorm(zoo.Norm):
 
     def __init__(self, spec, options):
         super().__init__()
-        self.g = nn.Parameter(torch.tensor(spec.d_model ** 0.5))
+        self.d_model = spec.d_model
+        self.g = nn.Parameter(torch.empty(()))
+
+    def reset_parameters(self):
+        nn.init.constant_(self.g, self.d_model ** 0.5)
 
     def forward(self, x):
         return self.g * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-5)
@@ -113,7 +117,7 @@ def test_plugins_lists_the_package_as_origin(site):
     assert re.search(r"mlp\s+scaled_mlp\s+zoo_gain\.ScaledMLP\s+package zoo-gain 0\.2", result.stdout)
 
 
-def test_build_keeps_constructor_values_and_calls_reset_parameters(site, tmp_path, monkeypatch, fresh_registry):
+def test_build_calls_every_reset_parameters_and_the_scheme(site, tmp_path, monkeypatch, fresh_registry):
     out = tmp_path / "gain"
     result = zoo_cli(site, "build", "gpt2", *BUILD_ARGS, "--seed", "3", "-o", out)
     assert result.returncode == 0, result.stderr

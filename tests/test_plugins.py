@@ -183,12 +183,19 @@ import zoo
 class PlainGainNorm(nn.Module):
     """Not a zoo.Norm subclass: a plain module, as older third-party plugins are."""
 
-    def __init__(self, spec, options):
+    def __init__(self, spec, options):  # runs on the meta device: shapes only
         super().__init__()
-        self.g = nn.Parameter(torch.full((spec.d_model,), 3.0))
-        self.register_buffer("eps", torch.tensor(1e-3))
-        self.register_buffer("arange", torch.arange(4.0), persistent=False)
-        self.noise = nn.Parameter(torch.randn(spec.d_model) * 0.1)  # drawn in the constructor
+        self.g = nn.Parameter(torch.empty(spec.d_model))
+        self.register_buffer("eps", torch.empty(()))
+        self.register_buffer("arange", torch.empty(4), persistent=False)
+        self.noise = nn.Parameter(torch.empty(spec.d_model))
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.g.fill_(3.0)
+            self.eps.fill_(1e-3)
+            self.arange.copy_(torch.arange(4.0))
+            self.noise.copy_(torch.randn(self.noise.shape) * 0.1)  # a factory draw: the build's generator
 
     def forward(self, x):
         return (self.g + self.noise) * x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
@@ -236,7 +243,7 @@ def init_model(seed=0, **extra):
     return zoo.build("gpt2", seed=seed, **tiny_overrides("gpt2", norm="plain_gain", mlp="own_init", **extra))
 
 
-def test_build_keeps_constructor_values_and_runs_reset_parameters(init_plugin):
+def test_build_runs_every_reset_parameters_and_the_scheme(init_plugin):
     model = init_model()
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     norm, mlp = model.stack.h[0].ln_1, model.stack.h[0].mlp
@@ -251,7 +258,34 @@ def test_build_keeps_constructor_values_and_runs_reset_parameters(init_plugin):
         assert model(torch.tensor([[1, 2, 3]])).abs().amax() > 1e-3
 
 
-def test_seeded_builds_repeat_constructor_draws_included(init_plugin):
+def test_a_plugin_whose_values_live_in_its_constructor_is_refused_in_one_line(fresh_registry, tmp_path):
+    """zoo constructs on the meta device (torch's contract, as in timm and litgpt): values a
+    constructor gives are not kept, so a module holding some without reset_parameters() is refused."""
+    plugin = local_plugin(tmp_path, "constructor_norm.py", textwrap.dedent('''
+        import torch
+        from torch import nn
+        import zoo
+
+        class ConstructorNorm(nn.Module):
+            def __init__(self, spec, options):
+                super().__init__()
+                self.g = nn.Parameter(torch.full((spec.d_model,), 3.0))
+
+            def forward(self, x):
+                return self.g * x
+
+        @zoo.hookimpl
+        def zoo_register_components(registry):
+            registry.add("norm", "constructor_norm", ConstructorNorm)
+    '''))
+    result = CliRunner().invoke(cli, ["--plugin", str(plugin), "build", "gpt2", "--set", "n_layers=1",
+                                      "--set", "norm=constructor_norm"])
+    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ConstructorNorm (stack.h.0.ln_1) holds g but defines no "
+                                    "reset_parameters()")
+
+
+def test_seeded_builds_repeat_every_draw(init_plugin):
     a, b, c = init_model(seed=1), init_model(seed=1), init_model(seed=2)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
@@ -294,3 +328,58 @@ def test_an_exporter_subclass_lists_by_class_name(fresh_registry, tmp_path):
     assert int((out / "count.txt").read_text()) > 1000
     with pytest.raises(NotImplementedError, match="must define __call__"):
         zoo.Exporter()(None, None, out)
+
+
+def test_seeded_builds_in_two_threads_at_once_give_the_tensors_of_one_at_a_time():
+    """A build draws from its own generator (zoo.core.meta.InitMode, per thread), never torch's global one."""
+    import threading
+
+    def build(name, out):
+        out[name] = zoo.build(name, seed=3, **tiny_overrides(name)).state_dict()
+
+    names = ("gpt2", "transformer-en-it-small")
+    alone, together = {}, {}
+    for name in names:
+        build(name, alone)
+    for _ in range(3):  # the draws of two builds interleave differently each time
+        threads = [threading.Thread(target=build, args=(name, together)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for name in names:
+            assert alone[name].keys() == together[name].keys()
+            for key, tensor in alone[name].items():
+                assert torch.equal(tensor, together[name][key]), (name, key)
+
+
+def test_the_gpt2_scheme_scales_the_declared_residual_projection(fresh_registry, tmp_path):
+    """Scaled by 1/sqrt(2 * layers) because an attention or MLP names it, not because of its name."""
+    local_plugin(tmp_path, "down_mlp.py", textwrap.dedent('''
+        import torch
+        from torch import nn
+        import zoo
+
+        class DownMLP(zoo.MLP):
+            residual_projection = "down"
+
+            def __init__(self, spec, options):
+                super().__init__()
+                self.up = nn.Linear(spec.d_model, 4 * spec.d_model)
+                self.down = nn.Linear(4 * spec.d_model, spec.d_model)
+                self.c_proj = nn.Linear(spec.d_model, spec.d_model)  # GPT-2's name, but not the declared one
+
+            def forward(self, x):
+                return self.down(torch.relu(self.up(x))) + 0 * self.c_proj(x)
+
+        @zoo.hookimpl
+        def zoo_register_components(registry):
+            registry.add("mlp", "down", DownMLP)
+    '''))
+    model = zoo.build("gpt2", seed=0, n_layers=8, d_model=64, **{"attention.n_heads": 4, "mlp": "down"})
+    scaled = 0.02 / (2 * 8) ** 0.5
+    for layer in model.stack.h:
+        assert layer.mlp.down.weight.std().item() == pytest.approx(scaled, rel=0.1)
+        assert layer.mlp.c_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert layer.mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert layer.attn.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.1)  # zoo.Attention's default

@@ -130,10 +130,10 @@ def model_in_dtype(model: nn.Module, spec: ModelSpec, dtype: torch.dtype) -> nn.
     """``model`` itself, or a copy in ``dtype`` (the caller's model is left untouched)."""
     if next(model.parameters()).dtype == dtype:
         return model
-    from zoo.core.builder import construct
+    from zoo.core.meta import assemble
 
     tensors = {name: t.to(dtype) for name, t in state_dict_for_saving(model).items()}
-    return load_state(construct(spec, next(model.parameters()).device), tensors, f"{spec.name} in {dtype}").eval()
+    return load_state(assemble(spec), tensors, f"{spec.name} in {dtype}").eval()
 
 
 @contextlib.contextmanager

@@ -104,8 +104,9 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, targets:
         raise DataError(f"--lora {rank}: the rank must be at least 1 (8 or 16 are usual)")
     names = lora_targets(model, targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    from zoo.core.meta import InitMode
+
+    with InitMode(seed):  # this call's own generator: other threads' draws do not shift it
         return get_peft_model(model, config)
 
 

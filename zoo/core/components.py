@@ -9,10 +9,16 @@ field path. Plugins subclass the bases below, imported from ``zoo``
 (``from zoo import Attention``); a plain ``nn.Module`` with the same constructor and
 ``forward`` works too.
 
-Initialisation contract: the values a constructor gives its parameters and buffers are
-kept when the zoo builds a model. A random build then applies the spec's scheme to the
-``nn.Linear`` and ``nn.Embedding`` layers it contains and calls ``reset_parameters()``
-on every other module that defines one (innermost first).
+Initialisation contract (torch's for meta-device construction, as in timm and litgpt):
+zoo constructs a model on the meta device, so a constructor declares shapes and its
+values are not kept. A random build gives every tensor storage, applies the spec's scheme
+to the ``nn.Linear`` and ``nn.Embedding`` layers and calls ``reset_parameters()`` on every
+other module that defines one (innermost first); a module holding other parameters or
+buffers must define it (the build refuses one that does not). Loading a checkpoint calls
+``reset_parameters()`` only on modules whose tensors the checkpoint does not hold (a
+plugin's tables). The gpt2 scheme scales the init of the layers that write into the
+residual stream, which :class:`Attention` and :class:`MLP` declare by name
+(``residual_projection``).
 
 Positional schemes may act in three places, and the model calls all three on every
 scheme, so learned, sinusoidal, rotary and ALiBi fit without special cases:
@@ -84,6 +90,7 @@ class Attention(nn.Module):
     """
 
     Options = AttentionOptions
+    residual_projection: str | None = "c_proj"  # the child nn.Linear writing into the residual stream
 
     def __init__(self, spec, options, layer_index: int = 0) -> None:
         super().__init__()
@@ -106,6 +113,7 @@ class MLP(nn.Module):
     both (B, T, D). Like :class:`Norm` it defines no ``__init__`` or ``forward``."""
 
     Options = NoOptions
+    residual_projection: str | None = "c_proj"  # the child nn.Linear writing into the residual stream
 
 
 @dataclass

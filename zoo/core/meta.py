@@ -6,39 +6,72 @@ Describing gpt2-xl, checking that a model fits (:mod:`zoo.core.limits`) and draw
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from zoo.core.model import model_class
 from zoo.core.registry import get_registry
 from zoo.core.spec import COMPONENT_KIND, ModelSpec
 
-# torch.nn.init functions that modules call from their constructors.
-INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
-                  "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+# Every torch function that draws random numbers and takes a ``generator=``: torch.nn.init's
+# (which modules call from their constructors and reset_parameters()), the in-place Tensor
+# methods they call, and the sampling factories.
+RANDOM_INIT = frozenset(getattr(nn.init, name) for name in (
+    "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+    "xavier_normal_", "orthogonal_", "sparse_"))
+RANDOM_METHODS = frozenset(getattr(torch.Tensor, name) for name in (
+    "uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_"))
+RANDOM_FACTORIES = frozenset((torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal, torch.bernoulli,
+                              torch.multinomial, torch.rand_like, torch.randn_like, torch.randint_like))
+INIT_FUNCTIONS = RANDOM_INIT | frozenset(getattr(nn.init, name) for name in ("constant_", "ones_", "zeros_", "eye_",
+                                                                              "dirac_"))
 
-@contextlib.contextmanager
-def skipped_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s functions return their tensor untouched, for assembly on the
-    meta device: there is nothing to initialise there, and the first random op on a meta
-    tensor imports ``torch._dynamo`` (seconds of start-up for every command)."""
-    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
-    try:
-        for name in INIT_FUNCTIONS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
+
+class InitMode(TorchFunctionMode):
+    """How zoo constructs and initialises a model, in the current thread only (torch function
+    modes are per thread; nothing of torch is replaced):
+
+    - initialisation of a meta tensor returns it untouched: there is nothing to initialise
+      there, and the first random op on a meta tensor imports ``torch._dynamo`` (seconds of
+      start-up for every command);
+    - with ``seed``, every random draw that names no generator takes this build's own
+      ``torch.Generator`` (one per device type), so a seeded build gives the same tensors
+      whatever else the process is doing; without one, draws use torch's global generator.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__()
+        self.seed = seed
+        self.generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if device.type not in self.generators:
+            self.generators[device.type] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generators[device.type]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in INIT_FUNCTIONS or func in RANDOM_METHODS:
+            tensor = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+            if self.seed is not None and func not in INIT_FUNCTIONS - RANDOM_INIT and kwargs.get("generator") is None:
+                kwargs["generator"] = self.generator(tensor.device)
+        elif func in RANDOM_FACTORIES and self.seed is not None and kwargs.get("generator") is None:
+            like = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            device = torch.device(kwargs["device"]) if kwargs.get("device") is not None else (
+                like.device if like is not None else torch.get_default_device())
+            if device.type != "meta":
+                kwargs["generator"] = self.generator(device)
+        return func(*args, **kwargs)
 
 
 def assemble(spec: ModelSpec) -> nn.Module:
-    """The model with every parameter on the meta device (no memory allocated)."""
-    with torch.device("meta"), skipped_init():
+    """The model with every parameter and buffer on the meta device (no memory allocated)."""
+    with torch.device("meta"), InitMode():
         return model_class(spec)(spec)
 
 

@@ -97,26 +97,34 @@ def save(model: nn.Module, out_dir: str | os.PathLike, overwrite: bool = False) 
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Put ``tensors`` into ``model`` after :func:`check_fit`.
 
-    ``model`` comes from :func:`zoo.core.builder.construct`: its known layers are still on
-    the meta device and take the tensors as they are (no copy); buffers that are not saved
-    (a plugin's tables) keep their constructor values, moved to the tensors' device and
-    floating dtype.
+    ``model`` comes from :func:`zoo.core.meta.assemble`, on the meta device: its tensors
+    take the given ones as they are (no copy). Tensors the checkpoint does not hold (a
+    plugin's unsaved tables) get storage on the tensors' device, in their floating dtype,
+    and their modules' ``reset_parameters()``.
     """
+    from zoo.core.builder import materialize
+
     check_fit(model, tensors, source)
     model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
     first = next(iter(tensors.values()))
     dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), first.dtype)
-    for module in model.modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.device != first.device or (buffer.is_floating_point() and buffer.dtype != dtype):
-                module._buffers[name] = buffer.to(first.device, dtype if buffer.is_floating_point() else buffer.dtype)
+    unset = [m for m in model.modules() if any(t.is_meta for t in [*m.parameters(recurse=False),
+                                                                       *m.buffers(recurse=False)])]
+    if unset:
+        materialize(model, first.device, dtype)
+        with torch.no_grad():
+            for module in reversed(unset):
+                if not callable(getattr(module, "reset_parameters", None)):
+                    raise WeightsError(f"{source} holds no value for {type(module).__qualname__}'s tensors and the "
+                                       "module defines no reset_parameters() to make them")
+                module.reset_parameters()
     return model
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """Load a directory written by :func:`save_model` (or ``zoo build -o``)."""
-    from zoo.core.builder import construct
+    from zoo.core.meta import assemble
     from zoo.core.limits import check_fits
 
     path = Path(path)
@@ -141,7 +149,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
             raise WeightsError(f"{path / WEIGHTS}: cannot read safetensors file ({first_line(exc)}); it may be truncated") from None
     else:  # cast on the way in, one tensor at a time: the stored dtype is never resident whole
         tensors = {name: t.to(device) for name, t in read_tensors(path / WEIGHTS, dtype).items()}
-    model = load_state(construct(spec, device), tensors, str(path / WEIGHTS))
+    model = load_state(assemble(spec), tensors, str(path / WEIGHTS))
     return model.eval()
 
 

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from zoo.core.builder import construct
+from zoo.core.meta import assemble
 from zoo.core.files import HF_CONFIG, HF_PYTORCH_BIN, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, HF_SAFETENSORS_SHARDS, read_json
 from zoo.core.limits import check_fits
 from zoo.core.model_dir import is_model_directory, load_model, load_model_for_spec, load_state
@@ -160,7 +160,7 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
         raise WeightsError(f"{directory / HF_CONFIG}: model_type is {fmt.model_type!r} and {problem}; "
                            "pick a model of that family, or build from the directory itself (zoo build DIR)")
     fmt.check_config(config, spec, str(directory / HF_CONFIG))
-    model = construct(spec, device)
+    model = assemble(spec)
     with CheckpointReader(directory) as reader:
         stored = plan(fmt, model, reader.shapes(), str(directory))
         tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name], dtype),

@@ -12,7 +12,6 @@ names and shapes before reading, convert tensors both ways, build a spec from
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -293,35 +292,22 @@ def to_hf_state_dict(model: nn.Module, fmt: CheckpointFormat | None = None) -> d
     return out
 
 
-@contextmanager
-def parameters_on_meta():
-    """Build modules with their parameters on the meta device but their buffers real (the
-    rotary tables transformers computes in its constructors), as no weights are allocated."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module, name, param):
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def to_hf_model(model: nn.Module):
-    """The transformers model of ``model``'s family holding its weights, in eval mode."""
+    """The transformers model of ``model``'s family holding its weights, in eval mode.
+
+    transformers' own ``from_pretrained(None, config=..., state_dict=...)`` builds it: on the
+    meta device, taking the tensors as they are, with the buffers it computes (rotary
+    frequencies) made by transformers itself."""
     fmt = format_for_spec(model.spec)
-    with parameters_on_meta():
-        hf_model = fmt.hf_class()(fmt.hf_config(model.spec, model.token_table.weight.dtype))
+    dtype = model.token_table.weight.dtype
     tensors = {fmt.renamed.get(name, name): t for name, t in to_hf_state_dict(model, fmt).items()}
-    hf_model.load_state_dict(tensors, strict=False, assign=True)
-    hf_model.tie_weights()
-    unset = [name for name, p in hf_model.named_parameters() if p.is_meta]
+    config = fmt.hf_config(model.spec, dtype)
+    hf_model, info = fmt.hf_class().from_pretrained(None, config=config, state_dict=tensors, dtype=dtype,
+                                                    output_loading_info=True)
+    unset = [name for name in info["missing_keys"] if name not in getattr(hf_model, "all_tied_weights_keys", {})]
     if unset:
-        raise WeightsError(f"{fmt.architecture} has parameters the {fmt.model_type} table does not fill: {', '.join(unset[:3])}")
+        raise WeightsError(f"{fmt.architecture} has parameters the {fmt.model_type} table does not fill: "
+                           f"{', '.join(sorted(unset)[:3])}")
     return hf_model.eval()
 
 

@@ -59,11 +59,11 @@ def positional_spec(scheme: str, model: str | None = None, d_model: int | None =
 def fresh_scheme(spec: ModelSpec, seed: int = 0) -> nn.Module:
     """The spec's positional scheme on its own, its parameters (if any) seeded like a model's."""
     from zoo.core.builder import init_weights
+    from zoo.core.meta import InitMode
     from zoo.core.model import make_component
 
-    scheme = make_component(spec, "positional")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with InitMode(seed):
+        scheme = make_component(spec, "positional")
         init_weights(scheme, spec)
     return scheme.eval()
 

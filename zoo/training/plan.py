@@ -152,9 +152,9 @@ def catalog_rows(names: list[str], seq_len: int = 1024, batch: int = 1, cards: t
 def lora_parameters(spec: ModelSpec, rank: int, targets: str) -> int:
     """The parameters a LoRA adapter of ``rank`` on ``targets`` trains: r·(in + out) per layer."""
     from zoo.core.adapters import lora_targets
-    from zoo.core.builder import construct
+    from zoo.core.meta import assemble
 
-    model = construct(spec, "meta")
+    model = assemble(spec)
     return sum(rank * (m.in_features + m.out_features) for m in map(model.get_submodule, lora_targets(model, targets)))
 
 

@@ -47,12 +47,12 @@ def read_model(directory: Path, device: torch.device, dtype=None) -> nn.Module:
     """A model directory's model read tensor by tensor into memory of its own, cast to ``dtype``
     on the way (see :func:`zoo.core.tensor_files.read_tensors`), so that the stored file is never
     resident whole and nothing stays mapped from it: what a model about to be cast or sharded needs."""
-    from zoo.core.builder import construct
+    from zoo.core.meta import assemble
     from zoo.core.model_dir import load_state
     from zoo.core.tensor_files import read_tensors
     from zoo.core.spec import load_spec
 
-    model = construct(load_spec(directory / SPEC), device)
+    model = assemble(load_spec(directory / SPEC))
     path = directory / WEIGHTS
     tensors = {name: t.to(device) for name, t in read_tensors(path, dtype).items()}
     return load_state(model, tensors, str(path))
@@ -207,7 +207,7 @@ class LoRAWeights(FullWeights):
 def check_lora(config, spec: ModelSpec) -> None:
     """Refuse LoRA settings that cannot work, before anything is written (targets checked on the meta device)."""
     from zoo.core.adapters import lora_targets
-    from zoo.core.builder import construct
+    from zoo.core.meta import assemble
 
     if config.lora_rank is None:
         return
@@ -223,4 +223,4 @@ def check_lora(config, spec: ModelSpec) -> None:
     if config.strategy == "fsdp":
         raise DataError("--lora with --strategy fsdp is not supported: the adapter is small, so train it with ddp "
                         "(the default) and hold the frozen base in bfloat16 (--lora-base bfloat16) if memory is short")
-    lora_targets(construct(spec, "meta"), config.lora_targets)
+    lora_targets(assemble(spec), config.lora_targets)
