@@ -11,6 +11,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import zoo
+from conftest import tiny_overrides
 
 @pytest.mark.parametrize("name", zoo.__all__)
 def test_every_public_name_resolves(name):
@@ -137,3 +138,18 @@ def test_load_refuses_a_model_directory_whose_spec_cannot_fit(tmp_path):
     (tmp_path / "small" / "model.safetensors").write_bytes(b"not read")  # refused before reading it
     with pytest.raises(zoo.ZooError, match=r"needs .* of float32 weights .*; make the model smaller"):
         zoo.load(tmp_path / "small")
+
+
+def test_export_options_are_the_formats_own_from_python_too(tmp_path):
+    """zoo.export takes what the format declares: another format's option is refused in one
+    line before anything is written, and a bad value by the format's own check."""
+    from zoo.errors import ExportError
+
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
+    with pytest.raises(ExportError, match=r"^--variants is not an option of --format onnx: --format onnx writes one"):
+        zoo.export(model, tmp_path / "a", "onnx", variants="q4")
+    with pytest.raises(ExportError, match=r"^--quantize 'int3' is not supported by --format onnx; choose one of: "):
+        zoo.export(model, tmp_path / "b", "onnx", quantize="int3")
+    with pytest.raises(ExportError, match=r"^--block-size 48: ONNX Runtime's quantizer needs a power of two"):
+        zoo.export(model, tmp_path / "c", "web", variants="q4", block_size=48)
+    assert not list(tmp_path.iterdir())

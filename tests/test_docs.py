@@ -103,9 +103,25 @@ def test_example_runs(example, tmp_path):
             assert [p.name for p in out.iterdir()] == ["shapes.json"]
             shapes = json.loads((out / "shapes.json").read_text())["shapes"]
             assert shapes["wte.weight"] == [50257, 32] and shapes["stack.h.0.attn.c_attn.weight"] == [96, 32]
-            result = CliRunner().invoke(cli, [*args, "--opset", "17", "-o", str(tmp_path / "refused")])
-            assert result.exit_code == 1 and "--opset is an ONNX setting" in result.output
-            assert result.output.count("\n") == 1
+            assert (out / "shapes.json").read_text().startswith('{\n "model"')  # the default indent, 1
+            indented = tmp_path / "indented"
+            result = CliRunner().invoke(cli, [*args, "--indent", "4", "-o", str(indented)])
+            assert result.exit_code == 0 and (indented / "shapes.json").read_text().startswith('{\n    "model"')
+            for extra, message in ((["--opset", "17"], "--opset is not an option of --format shapes: --opset is an "
+                                                       "ONNX setting; the shapes format has none, leave it out"),
+                                   (["--indent", "9"], "--indent 9: choose 0 to 8 spaces")):
+                result = CliRunner().invoke(cli, [*args, *extra, "-o", str(tmp_path / "refused")])
+                assert result.exit_code == 1 and result.output == f"error: {message}\n", result.output
+            assert not (tmp_path / "refused").exists()
+            assert "--indent INTEGER" in CliRunner().invoke(cli, ["--plugin", str(path), "export", "--help"]).output
+        elif entry.kind == "runtime":
+            model_dir = tmp_path / "model"
+            zoo.save(zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", vocab_size=50257)), model_dir)
+            result = CliRunner().invoke(cli, ["--plugin", str(path), "generate", str(model_dir), "--runtime",
+                                              entry.name, "--max-new-tokens", "3", "Hello"])
+            assert result.exit_code == 0, result.output
+            opened = entry.component(model_dir)
+            assert opened.token_table.weight.dtype == torch.bfloat16
         elif entry.kind == "checkpoint_format":
             check_checkpoint_format(entry.component, tmp_path)
         else:

@@ -16,7 +16,7 @@ import torch
 import zoo
 from conftest import REPO, local_plugin, tiny_overrides
 from zoo.exporters.onnx import runtime
-from zoo.exporters.onnx.exporter import export
+from zoo import export
 
 CAUSAL_SLOPES = textwrap.dedent('''
     """A distance penalty per head: symmetric when bidirectional, signed and steeper when causal."""

@@ -25,7 +25,7 @@ from conftest import REPO, tiny_overrides
 from zoo.cli import cli
 from zoo.core import registry
 from zoo.exporters.onnx import runtime
-from zoo.exporters.onnx.exporter import export
+from zoo import export
 
 CLIENT = Path(__file__).with_name("genai_client.py")
 NEW_TOKENS = 8

@@ -21,7 +21,7 @@ from zoo.core import registry
 from zoo.exporters.onnx import runtime
 from zoo.cli import cli
 from zoo.errors import ExportError, ZooError
-from zoo.exporters.onnx.exporter import export
+from zoo import export
 from zoo.core.files import sha256_file
 
 # one layer per stack keeps the registry loop fast; the full-size GPT-2 test covers depth

@@ -148,6 +148,8 @@ def test_builtins_subclass_the_public_base_classes(fresh_registry):
             assert isinstance(entry.component, zoo.Exporter), entry.name
         elif entry.kind == "checkpoint_format":
             assert isinstance(entry.component, zoo.CheckpointFormat), entry.name
+        elif entry.kind == "runtime":
+            assert callable(entry.component), entry.name
         else:
             assert issubclass(entry.component, BASES[entry.kind]), entry.name
 

@@ -18,7 +18,7 @@ from zoo.cli import cli
 from zoo.errors import ExportError
 from zoo.exporters.onnx import quantize as onnx_quantize
 from zoo.exporters.onnx import runtime
-from zoo.exporters.onnx.exporter import export
+from zoo import export
 
 # top-1 agreement with fp32 that each scheme must reach here (the test's own numbers, not the exporter's)
 TOP1_AGREEMENT = {"int8": 0.95, "int4": 0.7}
@@ -138,13 +138,13 @@ def test_a_broken_layout_fails_validation(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--quantize", "int3"], "--quantize 'int3' is not supported; choose one of: int4, int8"),
+    (["--quantize", "int3"], "--quantize 'int3' is not supported by --format onnx; choose one of: int4, int8"),
     (["--quantize", "int4", "--block-size", "48"], "--block-size 48: ONNX Runtime's quantizer needs a power of two"),
     (["--quantize", "int4", "--block-size", "8"], "--block-size 8: ONNX Runtime's quantizer needs a power of two"),
     (["--quantize", "int8", "--block-size", "64"], "--block-size 64 does not divide gpt2's d_model of 32"),
     (["--quantize", "int4", "--dtype", "fp16"], "--quantize int4 starts from fp32 weights"),
     (["--block-size", "32"], "--block-size only applies with --quantize"),
-    (["--quantize", "int4", "--format", "hf"], "--quantize and --block-size apply to --format onnx, not hf"),
+    (["--quantize", "int4", "--format", "hf"], "--quantize is not an option of --format hf: the hf format writes fp32"),
 ])
 def test_bad_options_are_one_line(tmp_path, args, message):
     out = tmp_path / "out"

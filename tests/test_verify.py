@@ -122,7 +122,7 @@ def test_fp16_export_loads_in_transformers(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--set", "positional=rotary"], "error: no Hugging Face GPT2LMHeadModel can hold this model: gpt2 has positional 'rotary'"),
-    (["--opset", "17"], "error: --opset is an ONNX setting; the hf format has none"),
+    (["--opset", "17"], "error: --opset is not an option of --format hf: --opset is an ONNX setting"),
 ])
 def test_export_refusals_leave_nothing(tmp_path, extra, message):
     result = run("export", "gpt2", *set_args(SMALL), *extra, "--format", "hf", "-o", tmp_path / "hf")

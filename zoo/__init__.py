@@ -53,6 +53,7 @@ _API = {
     "Norm": "zoo.core.components:Norm",
     "MLP": "zoo.core.components:MLP",
     "Exporter": "zoo.core.components:Exporter",
+    "ExportOption": "zoo.core.components:ExportOption",
     "Context": "zoo.core.components:Context",
     "CheckpointFormat": "zoo.hf.formats:CheckpointFormat",
     "ConfigField": "zoo.hf.formats:ConfigField",

@@ -30,20 +30,17 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
 
 
-def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
-                dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-                tokenizer_dir: str | Path | None = None, adapter_run: str | Path | None = None) -> dict:
+def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype: str = "fp32",
+                validate: bool = True, tokenizer_dir: str | Path | None = None,
+                adapter_run: str | Path | None = None) -> dict:
     """Write ``model`` into ``out_dir`` in Hugging Face layout; return the manifest.
 
-    ``kv_cache`` needs nothing: a ``GPT2LMHeadModel`` always takes ``past_key_values``.
     ``adapter_run``: ``model`` is that LoRA run's frozen base, and its adapter goes into
     ``out_dir/adapter`` as a PEFT folder (:mod:`zoo.exporters.hf.adapter`).
     """
     out = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r} is not supported by the hf exporter; choose one of: {', '.join(DTYPES)}")
-    if opset is not None:
-        raise ExportError("--opset is an ONNX setting; the hf format has none, leave it out")
     if adapter_run is not None and spec.is_encoder_decoder:
         raise ExportError("--adapter writes PEFT adapters for decoders only (Marian's layout permutes the translator's "
                           "projections); export the translator's merged weights: leave --adapter out")

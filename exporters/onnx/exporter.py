@@ -1,8 +1,7 @@
 """The ``onnx`` exporter: zoo models as ONNX graphs that ONNX Runtime runs.
 
     import zoo
-    from zoo.exporters.onnx.exporter import export
-    export(zoo.build("gpt2"), "out/gpt2-onnx", kv_cache=True)   # written atomically
+    zoo.export(zoo.build("gpt2"), "out/gpt2-onnx", "onnx", kv_cache=True)   # written atomically
     lm = zoo.exporters.onnx.runtime.load("out/gpt2-onnx")
 
 Each graph of :func:`zoo.exporters.onnx.graphs.graphs_for` is traced with
@@ -50,27 +49,6 @@ OPSETS = range(18, 26)  # what torch.onnx's exporter and onnxscript's version co
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
               onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
-
-
-def export(model: nn.Module, out_dir: str | Path, *, spec: ModelSpec | None = None, kv_cache: bool = False,
-           dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-           tokenizer_dir: str | Path | None = None, overwrite: bool = False, quantize: str | None = None,
-           block_size: int | None = None) -> dict:
-    """Export ``model`` to ONNX in ``out_dir``, written atomically; return the manifest.
-
-    ``kv_cache`` adds past key/value inputs and present outputs (one graph serves
-    prefill, with an empty past, and decode); ``dtype`` is ``"fp32"`` or ``"fp16"``
-    (for GPUs); ``validate`` runs ONNX Runtime against PyTorch on several shapes and
-    fails the export on a mismatch; ``tokenizer_dir`` is a directory whose
-    ``tokenizer.json`` (or ``vocab.json`` + ``merges.txt``) is copied along; ``quantize``
-    (``"int4"`` or ``"int8"``, with ``block_size``) stores the weights quantized
-    (:mod:`zoo.exporters.onnx.quantize`).
-    """
-    from zoo.core.export import export_model
-
-    return export_model(model, spec or model.spec, out_dir, "onnx", overwrite=overwrite, kv_cache=kv_cache,
-                        dtype=dtype, opset=opset, validate=validate, tokenizer_dir=tokenizer_dir,
-                        quantize=quantize, block_size=block_size)
 
 
 def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,

@@ -71,9 +71,9 @@ WEB_MISSING_OPERATORS = {
 }
 
 
-def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = True,
-                 dtype: str = "fp32", opset: int | None = None, validate: bool = True,
-                 tokenizer_dir: str | Path | None = None, variants=None, block_size: int | None = None) -> dict:
+def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opset: int | None = None,
+                 validate: bool = True, tokenizer_dir: str | Path | None = None, variants=None,
+                 block_size: int | None = None) -> dict:
     """Write the web folder of ``model`` into ``out_dir`` (a fresh temporary directory that
     :func:`zoo.core.export.export_model` renames into place); return the manifest.
 
@@ -85,9 +85,6 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_c
     out = Path(out_dir)
     names = parse_variants(variants)
     seq2seq = spec.is_encoder_decoder
-    if dtype != "fp32":
-        raise ExportError(f"--dtype {dtype} does not apply to --format web: list the precisions with "
-                          "--variants (e.g. --variants fp16,q4)")
     (out / ONNX_DIR).mkdir()
     entries = {}
     scratch = out / ".onnx-exports"  # inside the directory being written: a failure leaves nothing anywhere

@@ -194,7 +194,7 @@ def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threa
     """Export with a key/value cache (fp32 or ``quantize``d weights, no validation), timed
     once; then load it."""
     from zoo.core.export import export_model
-    from zoo.exporters.onnx.runtime import load
+    from zoo.core.registry import get_registry
 
     start = time.perf_counter()
     options = {"quantize": quantize} if quantize else {}
@@ -207,7 +207,7 @@ def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threa
            "seconds": figure([seconds], "s"), "bytes": size, "graph_bytes": graph_bytes,
            "weights": weights,
            "note": f"one export (kv_cache, {weights}, validate=False), timed cold"}
-    runtime_model = load(out, device=device, threads=threads)
+    runtime_model = get_registry().get("runtime", "onnxruntime")(out, device=device, threads=threads)
     if getattr(runtime_model, "device", torch.device(device)).type != torch.device(device).type:
         raise ZooError(f"ONNX Runtime cannot run on {device} here")
     return row, runtime_model

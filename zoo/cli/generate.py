@@ -22,8 +22,9 @@ from zoo.errors import ZooError
 @click.option("--no-cache", is_flag=True, help="Re-run the whole sequence every step (same tokens, slower).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past <|endoftext|>.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False), default=None, help=TOKENIZER_HELP)
-@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
-              help="onnxruntime: MODEL is a directory written by 'zoo export --format onnx'.")
+@click.option("--runtime", default="torch", show_default=True,
+              help="torch, or a registered runtime (onnxruntime: MODEL is a directory written by "
+                   "'zoo export --format onnx').")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -42,7 +43,11 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     from zoo.generation.sampling import generate as generate_tokens
     from zoo.generation.tokenizer import TextStream, gpt2_tokenizer
 
-    if runtime == "onnxruntime":
+    if runtime != "torch":
+        from zoo.core.registry import get_registry
+
+        if runtime not in get_registry().names("runtime"):
+            raise ZooError(f"unknown runtime {runtime!r}; choose torch or {', '.join(get_registry().names('runtime'))}")
         tokenizer = gpt2_tokenizer(tokenizer_dir)
     else:  # the checkpoint's own tokenizer.json; GPT-2 keeps its shipped tokenizer
         from zoo.hf.tokenizer import weights_tokenizer
@@ -57,13 +62,11 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
     empty = [i + 1 for i, row in enumerate(batch.attention_mask) if not row.any()]
     if empty:
         raise ZooError(f"prompt {empty[0]} is empty; give each prompt some text")
-    if runtime == "onnxruntime":
+    if runtime != "torch":
         if overrides or weights:
-            raise ZooError("--set and --weights do not apply to --runtime onnxruntime: MODEL is an exported directory")
-        from zoo.exporters.onnx.runtime import load
-
-        net = load(model, device=device)
-        device = str(net.device)  # cpu when ONNX Runtime's CUDA provider does not load (it says so)
+            raise ZooError(f"--set and --weights do not apply to --runtime {runtime}: MODEL is an exported directory")
+        net = get_registry().get("runtime", runtime)(model, device=device)
+        device = str(getattr(net, "device", None) or next(net.parameters()).device)  # cpu when ONNX Runtime's CUDA provider does not load (it says so)
     else:
         spec = load_spec_arg(model, overrides)
         net = model_from_args(spec, weights, seed=seed, device=device, dtype=getattr(torch, dtype))

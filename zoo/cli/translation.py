@@ -60,8 +60,9 @@ def evaluate_translation(run_dir: Path, config, split: str, data: Path | None, b
 @click.option("--beam", type=click.IntRange(min=1), default=DEFAULT_BEAM, show_default=True, help="Beam size; 1 is greedy.")
 @click.option("--length-penalty", "alpha", type=click.FloatRange(min=0), default=DEFAULT_LENGTH_PENALTY, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
-              help="torch: DIRECTORY is a run directory; onnxruntime: an exported directory holding tokenizer.json.")
+@click.option("--runtime", default="torch", show_default=True,
+              help="torch: DIRECTORY is a run directory; onnxruntime (or another registered runtime): an exported "
+                   "directory holding tokenizer.json.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def translate(directory, sentences, beam, alpha, batch_size, runtime, device):
     """Translate English SENTENCES (or stdin, one per line) into Italian, one line each."""

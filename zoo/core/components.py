@@ -151,17 +151,49 @@ class Block(nn.Module):
         self.dropout = Dropout(parts.dropout)
 
 
+@dataclass(frozen=True)
+class ExportOption:
+    """One option an exporter takes: ``zoo export --format NAME --the-option VALUE`` on the
+    command line (shown under ``zoo export --help``) and ``the_option=VALUE`` in
+    ``zoo.export(...)``.
+
+    ``type`` is ``str``, ``int``, ``float``, ``bool`` (a flag) or a tuple of the allowed
+    strings; ``default`` is what the exporter gets when the option is not given.
+    """
+
+    name: str  # the Python keyword; the command line spells it --name-with-dashes
+    help: str
+    type: Any = str
+    default: Any = None
+    metavar: str | None = None
+    command_line: bool = True  # False: passed by zoo itself or from Python only
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
 class Exporter:
     """Base class of export formats: ``exporter(model, spec, out_dir, **options) -> manifest``.
 
-    Register an instance (``registry.add("exporter", "names", NamesExporter())``); a
-    plain function with the same signature registers just as well. The call writes its
-    files into ``out_dir`` (a fresh temporary directory that the zoo renames into place
-    once the call returns) and returns a manifest dictionary with a ``files`` mapping.
-    Options passed by ``zoo export``: ``kv_cache`` (bool), ``dtype`` ("fp32"/"fp16"),
-    ``opset`` (int or None), ``validate`` (bool); refuse one you cannot honour with
-    :class:`zoo.errors.ExportError`.
+    Register an instance (``registry.add("exporter", "names", NamesExporter())``). The call
+    writes its files into ``out_dir`` (a fresh temporary directory that the zoo renames into
+    place once the call returns) and returns a manifest dictionary with a ``files`` mapping.
+
+    ``options`` declares what the format takes (:class:`ExportOption`); ``zoo export`` adds
+    each to its command line, refuses another format's, and passes the declared ones, as
+    ``zoo.export`` does, together with the two every exporter gets: ``validate`` (bool) and
+    ``tokenizer_dir`` (the run or Hugging Face directory the weights came from, or None).
+    :meth:`check` refuses bad values before the model is built; ``hints`` says, for an
+    option of another format given to this one, what to use instead.
     """
+
+    options: tuple[ExportOption, ...] = ()
+    hints: dict[str, str] = {}
+
+    def check(self, spec, **options: Any) -> None:
+        """Raise :class:`zoo.errors.ExportError` (one line) for option values this format
+        cannot honour for ``spec``; called before any work. The default accepts all."""
 
     def __call__(self, model: nn.Module, spec, out_dir: Path, **options: Any) -> dict:
         raise NotImplementedError(f"{type(self).__qualname__} must define __call__(model, spec, out_dir, **options)")

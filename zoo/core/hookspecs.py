@@ -30,13 +30,17 @@ def zoo_register_components(registry):
 def zoo_register_exporters(registry):
     """Add export formats to ``registry``.
 
-    Call ``registry.add("exporter", name, exporter)``, where ``exporter`` is a callable
-    ``exporter(model, spec, out_dir, **options)`` that writes the exported files into
-    ``out_dir`` (a fresh temporary directory that the zoo renames into place once the
-    call returns) and returns a manifest dictionary with a ``files`` mapping. Options
-    passed by ``zoo export``: ``kv_cache`` (bool), ``dtype`` ("fp32"/"fp16"), ``opset``
-    (int or None), ``validate`` (bool); an exporter refuses options it cannot honour
-    with :class:`zoo.errors.ExportError`.
+    Call ``registry.add("exporter", name, exporter)``, where ``exporter`` is a
+    :class:`zoo.Exporter`: ``exporter(model, spec, out_dir, **options)`` writes the
+    exported files into ``out_dir`` (a fresh temporary directory that the zoo renames into
+    place once the call returns) and returns a manifest dictionary with a ``files``
+    mapping. Its ``options`` (:class:`zoo.ExportOption`) become ``zoo export --format
+    NAME`` options, checked by its ``check`` before any work; every exporter also gets
+    ``validate`` (bool) and ``tokenizer_dir``.
+
+    A format that can be run may also add its runtime: ``registry.add("runtime", name,
+    open)``, where ``open(directory, device="cpu", **options)`` returns a model for
+    ``zoo generate --runtime NAME`` / ``zoo translate --runtime NAME``.
     """
 
 

@@ -22,7 +22,7 @@ import pluggy
 from zoo.core import hookspecs
 from zoo.errors import PluginError, RegistryError
 
-KINDS = ("positional", "attention", "block", "norm", "mlp", "exporter", "checkpoint_format")
+KINDS = ("positional", "attention", "block", "norm", "mlp", "exporter", "runtime", "checkpoint_format")
 
 BUILTIN_PLUGINS = (
     "zoo.plugins.positional",

@@ -223,8 +223,9 @@ def load_translator(directory: str | os.PathLike, runtime: str = "torch", device
         if not model.spec.is_encoder_decoder:
             raise DataError(f"{directory}: model {model.spec.name} is a {model.spec.family}, not a translation model")
         return Translator(model, vocabulary, device)
-    if runtime == "onnxruntime":
-        from zoo.exporters.onnx.runtime import load
+    from zoo.core.registry import get_registry
 
-        return Translator(load(directory, device=device), vocabulary, "cpu")
-    raise DataError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
+    registry = get_registry()
+    if runtime not in registry.names("runtime"):
+        raise DataError(f"unknown runtime {runtime!r}; choose torch or {', '.join(registry.names('runtime'))}")
+    return Translator(registry.get("runtime", runtime)(directory, device=device), vocabulary, "cpu")
