@@ -361,7 +361,7 @@ def test_validation_reads_the_weights_from_the_file_without_a_packed_copy(tmp_pa
 
 def test_bad_options_are_one_line_errors(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
-    with pytest.raises(ExportError, match="--dtype 'bf16' is not supported by the onnx exporter"):
+    with pytest.raises(ExportError, match="--dtype 'bf16' is not supported by --format onnx; choose one of: fp32, fp16"):
         export(model, tmp_path / "a", dtype="bf16")
     with pytest.raises(ExportError, match="--opset 13 is not supported by torch's ONNX exporter; choose 18 to 25"):
         export(model, tmp_path / "b", opset=13)
