@@ -19,7 +19,9 @@ from safetensors.torch import load_file
 
 from conftest import Killed, local_plugin
 from synthetic_pairs import one_thread
+import zoo
 from zoo.cli import cli
+from zoo.errors import ZooError
 from zoo.core.model_dir import load_model
 from zoo.lm.evaluate import score_tokens, windows
 
@@ -96,6 +98,10 @@ def test_evaluation_equals_cross_entropy_computed_independently(tmp_path):
     assert scored["perplexity"] == pytest.approx(math.exp(nll.item()), rel=1e-4)
     assert scored["bits_per_character"] == pytest.approx(nll.item() * len(val_text) / len(val_text) / math.log(2), rel=1e-4)
     assert f"perplexity {scored['perplexity']:.2f}" in result.output
+    api = zoo.evaluate(run, progress=False)  # the same from Python
+    assert api["perplexity"] == scored["perplexity"] and api["path"] == str(run / "eval" / "validation.json")
+    with pytest.raises(ZooError, match="--beam is for translation runs"):
+        zoo.evaluate(run, beam=4)
 
 
 def test_windows_predict_every_token_once_and_a_limit_spreads_them():

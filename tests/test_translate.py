@@ -273,3 +273,18 @@ def test_evaluate_data_refuses_a_missing_or_bad_file_and_split(run_dir, tmp_path
         assert not list((run_dir / "eval").glob(f"{path.stem}-*"))
     both = runner.invoke(cli, ["evaluate", str(run_dir), "--data", str(bad), "--split", "test"])
     assert both.exit_code == 2 and "--split" in both.output and "--data" in both.output
+
+
+def test_zoo_evaluate_from_python_scores_as_the_command_does(run_dir):
+    """zoo.evaluate(RUN_DIR) is what `zoo evaluate` prints: the same sample, translations and scores."""
+    command = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--split", "train", "--beam", "1", "--limit", "12",
+                                       "--seed", "3", "--samples", "0"])
+    assert command.exit_code == 0, command.output
+    written = json.loads((run_dir / "eval" / "train-greedy.json").read_text(encoding="utf-8"))
+    result = zoo.evaluate(run_dir, split="train", beam=1, limit=12, seed=3, progress=False)
+    assert result.result.to_dict() | {"seconds": 0, "sentences_per_second": 0} == \
+        written | {"seconds": 0, "sentences_per_second": 0}
+    assert len(result.sources) == len(result.hypotheses) == 12 and result.total > 12
+    assert result.path == run_dir / "eval" / "train-greedy.json" and result.tsv.is_file()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beams'"):
+        zoo.evaluate(run_dir, beams=2)

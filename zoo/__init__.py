@@ -41,6 +41,7 @@ _API = {
     "export": "zoo.core.export:export",
     # training (every family: a decoder learns text, an encoder-decoder translates)
     "train": "zoo.training.run:train",
+    "evaluate": "zoo.training.evaluate:evaluate",
     # plugins
     "hookimpl": "zoo.core.hookspecs:hookimpl",
     "get_registry": "zoo.core.registry:get_registry",

@@ -55,7 +55,7 @@ from torch import nn
 from zoo.core.files import MANIFEST, sha256_file
 from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError
-from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS, Variant,
+from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS,
                                      check_folder, parse_variants)
 from zoo.exporters.web.seq2seq import check_merged, encoder_for_clients, merged_decoder
 

@@ -247,30 +247,38 @@ def evaluate(ctx, run_dir, split, data, batch_size, device, **options):
     sacrebleu's single-reference corpus BLEU and chrF with its signatures, the
     multi-reference figure follows. Writes RUN_DIR/eval/SPLIT-DECODING.tsv and .json.
     """
-    from zoo.training.config import TrainConfig
+    from zoo.training.evaluate import evaluate as evaluate_run
 
-    config = TrainConfig.load(run_dir)
-    if config.task == "translation":
-        from zoo.cli.translation import evaluate_translation
-
-        given = given_options(ctx, ["split", "beam", "alpha", "limit", "seed", "samples", "skip_bad_lines", "onnx_dir"])
-        return evaluate_translation(run_dir, config, split or "test", data, batch_size or 64, device, given=given,
-                                    **options)
-    translator_only = given_options(ctx, ["beam", "alpha", "limit", "seed", "samples", "skip_bad_lines", "onnx_dir"])
-    if translator_only:
-        name = sorted(translator_only)[0]
-        flag = {"alpha": "length-penalty", "onnx_dir": "onnx"}.get(name, name.replace("_", "-"))
-        raise ZooError(f"--{flag} is for translation runs; {run_dir} is a {config.task} run")
     if data is not None and split is not None:
-        raise click.UsageError("--split chooses a split of the run's text; --data FILE scores all of FILE: give one")
-    from zoo.lm.evaluate import evaluate_run
+        raise click.UsageError("--split chooses a split of the run's data; --data FILE scores all of FILE: give one")
+    given = given_options(ctx, ["beam", "alpha", "limit", "seed", "skip_bad_lines", "onnx_dir"])
+    samples = options.pop("samples")
+    if given_options(ctx, ["samples"]):
+        from zoo.training.config import TrainConfig
 
-    result = evaluate_run(run_dir, data=data, split=split or "validation", device=device, batch_size=batch_size)
-    click.echo(f"{result['where']}: {result['scored_tokens']:,} tokens, {result['characters']:,.0f} characters "
-               f"(windows of {result['seq_len']} tokens)")
-    click.echo(f"loss {result['loss']:.4f} nats per token, perplexity {result['perplexity']:.2f}, "
-               f"{result['bits_per_character']:.4f} bits per character")
-    click.echo(f"written: {result['path']}")
+        task = TrainConfig.load(run_dir).task
+        if task != "translation":
+            raise ZooError(f"--samples is for translation runs; {run_dir} is a {task} run")
+    result = evaluate_run(run_dir, split=split, data=data, device=device, batch_size=batch_size,
+                          **{name: options[name] for name in given})
+    if isinstance(result, dict):  # a decoder's run
+        click.echo(f"{result['where']}: {result['scored_tokens']:,} tokens, {result['characters']:,.0f} characters "
+                   f"(windows of {result['seq_len']} tokens)")
+        click.echo(f"loss {result['loss']:.4f} nats per token, perplexity {result['perplexity']:.2f}, "
+                   f"{result['bits_per_character']:.4f} bits per character")
+        click.echo(f"written: {result['path']}")
+        return
+    from zoo.translation.evaluate import report
+
+    scored = result.result
+    sampled = f" (sampled from {result.total:,}, seed {scored.seed})" if scored.sources < result.total else ""
+    click.echo(f"{result.where}: {scored.sources:,} English sources{sampled}, {scored.pairs:,} pairs, "
+               f"{scored.decoding}, {scored.sentences_per_second:.1f} sentences/s")
+    for line in report(scored):
+        click.echo(line)
+    for src, hyp, refs in list(zip(result.sources, result.hypotheses, result.references))[:samples]:
+        click.echo(f"  EN  {src}\n  MT  {hyp}\n  REF {refs[0]}" + (f"  (+{len(refs) - 1} more)" if len(refs) > 1 else ""))
+    click.echo(f"translations next to their references: {result.tsv}")
 
 
 COMMANDS = (train, evaluate)

@@ -1,8 +1,7 @@
-"""``zoo translate``, and ``zoo evaluate`` for translation runs: English-Italian translators."""
+"""``zoo translate``: English-Italian translators (``zoo evaluate`` scores them: zoo/cli/training.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,48 +9,6 @@ import click
 
 from zoo.errors import ZooError
 from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
-
-
-def evaluate_translation(run_dir: Path, config, split: str, data: Path | None, batch_size: int, device: str, *,
-                         given: set[str], beam: int, alpha: float, limit: int | None, seed: int, samples: int,
-                         skip_bad_lines: bool, onnx_dir: Path | None) -> None:
-    """``zoo evaluate RUN_DIR`` for a translation run: translate a split (or --data FILE) and report the scores."""
-    from zoo.translation.data import group_references, read_pairs, sample_sources, split_pairs
-    from zoo.translation.evaluate import evaluate as evaluate_sources, report, write_evaluation
-    from zoo.training.resume import data_source
-    from zoo.translation.search import load_translator
-
-    if data is not None and "split" in given:
-        raise click.UsageError("--split chooses a split of the run's data; --data FILE scores all of FILE: give one")
-    translator = load_translator(onnx_dir, "onnxruntime", device) if onnx_dir else load_translator(run_dir, "torch", device)
-    warn = lambda message: click.echo(f"warning: {message}", err=True)  # noqa: E731
-    if data is not None:
-        chosen, name, split, where = read_pairs(data, skip_bad_lines, warn), data.stem, None, str(data)
-    else:
-        pairs = read_pairs(config.data, config.skip_bad_lines or skip_bad_lines, warn)
-        chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
-        name, where = split, f"the {split} split of {config.data}"
-    sources, references = group_references(chosen)
-    if not sources:
-        raise ZooError(f"{where} is empty; evaluate another split or give --data FILE")
-    total = len(sources)
-    if limit:
-        sources, references = sample_sources(sources, references, limit, seed)
-    result, hypotheses = evaluate_sources(translator, sources, references, name,
-                                          data=data_source(data) if data else config.data,
-                                          split=split, limit=limit, seed=seed if limit else None, beam=beam,
-                                          alpha=alpha, batch_size=batch_size, progress=True)
-    if onnx_dir:
-        result = dataclasses.replace(result, decoding=f"{result.decoding}-onnx-{onnx_dir.resolve().name}")
-    tsv, _ = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
-    sampled = f" (sampled from {total:,}, seed {seed})" if len(sources) < total else ""
-    click.echo(f"{where}: {result.sources:,} English sources{sampled}, {result.pairs:,} pairs, {result.decoding}, "
-               f"{result.sentences_per_second:.1f} sentences/s")
-    for line in report(result):
-        click.echo(line)
-    for src, hyp, refs in list(zip(sources, hypotheses, references))[:samples]:
-        click.echo(f"  EN  {src}\n  MT  {hyp}\n  REF {refs[0]}" + (f"  (+{len(refs) - 1} more)" if len(refs) > 1 else ""))
-    click.echo(f"translations next to their references: {tsv}")
 
 
 @click.command()

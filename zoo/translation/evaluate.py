@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -159,3 +160,60 @@ def write_evaluation(out_dir: str | os.PathLike, result: Evaluation, sources: Se
     with atomic_file(metrics) as f:
         f.write((json.dumps(result.to_dict(), indent=2) + "\n").encode("utf-8"))
     return samples, metrics
+
+
+@dataclass
+class RunEvaluation:
+    """What :func:`evaluate_run` scored and wrote: the scores, and every translation beside its references."""
+
+    result: Evaluation
+    where: str  # what was read, in words
+    total: int  # English sources in the split or file (more than result.sources with a limit)
+    sources: list[str]
+    hypotheses: list[str]
+    references: list[list[str]]
+    path: Path  # the scores, as JSON
+    tsv: Path  # the translations beside their references
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, split: str = "test", data: str | os.PathLike | None = None,
+                 beam: int = DEFAULT_BEAM, alpha: float = DEFAULT_LENGTH_PENALTY, limit: int | None = None,
+                 seed: int = 0, batch_size: int = 64, device: str = "cpu", skip_bad_lines: bool = False,
+                 onnx_dir: str | os.PathLike | None = None, progress: bool = True,
+                 warn=lambda message: print(f"warning: {message}", file=sys.stderr)) -> RunEvaluation:
+    """Translate a split of translation run ``run_dir``'s data (or all pairs of ``data``) and
+    score it; ``limit`` samples that many English sources (``seed``) across it; ``onnx_dir``
+    translates with that ONNX export of the run in ONNX Runtime. Writes
+    ``run_dir/eval/NAME-DECODING.tsv`` and ``.json``."""
+    from zoo.errors import DataError
+    from zoo.training.config import TrainConfig
+    from zoo.training.resume import data_source
+    from zoo.translation.data import group_references, read_pairs, sample_sources, split_pairs
+    from zoo.translation.search import load_translator
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir)
+    if config.task != "translation":
+        raise DataError(f"{run_dir} is a {config.task} run; this scores translation runs")
+    translator = load_translator(onnx_dir, "onnxruntime", device) if onnx_dir else load_translator(run_dir, "torch", device)
+    if data is not None:
+        data = Path(data)
+        chosen, name, split, where = read_pairs(data, skip_bad_lines, warn), data.stem, None, str(data)
+    else:
+        pairs = read_pairs(config.data, config.skip_bad_lines or skip_bad_lines, warn)
+        chosen = split_pairs(pairs, config.validation_fraction, config.test_fraction, config.split_seed)[split]
+        name, where = split, f"the {split} split of {config.data}"
+    sources, references = group_references(chosen)
+    if not sources:
+        raise DataError(f"{where} is empty; evaluate another split or give --data FILE")
+    total = len(sources)
+    if limit:
+        sources, references = sample_sources(sources, references, limit, seed)
+    result, hypotheses = evaluate(translator, sources, references, name,
+                                  data=data_source(str(data)) if data is not None else config.data, split=split,
+                                  limit=limit, seed=seed if limit else None, beam=beam, alpha=alpha,
+                                  batch_size=batch_size, progress=progress)
+    if onnx_dir:
+        result = replace(result, decoding=f"{result.decoding}-onnx-{Path(onnx_dir).resolve().name}")
+    tsv, path = write_evaluation(run_dir / "eval", result, sources, hypotheses, references)
+    return RunEvaluation(result, where, total, list(sources), hypotheses, [list(r) for r in references], path, tsv)
