@@ -104,6 +104,14 @@ def test_evaluation_equals_cross_entropy_computed_independently(tmp_path):
         zoo.evaluate(run, beam=4)
 
 
+def test_train_profile_works_for_a_decoder(tmp_path):
+    data = write_text(tmp_path / "input.txt", lines=60)
+    result = CliRunner().invoke(cli, ["train", "baby-gpt-cpu", "--data", str(data), *TINY, *FAST, "--profile",
+                                      "--profile-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "(language-modelling)" in result.output and "tokens/s, MFU" in result.output and "aten::" in result.output
+
+
 def test_windows_predict_every_token_once_and_a_limit_spreads_them():
     for n, length in ((100, 16), (97, 16), (17, 16), (2, 16)):
         predicted = [t for start, size in windows(n, length) for t in range(start + 1, start + size + 1)]

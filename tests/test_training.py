@@ -215,27 +215,31 @@ def test_checkpoint_averaging_never_publishes_a_mean_that_validates_worse(tmp_pa
     assert records(run, "validation")[-1]["averaged_steps"] == [12, 14, 16]  # the mean was tried and logged
 
 
-def test_mfu_is_logged_and_train_profile_compares_the_loop_before_and_after(tmp_path):
+def test_mfu_is_logged_and_train_profile_shows_where_the_step_goes(tmp_path, monkeypatch):
+    import tempfile
+
     data = write_tsv(tmp_path / "pairs.tsv")
     run = tmp_path / "run"
     train(tiny_config(data, max_steps=4), run, progress=False)
     start = records(run, "start")[0]
     assert start["flops_per_token"] > 0 and start["dtype"] in ("float32", "bfloat16")
     assert all(0 < r["mfu"] < 1 for r in records(run, "train"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the throw-away run goes
     out = tmp_path / "profile.json"
     result = CliRunner().invoke(cli, ["train", "transformer-en-it-small", "--data", str(data), *TINY_MODEL,
                                       "--vocab-size", "120", "--batch-tokens", "256", "--profile",
-                                      "--profile-steps", "2", "--json", str(out)])
+                                      "--profile-steps", "3", "--json", str(out)])
     assert result.exit_code == 0, result.output
     profile = json.loads(out.read_text(encoding="utf-8"))
-    names = [s["name"] for s in profile["stages"]]
-    assert names[0].startswith("before:") and names[-1] == "+ dropout 0, the model's recipe (the defaults)"
-    assert "+ 256-token batches" in names and "+ zoo's dropout mask" in names
-    assert profile["stages"][0]["speedup"] == 1.0 and all(s["tokens_per_second"] > 0 for s in profile["stages"])
-    assert all(0 < s["training_loss"] < 20 for s in profile["stages"])
-    assert set(profile["operators"]) == {names[0], names[-1]}
-    assert "MFU" in result.output and "where a step's time goes" in result.output
-    assert not (tmp_path / "run2").exists()
+    assert profile["task"] == "translation" and profile["steps"] == 3 and profile["tokens_per_second"] > 0
+    assert 0 < profile["mfu"] < 1 and 0 < profile["training_loss"] < 20
+    operators = [o["operator"] for o in profile["operators"]]
+    assert {"aten::mm", "aten::addmm"} & set(operators)  # the matmuls are among the step's largest
+    assert 0.5 < sum(o["self_cpu_share"] for o in profile["operators"]) <= 1.0001
+    assert "Self CPU" in result.output and "aten::" in result.output  # PyTorch's own table
+    assert not list(scratch.iterdir())  # nothing left of the throw-away run
 
 
 def test_optimisation_options_reach_the_optimizer_the_clipping_and_the_loss(tmp_path, monkeypatch):

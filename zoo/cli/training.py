@@ -95,10 +95,10 @@ from zoo.translation.decoding import DEFAULT_BEAM, DEFAULT_LENGTH_PENALTY
 @click.option("--plan", "plan_processes", type=click.IntRange(min=1), default=None, metavar="PROCESSES",
               help="Train nothing: print the memory one process needs (weights, gradients, optimizer state, "
                    "activations) with ddp and fsdp over PROCESSES processes, and whether it fits this device.")
-@click.option("--profile", is_flag=True, help="Translators: train nothing; time the training step before and after each "
-              "measured speed-up, side by side on the same batches, with tokens/s, MFU and where the time goes.")
-@click.option("--profile-steps", type=click.IntRange(min=1), default=40, show_default=True,
-              help="Steps per stage and round for --profile.")
+@click.option("--profile", is_flag=True, help="Keep nothing: run a few training steps of these settings in a "
+              "temporary run under PyTorch's profiler and print tokens/s, MFU and where the step's time goes.")
+@click.option("--profile-steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Steps timed by --profile (after 3 to warm up).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --profile: also write the figures to this JSON file.")
 @click.pass_context
@@ -194,20 +194,17 @@ def _plan(model, overrides, data, resume, processes, settings, given) -> None:
 
 
 def _profile(model, overrides, data, resume, steps, json_out, settings, given) -> None:
-    """``zoo train --profile``: the step profile of a new translation run's settings (or of --resume RUN_DIR's)."""
+    """``zoo train --profile``: where a new run's training step spends its time (or --resume RUN_DIR's settings')."""
     import json
 
     from zoo.core.files import atomic_file
     from zoo.training.config import TrainConfig
+    from zoo.training.profile import profile_training, report_lines
     from zoo.training.run import settings_for
-    from zoo.translation.profile import profile_training, report_lines
 
     if resume is None and (model is None or data is None):
         raise click.UsageError("--profile needs MODEL and --data FILE (or --resume RUN_DIR for a run's settings)")
     config = TrainConfig.load(resume) if resume is not None else settings_for(model, data, dict(overrides), settings, given)
-    if config.task != "translation":
-        raise ZooError(f"--profile times translation's training step; {config.model} is a decoder "
-                       "(its tokens/s and MFU are on the progress bar and in metrics.jsonl)")
     result = profile_training(config, steps=steps, warn=lambda message: click.echo(f"warning: {message}", err=True))
     for line in report_lines(result):
         click.echo(line)

@@ -30,10 +30,8 @@ def keep_scale(x: torch.Tensor, p: float) -> torch.Tensor:
 class Dropout(nn.Dropout):
     """``nn.Dropout`` with the cheaper mask of :func:`keep_scale` when training on a CPU."""
 
-    cheap_mask = True  # False: nn.Dropout's mask (zoo train --profile measures both)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.cheap_mask and self.training and x.device.type == "cpu") or self.p == 0.0 or self.inplace:
+        if not (self.training and x.device.type == "cpu") or self.p == 0.0 or self.inplace:
             return super().forward(x)
         if self.p == 1.0:
             return x * 0.0

@@ -182,10 +182,10 @@ class LanguageModelling(Task):
     def batch(self, epoch: int, index: int, device: torch.device) -> torch.Tensor:
         return self.windows(epoch, index).to(device)
 
-    def loss(self, net: nn.Module, batch: torch.Tensor, blocked: bool) -> tuple[torch.Tensor, int]:
+    def loss(self, net: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, int]:
         logits = net(batch[:, :-1])  # (B, T, V)
         target = batch[:, 1:]
-        return smoothed_cross_entropy(logits, target, 0.0, -100, blocked), target.numel()
+        return smoothed_cross_entropy(logits, target, 0.0, -100), target.numel()
 
     def tokens(self, batch: torch.Tensor) -> int:
         return batch.shape[0] * (batch.shape[1] - 1)

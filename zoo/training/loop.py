@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from zoo.core.dropout import Dropout
 from zoo.core.files import TRAIN_CONFIG, atomic_directory
 from zoo.errors import DataError, ZooError
 from zoo.training.averaging import average, point_step, points, save_point
@@ -113,51 +112,21 @@ def parameter_digest(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- one step
 
 
-@dataclass(frozen=True)
-class Loop:
-    """How a step is carried out: choices that change its speed, not its arithmetic.
-
-    Measured with ``zoo train --profile`` (see :mod:`zoo.translation.profile`) on the
-    2-core CPU with AMX-bf16: the fused AdamW kernel instead of a Python loop over
-    parameters; the plain ("math") attention kernel, which beats the flash-attention
-    kernel's backward pass several times over on sentences of 5-20 tokens; zoo's dropout
-    mask (:mod:`zoo.core.dropout`) and the blocked cross-entropy
-    (:mod:`zoo.training.loss`). CUDA keeps PyTorch's kernels.
-    """
-
-    optimizer: str = "fused"  # fused | foreach | for-loop: the AdamW implementation
-    attention: str = "math"  # math | auto: scaled_dot_product_attention's kernel on a CPU
-    sync_every_step: bool = False  # read the loss back to the host after every step
-    dropout: str = "zoo"  # zoo | torch: whose dropout mask (the same distribution)
-    loss: str = "blocked"  # blocked | torch: how the cross-entropy is computed (the same value)
-
-
-# The loop before the measurement (zoo train --profile shows both)
-BEFORE = Loop(optimizer="for-loop", attention="auto", sync_every_step=True, dropout="torch", loss="torch")
-
-
-def use_loop(model: nn.Module, loop: Loop) -> nn.Module:
-    """Set the model's dropout layers to the mask ``loop`` asks for; returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, Dropout):
-            module.cheap_mask = loop.dropout == "zoo"
-    return model
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig, loop: Loop = Loop()) -> torch.optim.Optimizer:
-    """AdamW (β1 0.9, the config's β2 and ε), no weight decay on biases, norms and other vectors."""
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (β1 0.9, the config's β2 and ε), no weight decay on biases, norms and other vectors;
+    the fused kernel (1.18x a whole translation step over the for-loop, README)."""
     trained = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trained if p.dim() >= 2]
     no_decay = [p for p in trained if p.dim() < 2]
-    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[loop.optimizer]
     return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=config.lr, betas=(0.9, config.beta2), eps=config.eps, **kernel)
+                             lr=config.lr, betas=(0.9, config.beta2), eps=config.eps, fused=True)
 
 
-def attention_kernel(loop: Loop, device: torch.device) -> contextlib.AbstractContextManager:
-    """The scaled_dot_product_attention kernel ``loop`` asks for on this device."""
-    if loop.attention == "math" and device.type == "cpu":
+def attention_kernel(device: torch.device) -> contextlib.AbstractContextManager:
+    """scaled_dot_product_attention's plain ("math") kernel on a CPU: the flash kernel's backward
+    pass is several times slower on sentences of 5-20 tokens (README); CUDA picks its own."""
+    if device.type == "cpu":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel([SDPBackend.MATH])
@@ -165,24 +134,21 @@ def attention_kernel(loop: Loop, device: torch.device) -> contextlib.AbstractCon
 
 
 def train_step(net: nn.Module, model: nn.Module, task: Task, batch, optimizer: torch.optim.Optimizer, scaler,
-               autocast, config: TrainConfig, loop: Loop, lr: float) -> tuple[torch.Tensor, int]:
-    """One optimizer step on ``batch``; returns the task's summed loss (a detached tensor) and its term count."""
+               autocast, config: TrainConfig, lr: float) -> tuple[torch.Tensor, int]:
+    """One optimizer step on ``batch``; returns the task's summed loss (a detached tensor, read
+    back once per log line) and its term count."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    kernel = attention_kernel(loop, next(model.parameters()).device)
-    with kernel:  # the backward pass too: --checkpoint-activations computes blocks again there, with the same kernel
+    with attention_kernel(next(model.parameters()).device):  # the backward pass too (activation checkpointing)
         with autocast:
-            loss_sum, count = task.loss(net, batch, blocked=loop.loss == "blocked")
+            loss_sum, count = task.loss(net, batch)
         scaler.scale(loss_sum / count).backward()
     scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=loop.optimizer != "for-loop")
+    nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=True)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = loss_sum.detach()
-    if loop.sync_every_step:
-        loss_sum = torch.tensor(loss_sum.item())
-    return loss_sum, count
+    return loss_sum.detach(), count
 
 
 @dataclass
@@ -265,7 +231,7 @@ LATE = 0.75  # checkpoint averaging takes weight points from the last quarter of
 
 
 def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: bool = False, progress: bool = True,
-        on_step: Callable[[int], None] | None = None, loop: Loop = Loop()) -> dict:
+        on_step: Callable[[int], None] | None = None) -> dict:
     """Train ``task`` into ``run_dir`` (new, or continued from its newest training snapshot with ``resume``).
 
     Returns a summary (steps, tokens, seconds, tokens/s, MFU, the last validation). ``on_step``
@@ -274,7 +240,7 @@ def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: boo
     run_dir = Path(run_dir)
     dist = Distributed.start(task.config.device, group=task.config.strategy == "fsdp")
     try:
-        return Trainer(task, run_dir, dist, loop, progress, on_step).run(resume, force)
+        return Trainer(task, run_dir, dist, progress, on_step).run(resume, force)
     finally:
         dist.stop()
 
@@ -282,9 +248,9 @@ def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: boo
 class Trainer:
     """One session of a run: the state the steps, logs, snapshots and validations share."""
 
-    def __init__(self, task: Task, run_dir: Path, dist: Distributed, loop: Loop, progress: bool,
+    def __init__(self, task: Task, run_dir: Path, dist: Distributed, progress: bool,
                  on_step: Callable[[int], None] | None) -> None:
-        self.task, self.config, self.run_dir, self.dist, self.loop = task, task.config, run_dir, dist, loop
+        self.task, self.config, self.run_dir, self.dist = task, task.config, run_dir, dist
         self.show_progress, self.on_step = progress, on_step
         self.device = dist.device
         self.autocast, self.needs_scaling = autocast_for(self.config, self.device)
@@ -318,14 +284,14 @@ class Trainer:
     def set_up(self, resume: bool) -> None:
         config, device = self.config, self.device
         self.spec = self.task.open(self.run_dir, self.dist.rank, self.dist.world)
-        self.model = use_loop(self.weights.model(self.run_dir, device), self.loop)
+        self.model = self.weights.model(self.run_dir, device)
         if config.checkpoint_activations:
             from zoo.core.model import Stack
 
             for module in self.model.modules():
                 if isinstance(module, Stack):
                     module.checkpointing = True
-        self.optimizer = make_optimizer(self.model, config, self.loop)
+        self.optimizer = make_optimizer(self.model, config)
         # a frozen weight needs no gradient of its own: a LoRA step is the forward and the input gradients, 4 of 6
         flops = self.task.flops_per_token(self.spec) * (4 / 6 if self.weights.lora else 1)
         self.utilisation = measure_utilisation(flops, device, self.compute_dtype)
@@ -419,7 +385,7 @@ class Trainer:
         tick = time.perf_counter()
         lr = learning_rate(p.step + 1, self.config, self.progress_fraction())
         loss_sum, terms = train_step(self.net, self.model, self.task, batch, self.optimizer, self.scaler,
-                                     self.autocast, self.config, self.loop, lr)
+                                     self.autocast, self.config, lr)
         self.window["loss"] += loss_sum
         self.window["terms"] += terms
         self.window["tokens"] += self.task.tokens(batch)

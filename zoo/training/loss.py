@@ -10,7 +10,7 @@ logits' own dtype (bf16 under autocast) and forms the gradient directly, so the
 (tokens × vocabulary) logits never exist whole in float32 and each block stays in the
 CPU's cache. PyTorch's version makes six full passes over a float32 copy (the cast,
 log-softmax, the smoothing sum, and in the backward pass a zero fill, an add and the
-log-softmax gradient). ``zoo train --profile`` measures the two side by side.
+log-softmax gradient): the blocked version made a whole translation step 1.09x faster (README).
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         return out, None, None, None
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int,
-                           blocked: bool = True) -> torch.Tensor:
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float,
+                           ignore_index: int) -> torch.Tensor:
     """The summed loss over tokens whose target is not ``ignore_index``; logits (..., V), target (...).
 
-    ``blocked=False``, or logits off the CPU (CUDA has fused kernels), uses ``F.cross_entropy``."""
+    Blocked on a CPU; logits elsewhere (CUDA has fused kernels) use ``F.cross_entropy``."""
     logits, target = logits.flatten(0, -2), target.flatten()
-    if not blocked or logits.device.type != "cpu":
+    if logits.device.type != "cpu":
         return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, label_smoothing=smoothing,
                                reduction="sum")
     return SmoothedCrossEntropy.apply(logits, target, smoothing, ignore_index)

@@ -49,10 +49,9 @@ class Task:
         arguments, so a resumed run sees the batches the uninterrupted one would have."""
         raise NotImplementedError
 
-    def loss(self, net: nn.Module, batch: Any, blocked: bool) -> tuple[torch.Tensor, int]:
+    def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
         """The summed training loss of ``batch`` and the number of terms it sums (the step
-        minimises their mean). ``blocked``: zoo's blocked cross-entropy on the CPU
-        (:mod:`zoo.training.loss`) instead of ``F.cross_entropy``, the same value."""
+        minimises their mean); :func:`zoo.training.loss.smoothed_cross_entropy` computes it."""
         raise NotImplementedError
 
     def tokens(self, batch: Any) -> int:

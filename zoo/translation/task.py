@@ -27,11 +27,10 @@ from zoo.translation.train_config import TranslationConfig
 from zoo.translation.vocabulary import PAD_ID, Vocabulary
 
 
-def translation_loss(model: nn.Module, batch: Batch, smoothing: float, blocked: bool = True) -> torch.Tensor:
-    """Summed label-smoothed cross-entropy over the non-padding target tokens (``blocked``: see
-    :mod:`zoo.training.loss`; else ``F.cross_entropy``, the same value)."""
+def translation_loss(model: nn.Module, batch: Batch, smoothing: float) -> torch.Tensor:
+    """Summed label-smoothed cross-entropy over the non-padding target tokens (:mod:`zoo.training.loss`)."""
     logits = model(batch.src, batch.tgt_in, (batch.src != PAD_ID).long())  # (B, T, V)
-    return smoothed_cross_entropy(logits, batch.tgt_out, smoothing, PAD_ID, blocked)
+    return smoothed_cross_entropy(logits, batch.tgt_out, smoothing, PAD_ID)
 
 
 @dataclass
@@ -149,8 +148,8 @@ class TranslationTask(Task):
         batches = self.corpus.batches
         return batches.collate(batches.plan(epoch)[index]).to(device)
 
-    def loss(self, net: nn.Module, batch: Batch, blocked: bool) -> tuple[torch.Tensor, int]:
-        return translation_loss(net, batch, self.config.label_smoothing, blocked), batch.n_tgt_tokens
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+        return translation_loss(net, batch, self.config.label_smoothing), batch.n_tgt_tokens
 
     def tokens(self, batch: Batch) -> int:
         return batch.n_src_tokens + batch.n_tgt_tokens
