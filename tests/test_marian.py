@@ -17,7 +17,7 @@ from zoo.cli import cli
 from zoo.core.builder import build
 from zoo.core.spec import load_spec
 from zoo.errors import ZooError
-from zoo.hf.marian import marian_inexact, marian_table, stream_permutation, to_marian_model
+from zoo.hf.marian import marian_inexact, stream_permutation, to_marian_model
 from zoo.plugins.positional.sinusoidal import sinusoid_table
 from zoo.translation.search import greedy_search, load_translator
 from zoo.translation.train_config import TranslationConfig as TrainConfig
@@ -48,6 +48,17 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     result = run("export", tmp / "run", "--format", "hf", "-o", tmp / "hf")
     assert result.exit_code == 0, result.output
     return tmp / "run", tmp / "hf"
+
+
+def marian_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """The sinusoid table (n_positions, d_model) a transformers ``MarianMTModel`` holds once made:
+    the independent reference for the channel permutation."""
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(vocab_size=8, d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=1,
+                          decoder_attention_heads=1, encoder_ffn_dim=4, decoder_ffn_dim=4, pad_token_id=0,
+                          decoder_start_token_id=0, max_position_embeddings=n_positions)
+    return MarianMTModel(config).model.encoder.embed_positions.weight.detach()
 
 
 def test_the_stream_permutation_turns_the_zoo_sinusoid_table_into_marians():

@@ -66,7 +66,7 @@ def test_bad_jsonl_line_empty_file_and_missing_file_are_clear_errors(tmp_path):
 
 
 def test_opus_books_is_read_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # the test extra and zoo[opus] declare it
     import pyarrow.parquet as pq
 
     snapshot = tmp_path / "hub/datasets--Helsinki-NLP--opus_books/snapshots/abc123/en-it"

@@ -82,16 +82,6 @@ def stream_permutation(d_model: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])  # (d_model,)
 
 
-def marian_table(n_positions: int, d_model: int) -> torch.Tensor:
-    """The sinusoid table (n_positions, d_model) a transformers ``MarianMTModel`` holds once made."""
-    from transformers import MarianConfig, MarianMTModel
-
-    config = MarianConfig(vocab_size=8, d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=1,
-                          decoder_attention_heads=1, encoder_ffn_dim=4, decoder_ffn_dim=4, pad_token_id=0,
-                          decoder_start_token_id=0, max_position_embeddings=n_positions)
-    return MarianMTModel(config).model.encoder.embed_positions.weight.detach()
-
-
 # --------------------------------------------------------------------------- spec <-> config
 
 

@@ -122,7 +122,7 @@ def read_opus_books() -> list[SentencePair]:
         import pyarrow.ipc
         import pyarrow.parquet
     except ImportError:
-        raise DataError("reading opus_books from the cache needs pyarrow: pip install pyarrow") from None
+        raise DataError("reading opus_books from the cache needs pyarrow: pip install 'zoo[opus]' (or pyarrow)") from None
     pairs = []
     for file in parquet or arrow:
         if file.suffix == ".parquet":
