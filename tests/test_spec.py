@@ -5,7 +5,8 @@ import pytest
 import zoo
 from zoo.core.meta import assemble, count_parameters, parameter_table
 from zoo.errors import SpecError
-from zoo.core.spec import catalog, catalog_entries, catalog_files, load_spec
+from zoo.core.catalog import catalog, catalog_entries, catalog_files
+from zoo.core.spec import load_spec
 
 EXPECTED = {
     "gpt2": 124_439_808,

@@ -26,7 +26,7 @@ import importlib
 _API = {
     # specs and the model catalog
     "ModelSpec": "zoo.core.spec:ModelSpec",
-    "list_models": "zoo.core.spec:list_models",
+    "list_models": "zoo.core.catalog:list_models",
     "load_spec": "zoo.core.spec:load_spec",
     # building and loading
     "build": "zoo.core.builder:build",
@@ -46,7 +46,7 @@ _API = {
     "hookimpl": "zoo.core.hookspecs:hookimpl",
     "get_registry": "zoo.core.registry:get_registry",
     "NoOptions": "zoo.core.components:NoOptions",
-    "Range": "zoo.core.spec:Range",
+    "Range": "zoo.core.typed:Range",
     "PositionalScheme": "zoo.core.components:PositionalScheme",
     "Attention": "zoo.core.components:Attention",
     "Block": "zoo.core.components:Block",

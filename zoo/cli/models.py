@@ -23,7 +23,7 @@ def default_output(name: str) -> Path:
 @click.option("--parameters", is_flag=True, help="Add each model's parameter count (assembles each on the meta device, importing torch).")
 def list_cmd(parameters):
     """List the models in the catalog: registry.yaml, then the files in ZOO_CATALOG."""
-    from zoo.core.spec import catalog
+    from zoo.core.catalog import catalog
 
     entries = catalog()
     if not parameters:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from zoo.core.dropout import Dropout
-from zoo.core.spec import Range
+from zoo.core.typed import Range
 
 
 @dataclass

@@ -8,7 +8,7 @@ mistake is reported with its field path before anything is built.
 
 The models with names (``zoo list``) are the *model catalog*: ``registry.yaml`` plus
 any files named in ``ZOO_CATALOG``. Reading the catalog needs no plugins (no torch);
-only :func:`validate` consults the component registry.
+only :func:`parse_spec` consults the component registry.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,15 @@ from typing import Any
 
 import yaml
 
-from zoo.errors import SpecError
+from zoo.core.catalog import catalog_entries, read_yaml, resolve_extends, single_model
 from zoo.core.registry import get_registry
+from zoo.core.typed import build_dataclass, coerce
+from zoo.errors import SpecError
 
 COMPONENT_FIELDS = ("positional", "attention", "cross_attention", "block", "norm", "mlp")
 COMPONENT_KIND = {"cross_attention": "attention"}
 FAMILIES = ("decoder", "encoder-decoder")
 INIT_SCHEMES = ("gpt2", "xavier")
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # torch's shapes and positions are int64
 
 
 @dataclass(frozen=True)
@@ -105,208 +105,6 @@ class ModelSpec:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# --------------------------------------------------------------------------- typing
-
-
-@dataclass(frozen=True)
-class Range:
-    """A bound on a numeric option, declared with ``typing.Annotated`` and checked when a spec
-    is loaded, with the option's field path in the message::
-
-        d_ff: Annotated[int, Range(min=1)] | None = None
-        dropout: Annotated[float, Range(min=0, max=1, max_open=True)] = 0.0
-    """
-
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False  # the minimum itself is not allowed
-    max_open: bool = False
-
-    def check(self, value: Any, path: str) -> None:
-        if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
-            raise SpecError(f"{path}: {value!r} is too small; {self.describe()}")
-        if self.max is not None and (value > self.max or (self.max_open and value == self.max)):
-            raise SpecError(f"{path}: {value!r} is too large; {self.describe()}")
-
-    def describe(self) -> str:
-        low = "" if self.min is None else f"{'above' if self.min_open else 'at least'} {self.min:g}"
-        high = "" if self.max is None else f"{'below' if self.max_open else 'at most'} {self.max:g}"
-        return "it must be " + " and ".join(part for part in (low, high) if part)
-
-
-def _base(tp: Any) -> Any:
-    """``Annotated[int, Range(1)]`` -> ``int``."""
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
-
-
-def _type_name(tp: Any) -> str:
-    tp = _base(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against annotation ``tp`` (int, float, bool, str, dict, Optional, Literal)."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"typing": typing}, {})  # annotations are strings under `from __future__`
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        value = coerce(value, base, path)
-        for extra in extras:
-            if isinstance(extra, Range) and value is not None:
-                extra.check(value, path)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        specific = None  # the error of the arm of the value's own type (an int out of range) says more
-        for arg in typing.get_args(tp):
-            try:
-                return coerce(value, arg, path)
-            except SpecError as exc:
-                specific = exc if _base(arg) is type(value) or (_base(arg) is float and type(value) is int) else specific
-        raise specific or SpecError(f"{path}: {value!r} is not a {_type_name(tp)}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise SpecError(f"{path}: {value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise SpecError(f"{path}: expected null, got {value!r}")
-        return None
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{path}: {value!r} is not a bool (true or false)")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{path}: {value!r} is not an integer")
-        if not INT64_MIN <= value <= INT64_MAX:
-            bound = f"largest is 2**63 - 1 = {INT64_MAX}" if value > 0 else f"smallest is -2**63 = {INT64_MIN}"
-            raise SpecError(f"{path}: {value} does not fit in 64 bits, as tensor sizes and positions must; the {bound}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{path}: {value!r} is not a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{path}: {value!r} is not a string")
-        return value
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{path}: {value!r} is not a mapping")
-        return dict(value)
-    return value
-
-
-def build_dataclass(cls: type, data: dict, path: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, naming the field path of any error."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls, include_extras=True)  # keeps Annotated's Range
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SpecError(
-            f"{path}.{unknown[0]}: unknown field; valid fields are {', '.join(sorted(fields)) or 'none'}"
-        )
-    values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = coerce(data[name], hints[name], f"{path}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(f"{path}.{name}: required field is missing")
-    try:
-        return cls(**values)
-    except SpecError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"{path}: {exc}") from None
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{where}: invalid YAML: {problem}") from None
-
-
-CATALOG_VARIABLES = ("ZOO_CATALOG", "ZOO_REGISTRY")  # the second, the old spelling, is still read
-
-
-def catalog_files() -> list[Path]:
-    """The model catalog's files: the zoo's own ``registry.yaml``, then any in ``ZOO_CATALOG``
-    (or its old spelling ``ZOO_REGISTRY``: "registry" is the component registry's word)."""
-    files = [Path(__file__).parents[1] / "registry.yaml"]  # zoo/registry.yaml, a link to the top-level file
-    for variable in CATALOG_VARIABLES:
-        files += [Path(p) for p in os.environ.get(variable, "").split(os.pathsep) if p]
-    return files
-
-
-def catalog_entries() -> dict[str, tuple[dict, str]]:
-    """Every model in the catalog files, unvalidated: name → (raw mapping, source file)."""
-    models: dict[str, tuple[dict, str]] = {}
-    for path in catalog_files():
-        data = _read_yaml(path)
-        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-            raise SpecError(f"{path}: a model catalog file needs a top-level 'models:' mapping")
-        for name, body in data["models"].items():
-            if not isinstance(body, dict):
-                raise SpecError(f"{path}: models.{name}: expected a mapping of spec fields")
-            models[str(name)] = (body, str(path))
-    return models
-
-
-def list_models() -> list[str]:
-    """Names of every model in the catalog."""
-    return list(catalog_entries())
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A catalog model as ``zoo list`` shows it: read from YAML, ``extends:`` resolved, not validated."""
-
-    name: str
-    family: str
-    description: str
-
-
-def catalog() -> list[CatalogEntry]:
-    """The catalog's models with family and description, without loading any plugin."""
-    models = catalog_entries()
-
-    def inherited(body: dict, key: str) -> str:
-        seen: set[str] = set()
-        while key not in body and isinstance(body.get("extends"), str) and body["extends"] not in seen:
-            parent = body["extends"]
-            seen.add(parent)
-            if parent in models:
-                body = models[parent][0]
-            elif parent.endswith((".yaml", ".yml")):
-                body = _single_model(_read_yaml(Path(parent)), Path(parent))[0]
-            else:
-                break
-        return str(body.get(key) or "")
-
-    return [CatalogEntry(name, inherited(body, "family"), inherited(body, "description"))
-            for name, (body, _) in models.items()]
-
-
 # --------------------------------------------------------------------------- merging
 
 
@@ -348,39 +146,6 @@ def merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _resolve_extends(body: dict, where: str, seen: tuple[str, ...], models: dict) -> dict:
-    parent = body.get("extends")
-    if parent is None:
-        return dict(body)
-    if not isinstance(parent, str):
-        raise SpecError(f"{where}.extends: {parent!r} is not a model name or spec path")
-    if parent in seen:
-        chain = " -> ".join((*seen, parent))
-        raise SpecError(f"{where}.extends: cycle {chain}; remove one of the 'extends' links")
-    if parent in models:
-        parent_body, _ = models[parent]
-        parent_where = f"models.{parent}"
-    elif parent.endswith((".yaml", ".yml")):
-        parent_body, parent_where = _single_model(_read_yaml(Path(parent)), Path(parent))
-    else:
-        raise SpecError(f"{where}.extends: unknown model {parent!r}; choose one of: {', '.join(models)}")
-    resolved = _resolve_extends(parent_body, parent_where, (*seen, parent), models)
-    child = {k: v for k, v in body.items() if k != "extends"}
-    return merge(resolved, child)
-
-
-def _single_model(data: Any, path: Path) -> tuple[dict, str]:
-    if isinstance(data, dict) and isinstance(data.get("models"), dict):
-        models = data["models"]
-        if len(models) != 1:
-            raise SpecError(f"{path}: holds {len(models)} models ({', '.join(models)}); add it with ZOO_CATALOG and name one")
-        (name, body), = models.items()
-        return {"name": name, **body}, f"{path}: models.{name}"
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec file must be a mapping of spec fields")
-    return data, str(path)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -440,14 +205,24 @@ def _component(raw: Any, key: str, where: str, **context) -> Component:
 _TOP_FIELDS = {f.name: f for f in dataclasses.fields(ModelSpec)}
 
 
-def validate(raw: dict, where: str, name: str) -> ModelSpec:
-    """Turn a resolved mapping into a :class:`ModelSpec`, or raise :class:`SpecError`."""
+def parse_spec(raw: dict, where: str, name: str) -> ModelSpec:
+    """Turn a resolved mapping into a :class:`ModelSpec`, or raise :class:`SpecError` naming
+    the field path: the fields' types, the components, then the sizes and each component's own check."""
     raw = dict(raw)
     raw.pop("extends", None)
     raw.setdefault("name", name)
     unknown = sorted(set(raw) - set(_TOP_FIELDS))
     if unknown:
         raise SpecError(f"{where}.{unknown[0]}: unknown field; valid fields are {', '.join(sorted(_TOP_FIELDS))}")
+    values = {**_plain_fields(raw, where), **_components(raw, where)}
+    _check_sizes(values, where)
+    spec = ModelSpec(**values)
+    _check_components(spec, where)
+    return spec
+
+
+def _plain_fields(raw: dict, where: str) -> dict[str, Any]:
+    """The fields that are not components, checked against their annotations."""
     hints = typing.get_type_hints(ModelSpec)
     values: dict[str, Any] = {}
     for fname, f in _TOP_FIELDS.items():
@@ -457,13 +232,23 @@ def validate(raw: dict, where: str, name: str) -> ModelSpec:
             values[fname] = coerce(raw[fname], hints[fname], f"{where}.{fname}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(f"{where}.{fname}: required field is missing")
+    return values
+
+
+def _components(raw: dict, where: str) -> dict[str, Component]:
+    """Every component, named in the registry, with its options."""
+    values = {}
     for fname in ("positional", "attention", "block", "norm", "mlp"):
         if fname not in raw:
             raise SpecError(f"{where}.{fname}: required field is missing")
         values[fname] = _component(raw[fname], fname, where)
     if raw.get("cross_attention") is not None:
         values["cross_attention"] = _component(raw["cross_attention"], "cross_attention", where)
+    return values
 
+
+def _check_sizes(values: dict, where: str) -> None:
+    """What the fields must satisfy together: the family, positive sizes, heads dividing widths, token ids."""
     def bad(fname: str, message: str) -> SpecError:
         return SpecError(f"{where}.{fname}: {message}")
 
@@ -494,20 +279,19 @@ def validate(raw: dict, where: str, name: str) -> ModelSpec:
         token = values.get(fname)
         if token is not None and not 0 <= token < values["vocab_size"]:
             raise bad(fname, f"{token} is outside the vocabulary of {values['vocab_size']}")
-    spec = ModelSpec(**values)
-    # component-specific shape checks (e.g. rotary needs an even head size)
+
+
+def _check_components(spec: ModelSpec, where: str) -> None:
+    """Each component class's own ``check_spec`` (e.g. rotary needs an even head size)."""
     registry = get_registry()
     for fname in COMPONENT_FIELDS:
         component = getattr(spec, fname)
         if component is None:
             continue
-        cls = registry.get(COMPONENT_KIND.get(fname, fname), component.type)
-        check = getattr(cls, "check_spec", None)
-        if check is not None:
-            problem = check(spec, component.options)
-            if problem:
-                raise bad(fname, problem)
-    return spec
+        check = getattr(registry.get(COMPONENT_KIND.get(fname, fname), component.type), "check_spec", None)
+        problem = check(spec, component.options) if check is not None else None
+        if problem:
+            raise SpecError(f"{where}.{fname}: {problem}")
 
 
 def load_spec(name_or_path: str | os.PathLike | ModelSpec, overrides: dict[str, Any] | None = None) -> ModelSpec:
@@ -530,11 +314,11 @@ def load_spec(name_or_path: str | os.PathLike | ModelSpec, overrides: dict[str, 
             path = Path(key)
             if path.is_dir():
                 path = path / "spec.yaml"
-            body, where = _single_model(_read_yaml(path), path)
+            body, where = single_model(read_yaml(path), path)
             name = str(body.get("name") or path.stem)
         else:
             raise SpecError(f"unknown model {key!r}; choose one of: {', '.join(models)}, or give a spec file path")
-        body = _resolve_extends(body, where, (name,), models)
+        body = resolve_extends(body, where, (name,), models, merge)
     if overrides:
         body = merge(body, overrides_to_dict(overrides))
-    return validate(body, where, name)
+    return parse_spec(body, where, name)

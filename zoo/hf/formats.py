@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from zoo.core.model_dir import name_mismatch
-from zoo.core.spec import ModelSpec, list_models, load_spec, merge, overrides_to_dict, validate
+from zoo.core.catalog import list_models
+from zoo.core.spec import ModelSpec, load_spec, merge, overrides_to_dict, parse_spec
 from zoo.errors import WeightsError
 from zoo.hf.transforms import Same
 
@@ -202,7 +203,7 @@ class CheckpointFormat:
             values[key] = token if ok else None
         raw = merge(self.template, overrides_to_dict(values))
         raw["description"] = f"{self.architecture} read from {name}"
-        return validate(raw, name, name)
+        return parse_spec(raw, name, name)
 
     def hf_config(self, spec: ModelSpec, dtype: torch.dtype = torch.float32):
         """The transformers config of ``spec`` (which must pass :meth:`spec_problem`)."""

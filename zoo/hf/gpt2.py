@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from zoo.core.spec import ModelSpec, list_models, load_spec
+from zoo.core.catalog import list_models
+from zoo.core.spec import ModelSpec, load_spec
 from zoo.errors import WeightsError
 
 # --------------------------------------------------------------------------- name tables

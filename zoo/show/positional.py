@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from zoo.core.registry import get_plugin_manager, get_registry
-from zoo.core.spec import ModelSpec, load_spec, merge, overrides_to_dict, validate
+from zoo.core.spec import ModelSpec, load_spec, merge, overrides_to_dict, parse_spec
 from zoo.errors import PictureError, PluginError, ZooError
 from zoo.show.figures import docstring_summary, new_figure
 
@@ -53,7 +53,7 @@ def positional_spec(scheme: str, model: str | None = None, d_model: int | None =
     raw = {"family": "decoder", "vocab_size": 2, "context_length": length, "d_model": d_model, "n_layers": 1,
            "attention": {"type": "multi_head", "n_heads": n_heads}, "block": "pre_norm", "norm": "layer_norm",
            "mlp": "gelu"}
-    return validate(merge(raw, overrides_to_dict(changes)), "picture", scheme)
+    return parse_spec(merge(raw, overrides_to_dict(changes)), "picture", scheme)
 
 
 def fresh_scheme(spec: ModelSpec, seed: int = 0) -> nn.Module:
