@@ -77,10 +77,14 @@ def test_load_a_zoo_model_directory(hf_directory, tmp_path):
 
 def test_load_a_catalog_shaped_checkpoint_gets_the_catalog_spec(tmp_path):
     from zoo.hf.checkpoint import read_config
-    from zoo.hf.gpt2 import gpt2_spec
+    from zoo.plugins.checkpoints.gpt2 import GPT2
 
     GPT2Config().save_pretrained(tmp_path)  # GPT-2 small's config; no weights needed to name the spec
-    assert gpt2_spec(read_config(tmp_path), str(tmp_path)).name == "gpt2"
+    assert GPT2.spec_from_config(read_config(tmp_path), str(tmp_path)).name == "gpt2"
+    GPT2Config(n_layer=3, n_embd=64, n_head=4, activation_function="relu").save_pretrained(tmp_path)
+    read = GPT2.spec_from_config(read_config(tmp_path), str(tmp_path))  # no catalog model: the template, sized
+    assert (read.name, read.n_layers, read.d_model, read.mlp.type, read.mlp.options.d_ff) == \
+        (str(tmp_path), 3, 64, "relu", 256)
 
 
 def test_load_refuses_what_it_cannot_read(tmp_path):
@@ -106,7 +110,7 @@ def test_verify_returns_a_passing_report(tmp_path):
 def test_verify_refuses_a_model_gpt2_cannot_hold():
     spec = zoo.load_spec("gpt2", {"n_layers": 1, "d_model": 32, "attention.n_heads": 4, "mlp.d_ff": 64,
                                   "positional": "rotary"})
-    with pytest.raises(zoo.ZooError, match="cannot verify against hf: .* positional 'rotary'"):
+    with pytest.raises(zoo.ZooError, match="cannot verify against hf: .* positional.type 'rotary'"):
         zoo.verify(zoo.build(spec))
 
 

@@ -158,3 +158,23 @@ def test_tiny_run_on_cuda(tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["gpu"]
     assert all(value > 0 for _, value in numbers_in(report["ceilings"]))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "smollm2-135m", "qwen2.5-0.5b", "pythia-160m"])
+def test_the_bench_checkpoint_of_any_family_is_what_transformers_and_zoo_load_alike(tmp_path, name):
+    """zoo bench writes its Hugging Face twin through the family's checkpoint format: transformers'
+    own class loads it, and zoo's model from it gives the same logits."""
+    import zoo
+    from conftest import tiny_overrides
+    from zoo.bench.build import hf_model_class, write_hf_checkpoint
+    from zoo.hf.checkpoint import load_weights
+
+    spec = zoo.load_spec(name, tiny_overrides(name))
+    written = write_hf_checkpoint(spec, tmp_path / "hf", seed=1)
+    assert written == (tmp_path / "hf" / "model.safetensors").stat().st_size - \
+        int.from_bytes((tmp_path / "hf" / "model.safetensors").read_bytes()[:8], "little") - 8  # tensor bytes
+    hf = hf_model_class(spec).from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ours = load_weights(spec, str(tmp_path / "hf"))
+    ids = torch.randint(0, spec.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)

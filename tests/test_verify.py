@@ -71,8 +71,8 @@ def test_verify_reports_diverging_tokens_and_logits():
 def test_verify_refuses_a_spec_that_is_not_gpt2_shaped():
     result = run("verify", "gpt2", *set_args(SMALL), "--set", "positional=rotary")
     assert result.exit_code == 1
-    assert result.output.strip() == ("error: cannot verify against hf: gpt2 has positional 'rotary'; "
-                                     "a GPT-2 checkpoint needs 'learned'")
+    assert result.output.strip() == ("error: cannot verify against hf: gpt2 has positional.type 'rotary'; "
+                                     "a gpt2 checkpoint needs 'learned'")
 
 
 # --------------------------------------------------------------------------- the hf exporter
@@ -121,7 +121,7 @@ def test_fp16_export_loads_in_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--set", "positional=rotary"], "error: no Hugging Face GPT2LMHeadModel can hold this model: gpt2 has positional 'rotary'"),
+    (["--set", "positional=rotary"], "error: no Hugging Face GPT2LMHeadModel can hold this model: gpt2 has positional.type 'rotary'"),
     (["--opset", "17"], "error: --opset is not an option of --format hf: --opset is an ONNX setting"),
 ])
 def test_export_refusals_leave_nothing(tmp_path, extra, message):

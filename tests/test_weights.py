@@ -16,7 +16,6 @@ from zoo.errors import WeightsError
 from zoo.generation.sampling import generate
 from zoo.core.spec import load_spec
 from zoo.hf.checkpoint import load_weights
-from zoo.hf.gpt2 import gpt2_names
 
 # A tiny GPT-2; initializer_range 0.2 spreads the logits so greedy choices are never near-ties.
 TINY = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
@@ -162,8 +161,10 @@ def test_conv1d_weights_are_loaded_as_views_not_copies(tmp_path):
 def test_name_table_covers_every_hf_parameter():
     hf_model = GPT2LMHeadModel(GPT2Config(**TINY))
     spec = spec_for(hf_model)
-    theirs = {k.removeprefix("transformer.") for k in hf_model.state_dict() if k != "lm_head.weight"}
-    assert set(gpt2_names(spec)) == theirs
+    from zoo.plugins.checkpoints.gpt2 import GPT2
+
+    theirs = {k for k in hf_model.state_dict() if k != "lm_head.weight"}
+    assert {name for transform in GPT2.table(spec).values() for name in transform.sources()} == theirs
 
 
 # --------------------------------------------------------------------------- sources and the CLI
@@ -317,7 +318,7 @@ def test_non_gpt2_config_is_refused(tmp_path):
 
 def test_spec_that_is_not_gpt2_shaped_is_refused(tmp_path):
     hf_model = hf_checkpoint(tmp_path)
-    with pytest.raises(WeightsError, match="positional 'rotary'; a GPT-2 checkpoint needs 'learned'"):
+    with pytest.raises(WeightsError, match="positional.type 'rotary'; a gpt2 checkpoint needs 'learned'"):
         load_weights(spec_for(hf_model, positional="rotary"), str(tmp_path))
 
 

@@ -4,7 +4,7 @@
     GPT2LMHeadModel.from_pretrained("out/gpt2-hf")      # same logits as the zoo model
 
 Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (names and
-Conv1D layout of ``GPT2LMHeadModel``, through the table in :mod:`zoo.hf.gpt2`), the
+Conv1D layout of ``GPT2LMHeadModel``, through the ``gpt2`` checkpoint format's table), the
 GPT-2 tokenizer files and ``manifest.json``. Validation loads the directory back with
 both ``transformers`` and the zoo's loader and compares their logits; an fp32 export
 must also come back bit-identical.

@@ -1,46 +1,73 @@
-"""GPT-2 (``GPT2LMHeadModel``): learned positions, fused q/k/v, Conv1D weights stored [in, out].
+"""GPT-2 (``GPT2LMHeadModel``): learned positions, fused q/k/v with biases, LayerNorm, Conv1D
+weights stored [in, out] (``Transposed``), the tensors under ``transformer.`` (which old
+checkpoints leave off), and an ``lm_head`` only when untied."""
 
-The name table and config mapping are those of :mod:`zoo.hf.gpt2` (kept there for the
-catalog search and messages GPT-2 checkpoints have always had); this plugin states them
-as a checkpoint format like any other family's."""
-
-from zoo import CheckpointFormat
-from zoo.hf import gpt2
+from zoo import CheckpointFormat, ConfigField
 from zoo.hf.transforms import Same, Transposed
 
+PREFIX = "transformer."
+LAYER = PREFIX + "h.{i}."
 
-class GPT2Format(CheckpointFormat):
-    """GPT-2's config.json <-> spec comes from :mod:`zoo.hf.gpt2`; weights from the table."""
-
-    def spec_problem(self, spec):
-        return gpt2.gpt2_layout_problem(spec)
-
-    def check_config(self, config, spec, where):
-        gpt2.check_gpt2_config(config, spec, where)
-
-    def spec_from_config(self, config, name):
-        return gpt2.gpt2_spec(config, name)
-
-    def hf_config(self, spec, dtype=None):
-        return gpt2.gpt2_config(spec, *(() if dtype is None else (dtype,)))
+# zoo MLP type <-> config.json activation_function (and the other names transformers accepts for each)
+ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+ACTIVATION_NAMES = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
-def _weights() -> dict:
-    table = {}
-    for hf, ours in gpt2.GPT2_WEIGHT_MAP.items():
-        kind = Transposed if hf in gpt2.GPT2_TRANSPOSED else Same
-        table[ours.replace("{}", "{i}")] = kind(gpt2.HF_PREFIX + hf.replace("{}", "{i}"))
+def weights() -> dict:
+    """zoo parameter -> its GPT-2 tensor; the four projections are Conv1D, stored transposed."""
+    table = {"wte.weight": Same(PREFIX + "wte.weight"), "positional.weight": Same(PREFIX + "wpe.weight"),
+             "stack.ln_f.weight": Same(PREFIX + "ln_f.weight"), "stack.ln_f.bias": Same(PREFIX + "ln_f.bias")}
+    for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        conv1d = not part.startswith("ln_")
+        table[f"stack.h.{{i}}.{part}.weight"] = (Transposed if conv1d else Same)(f"{LAYER}{part}.weight")
+        table[f"stack.h.{{i}}.{part}.bias"] = Same(f"{LAYER}{part}.bias")
     return table
 
 
-GPT2 = GPT2Format(
+FIELDS = (
+    ConfigField("vocab_size", "vocab_size"),
+    ConfigField("n_positions", "context_length"),
+    ConfigField("n_embd", "d_model"),
+    ConfigField("n_layer", "n_layers"),
+    ConfigField("n_head", "attention.n_heads"),
+    ConfigField("n_inner", "mlp.d_ff", read=lambda c: c.n_inner or 4 * c.n_embd,
+                write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
+    ConfigField("activation_function", "mlp.type", read=lambda c: ACTIVATION_NAMES.get(c.activation_function,
+                                                                                        c.activation_function),
+                write=lambda s: ACTIVATIONS.get(s.mlp.type), to_spec=lambda name: {v: k for k, v in ACTIVATIONS.items()}
+                .get(name, name), accepts=tuple(ACTIVATIONS)),
+    ConfigField("layer_norm_epsilon", "norm.eps"),
+    ConfigField("tie_word_embeddings", "tie_embeddings"),
+    ConfigField("resid_pdrop", "dropout", checked=False),  # training settings: written, not compared
+    ConfigField("embd_pdrop", "dropout", checked=False),
+    ConfigField("attn_pdrop", "attention.dropout", checked=False),
+)
+
+TEMPLATE = {
+    "family": "decoder",
+    "vocab_size": 50257,
+    "context_length": 1024,
+    "d_model": 768,
+    "n_layers": 12,
+    "positional": {"type": "learned"},
+    "attention": {"type": "multi_head", "n_heads": 12, "n_kv_heads": None, "bias": True, "causal": None,
+                  "out_bias": None},
+    "block": {"type": "pre_norm"},
+    "norm": {"type": "layer_norm", "bias": True},
+    "mlp": {"type": "gelu_tanh", "bias": True},
+    "scale_embeddings": False,
+}
+
+GPT2 = CheckpointFormat(
     model_type="gpt2",
     architecture="GPT2LMHeadModel",
-    weights=_weights(),
-    template={},
-    fields=(),
-    head=Same(gpt2.GPT2_LM_HEAD),
-    ignored=tuple(gpt2.HF_PREFIX + p.replace("{}", "{i}") for p in gpt2.GPT2_IGNORED),
-    optional_prefix=gpt2.HF_PREFIX,
+    weights=weights(),
+    template=TEMPLATE,
+    fields=FIELDS,
+    fixed={"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False},
+    head=Same("lm_head.weight"),
+    ignored=(LAYER + "attn.bias", LAYER + "attn.masked_bias"),  # causal-mask buffers of old checkpoints
+    optional_prefix=PREFIX,
+    defaults={"tokenizer": "gpt2"},  # GPT-2's byte-level BPE, which zoo ships
     description="GPT-2: learned positions, Conv1D weights (GPT-2 small to XL)",
 )

@@ -33,36 +33,46 @@ STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
 def write_hf_checkpoint(spec: ModelSpec, directory: Path, seed: int = 0) -> int:
-    """Write random weights for ``spec`` as a Hugging Face GPT-2 directory (``config.json``
-    + ``model.safetensors``); return the bytes of tensor data.
+    """Write random weights for ``spec`` as a Hugging Face directory of its checkpoint family
+    (``config.json`` + ``model.safetensors``, through the family's :class:`zoo.CheckpointFormat`);
+    return the bytes of tensor data.
 
-    Tensors are drawn directly in the file's layout (Conv1D weights [in, out]): N(0, 0.02)
-    matrices, unit layer-norm scales, zero biases. Memory needed: one copy of the weights.
+    Tensors are drawn in the zoo's layout, one at a time, and stored in the family's (GPT-2's
+    Conv1D weights transposed, Llama's q/k/v split...): N(0, 0.02) matrices, unit norm scales,
+    zero biases. Memory needed: one copy of the weights.
     """
     from safetensors.torch import save_file
 
     from zoo.core.meta import assemble
-    from zoo.hf.gpt2 import GPT2_LM_HEAD, HF_PREFIX, gpt2_config, gpt2_layout_problem, gpt2_names
+    from zoo.hf.formats import format_for_spec, layout_problem
 
-    problem = gpt2_layout_problem(spec)
+    problem = layout_problem(spec)
     if problem:
         raise ZooError(f"cannot write a Hugging Face checkpoint to benchmark against: {problem}")
+    fmt = format_for_spec(spec)
     shapes = {name: tuple(t.shape) for name, t in assemble(spec).state_dict().items()}  # meta: no memory
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for hf_name, (zoo_name, transposed) in gpt2_names(spec).items():
-        shape = shapes[zoo_name][::-1] if transposed else shapes[zoo_name]
-        if hf_name.endswith(".bias"):
-            tensor = torch.zeros(shape)
-        elif ".ln_" in f".{hf_name}":
-            tensor = torch.ones(shape)
+    for zoo_name, transform in fmt.table(spec).items():
+        if zoo_name.endswith(".bias"):
+            tensor = torch.zeros(shapes[zoo_name])
+        elif ".ln_" in zoo_name:
+            tensor = torch.ones(shapes[zoo_name])
         else:
-            tensor = torch.empty(shape).normal_(std=0.02, generator=generator)
-        tensors[hf_name if hf_name == GPT2_LM_HEAD else HF_PREFIX + hf_name] = tensor
+            tensor = torch.empty(shapes[zoo_name]).normal_(std=0.02, generator=generator)
+        for name, stored in zip(transform.sources(), transform.to_hf(tensor, spec)):
+            tensors[name] = stored.contiguous()  # as a checkpoint file names them
     directory.mkdir(parents=True, exist_ok=True)
-    gpt2_config(spec).save_pretrained(directory)
+    fmt.hf_config(spec).save_pretrained(directory)
     save_file(tensors, str(directory / HF_SAFETENSORS), metadata={"format": "pt"})
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def hf_model_class(spec: ModelSpec):
+    """The transformers class of ``spec``'s checkpoint family (``GPT2LMHeadModel``, ``LlamaForCausalLM``...)."""
+    from zoo.hf.formats import format_for_spec
+
+    return format_for_spec(spec).hf_class()
 
 
 def measure_build(contender: str, directory: Path, spec_path: Path, threads: int, device: str,
@@ -139,17 +149,16 @@ def child(contender: str, directory: Path, spec_path: Path, device: str) -> dict
 
     spec = load_spec(spec_path)
     if contender == "zoo":
-        from transformers import GPT2Config  # noqa: F401 - the loader reads config.json with it; import before the clock, as for hf
-
+        hf_model_class(spec)  # transformers' config classes, imported before the clock, as for hf
         from zoo.hf.checkpoint import load_weights
 
         def build():
             return load_weights(spec, str(directory), device=device, dtype=torch.float32)
     else:
-        from transformers import GPT2LMHeadModel
+        model_class = hf_model_class(spec)
 
         def build():
-            return GPT2LMHeadModel.from_pretrained(directory, dtype=torch.float32).to(device).eval()
+            return model_class.from_pretrained(directory, dtype=torch.float32).to(device).eval()
 
     ids = torch.randint(0, spec.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)  # (1, 8)
     baseline = _status()

@@ -4,7 +4,7 @@
 ``onnxruntime`` is its ONNX export through :mod:`zoo.exporters.onnx.runtime`, driven by the same
 generate loop; ``onnxruntime-int8`` / ``onnxruntime-int4`` are the same export with
 weight-only quantized weights (``zoo export --quantize``); ``hf`` is
-``transformers.GPT2LMHeadModel`` with its own ``generate``. All load one GPT-2 checkpoint
+the checkpoint family's transformers model (``GPT2LMHeadModel`` for GPT-2) with its own ``generate``. All load one checkpoint
 in Hugging Face layout, so they compute the same thing (the quantized ones approximately).
 
 * Prefill: a prompt of B x 128 tokens into an empty cache, logits of the last position.
@@ -79,7 +79,8 @@ class ZooContender:
 
 
 class HFContender:
-    """``transformers.GPT2LMHeadModel``: its forward with ``logits_to_keep=1``, and ``generate``."""
+    """The transformers model of the checkpoint family (``GPT2LMHeadModel`` for GPT-2): its forward
+    with ``logits_to_keep=1``, and ``generate``."""
 
     name = "hf"
 
@@ -128,13 +129,13 @@ def kv_bytes_per_step(spec: ModelSpec, batch: int, keys: float, element_size: in
 def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threads: int, steps):
     """The runtimes to measure, the PyTorch model they share weights with, rows for the
     runtimes that cannot run, and the ONNX export rows (with torch-bf16's accuracy row)."""
-    from zoo.bench.build import write_hf_checkpoint
+    from zoo.bench.build import hf_model_class, write_hf_checkpoint
     from zoo.hf.checkpoint import load_weights
-    from zoo.hf.gpt2 import gpt2_layout_problem
+    from zoo.hf.formats import layout_problem
 
     device = options.device
     unavailable, contenders, exports = [], [], []
-    problem = gpt2_layout_problem(spec)
+    problem = layout_problem(spec)
     if problem is None:
         write_hf_checkpoint(spec, workdir / "hf", seed=options.seed)
         model = load_weights(spec, str(workdir / "hf"), device=device, dtype=torch.float32)
@@ -162,11 +163,9 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
     if "hf" in options.runtimes:
         if problem is not None:
             unavailable.append({"measure": "all", "runtime": "hf",
-                                "not_available": f"no Hugging Face GPT2LMHeadModel for this spec: {problem}"})
+                                "not_available": f"no Hugging Face model for this spec: {problem}"})
         else:
-            from transformers import GPT2LMHeadModel
-
-            hf = GPT2LMHeadModel.from_pretrained(workdir / "hf", dtype=torch.float32).to(device).eval()
+            hf = hf_model_class(spec).from_pretrained(workdir / "hf", dtype=torch.float32).to(device).eval()
             contenders.append(HFContender(hf))
     return contenders, unavailable, model, exports
 

@@ -41,18 +41,29 @@ class ConfigField:
 
     ``read(config)`` takes the value from a transformers config object (default: the
     attribute ``key``); ``write(spec)`` gives the value ``config.json`` needs (default:
-    the spec field at ``field``)."""
+    the spec field at ``field``); the two are compared when a checkpoint is read into a
+    spec, unless ``checked`` is False (a training setting such as dropout). ``to_spec``
+    turns a read value into the spec's (GPT-2's activation names, say; default: as it is),
+    and ``accepts`` lists the spec values the family can hold at all (default: any)."""
 
     key: str
     field: str
     read: Callable[[Any], Any] | None = None
     write: Callable[[ModelSpec], Any] | None = None
+    to_spec: Callable[[Any], Any] | None = None
+    accepts: tuple | None = None
+    checked: bool = True
 
     def from_config(self, config) -> Any:
         return self.read(config) if self.read else getattr(config, self.key, None)
 
     def from_spec(self, spec: ModelSpec) -> Any:
         return self.write(spec) if self.write else _spec_value(spec, self.field)
+
+    def spec_value(self, config) -> Any:
+        """The value a spec built from ``config`` gets."""
+        value = self.from_config(config)
+        return self.to_spec(value) if self.to_spec else value
 
 
 def rope_parameter(name: str, default: Any = None) -> Callable[[Any], Any]:
@@ -97,6 +108,7 @@ class CheckpointFormat:
     ignored: tuple[str, ...] = ()
     optional_prefix: str = ""
     renamed: dict[str, str] = field(default_factory=dict)  # checkpoint name -> the transformers module's, where they differ
+    defaults: dict = field(default_factory=dict)  # spec fields a spec read from config.json gets, unchecked (tokenizer)
     description: str = ""
 
     def __repr__(self) -> str:  # how ``zoo plugins`` names a format
@@ -157,20 +169,29 @@ class CheckpointFormat:
         for path, wanted in _template_fields(self.template):
             if path in sized:
                 continue
-            try:
-                value = _spec_value(spec, path)
-            except AttributeError:
-                value = None
+            value = _spec_value_or_none(spec, path)
             if not same_value(value, wanted):
                 return f"{spec.name} has {path} {value!r}; a {self.model_type} checkpoint needs {wanted!r}"
+        for f in self.fields:
+            value = _spec_value_or_none(spec, f.field)
+            if f.accepts is not None and value not in f.accepts:
+                return (f"{spec.name} has {f.field} {value!r}; a {self.model_type} checkpoint needs one of "
+                        f"{', '.join(map(str, f.accepts))}")
         return None
 
     def first_difference(self, parsed, spec: ModelSpec) -> tuple[ConfigField, Any, Any] | None:
         for f in self.fields:
+            if not f.checked:
+                continue
             theirs, ours = f.from_config(parsed), f.from_spec(spec)
             if not same_value(theirs, ours):
                 return f, theirs, ours
         return None
+
+    def fitting_models(self, parsed) -> list[str]:
+        """The catalog models a checkpoint (its parsed config) fits exactly."""
+        return [model for model in list_models()
+                if self.spec_problem(load_spec(model)) is None and self.first_difference(parsed, load_spec(model)) is None]
 
     def check_config(self, config: dict, spec: ModelSpec, where: str) -> None:
         """Raise :class:`WeightsError` naming the first ``config.json`` field that does not fit ``spec``."""
@@ -182,26 +203,27 @@ class CheckpointFormat:
         found = self.first_difference(parsed, spec)
         if found:
             f, theirs, ours = found
+            fits = self.fitting_models(parsed)
             raise WeightsError(f"{where}: {f.key} is {theirs!r} but {spec.name} has {f.field} {ours!r}; "
-                               "pick a model (or --set) that matches the checkpoint")
+                               + (f"this checkpoint fits {', '.join(fits)}" if fits else
+                                  "pick a model (or --set) that matches the checkpoint"))
 
     def spec_from_config(self, config: dict, name: str) -> ModelSpec:
         """The spec of a checkpoint from its ``config.json``: the catalog model it fits when
         there is one, else the family's template sized by the config and called ``name``."""
         parsed = self.parse_config(config, name)
         self.refuse_unsupported(config, parsed, name)
-        for model in list_models():
-            spec = load_spec(model)
-            if self.spec_problem(spec) is None and self.first_difference(parsed, spec) is None:
-                return spec
-        values = {f.field: f.from_config(parsed) for f in self.fields}
+        fits = self.fitting_models(parsed)
+        if fits:
+            return load_spec(fits[0])
+        values = {f.field: f.spec_value(parsed) for f in self.fields}
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token = getattr(parsed, key, None)
             if isinstance(token, list):
                 token = token[0] if token else None
             ok = isinstance(token, int) and 0 <= token < values["vocab_size"]
             values[key] = token if ok else None
-        raw = merge(self.template, overrides_to_dict(values))
+        raw = merge({**self.template, **self.defaults}, overrides_to_dict(values))
         raw["description"] = f"{self.architecture} read from {name}"
         return parse_spec(raw, name, name)
 
@@ -220,6 +242,13 @@ class CheckpointFormat:
         import transformers
 
         return getattr(transformers, self.architecture)
+
+
+def _spec_value_or_none(spec: ModelSpec, path: str) -> Any:
+    try:
+        return _spec_value(spec, path)
+    except AttributeError:
+        return None
 
 
 def _at_layer(transform, i: int | None):
