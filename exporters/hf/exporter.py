@@ -12,7 +12,6 @@ must also come back bit-identical.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from zoo.core.files import MANIFEST, WEIGHTS, sha256_file
+from zoo.core.files import WEIGHTS, write_manifest
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.core.spec import ModelSpec
 from zoo.hf.checkpoint import load_weights
@@ -70,10 +69,7 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype
         from zoo.exporters.hf.adapter import write_hf_adapter
 
         manifest["adapter"] = write_hf_adapter(Path(adapter_run), spec, out, validate=validate)
-    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                         for p in sorted(out.iterdir()) if p.is_file()}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def write_generation_config(config, out: Path) -> None:

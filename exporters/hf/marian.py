@@ -14,13 +14,12 @@ and the logits on a right-padded batch are within ``ATOL`` of the zoo model's.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from zoo.core.files import MANIFEST, sha256_file
+from zoo.core.files import write_manifest
 from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError, first_line
 from zoo.hf.marian import (marian_config, marian_inexact, marian_layout_problem, marian_tokenizer,
@@ -64,10 +63,7 @@ def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.
                 "inexact": marian_inexact(spec)}
     if validate:
         manifest["validation"] = validate_marian(model, spec, vocabulary, out, dtype)
-    manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                         for p in sorted(out.iterdir()) if p.is_file()}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def write_generation_config(spec: ModelSpec, out: Path) -> None:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoo.core.files import MANIFEST, SPEC, TOKENIZER_FILES, VALIDATION, sha256_file
+from zoo.core.files import SPEC, TOKENIZER_FILES, VALIDATION, write_manifest
 from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
@@ -292,18 +292,6 @@ def run_validation(model: nn.Module, out: Path) -> dict:
                           f"{worst.max_abs_diff:.2e} exceeds {worst.tolerance} ({worst.describe()}); "
                           "nothing was written")
     return report.summary()
-
-
-def write_manifest(out: Path, manifest: dict, files: bool = True) -> dict:
-    """Write ``manifest.json``; with ``files``, record every other file of the directory
-    with its size and sha256."""
-    if files:
-        manifest["files"] = {
-            str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST
-        }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
 
 
 def run_quantized_validation(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:

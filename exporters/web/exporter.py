@@ -52,7 +52,7 @@ import onnx
 import torch
 from torch import nn
 
-from zoo.core.files import MANIFEST, sha256_file
+from zoo.core.files import write_manifest
 from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError
 from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS,
@@ -121,10 +121,7 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
                 **({} if tokenizer else {"tokenizer_reason": no_tokenizer_reason(spec, tokenizer_dir)}),
                 "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__}}
     check_folder(out)
-    manifest["files"] = {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                         for p in sorted(out.rglob("*")) if p.is_file()}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return write_manifest(out, manifest)
 
 
 def client_graphs(work: Path, manifest: dict, spec: ModelSpec, quantized: bool) -> list[tuple[onnx.ModelProto, int]]:

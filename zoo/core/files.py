@@ -80,6 +80,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def write_manifest(directory: str | os.PathLike, manifest: dict, files: bool | tuple[str, ...] = True) -> dict:
+    """Write ``directory/manifest.json`` from ``manifest``, first recording under ``files`` the
+    size and sha256 of every other file in ``directory`` (``True``, subfolders included), of
+    the named ones (a tuple), or of none (``False``, any old record dropped); returns it."""
+    directory = Path(directory)
+    manifest.pop("files", None)
+    if files:
+        paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST) if files is True \
+            else [directory / name for name in files]
+        manifest["files"] = {str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                             for p in paths}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; rename it into place on success.

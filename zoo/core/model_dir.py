@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.core.files import HF_CONFIG, MANIFEST, SPEC, WEIGHTS, atomic_directory, read_json, sha256_file
+from zoo.core.files import HF_CONFIG, MANIFEST, SPEC, WEIGHTS, atomic_directory, read_json, write_manifest
 from zoo.core.spec import ModelSpec, load_spec
 from zoo.core.tensor_files import read_tensors
 from zoo.errors import WeightsError, ZooError, first_line
@@ -48,11 +47,9 @@ def write_model_files(model: nn.Module, spec: ModelSpec, out: Path, extra: dict 
         "model": spec.name,
         "parameters": sum(p.numel() for name, p in model.named_parameters() if ".lora_" not in name),
         "dtype": str(first.dtype).replace("torch.", ""),
-        "files": {WEIGHTS: {"sha256": sha256_file(out / WEIGHTS), "bytes": (out / WEIGHTS).stat().st_size}},
         **(extra or {}),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return write_manifest(out, manifest, files=(WEIGHTS,))
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | os.PathLike, overwrite: bool = False,

@@ -18,7 +18,6 @@ snapshots (write and restore), for the published weights and for whole-model sta
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.core.files import ADAPTER, BASE, MANIFEST, SPEC, WEIGHTS, read_json
+from zoo.core.files import ADAPTER, BASE, MANIFEST, SPEC, WEIGHTS, read_json, write_manifest
 from zoo.core.model_dir import load_model, state_dict_for_saving, write_model_files
 from zoo.core.spec import ModelSpec
 from zoo.errors import DataError
@@ -137,9 +136,8 @@ class LoRAWeights(FullWeights):
             os.replace(run_dir / name, base / name)
         shutil.copyfile(run_dir / SPEC, base / SPEC)
         manifest = read_json(base / MANIFEST)
-        manifest.pop("files", None)
         manifest["lora"] = self.record(merged=False)
-        (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_manifest(run_dir, manifest, files=False)
 
     def model(self, run_dir: Path, device: torch.device) -> nn.Module:
         from zoo.core.adapters import add_lora
@@ -189,8 +187,7 @@ class LoRAWeights(FullWeights):
             else:
                 manifest = read_json(run_dir / MANIFEST)
                 manifest.update(extra)
-                manifest.pop("files", None)
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+                write_manifest(tmp, manifest, files=False)
             old = run_dir / f".{ADAPTER}-old"
             shutil.rmtree(old, ignore_errors=True)
             if (run_dir / ADAPTER).exists():
