@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from zoo.cli import cli
 from zoo.core.builder import build
 from zoo.core.spec import load_spec
 from zoo.errors import ZooError
-from zoo.hf.marian import marian_inexact, stream_permutation, to_marian_model
+from zoo.exporters.hf.marian import marian as marian_format, marian_inexact
+from zoo.hf.formats import to_hf_model
+from zoo.plugins.checkpoints.marian import stream_order
 from zoo.plugins.positional.sinusoidal import sinusoid_table
 from zoo.translation.search import greedy_search, load_translator
 from zoo.translation.train_config import TranslationConfig as TrainConfig
@@ -63,7 +66,7 @@ def marian_table(n_positions: int, d_model: int) -> torch.Tensor:
 
 def test_the_stream_permutation_turns_the_zoo_sinusoid_table_into_marians():
     for d_model in (2, 8, 32, 256):
-        perm = stream_permutation(d_model)
+        perm = stream_order(SimpleNamespace(d_model=d_model))
         assert sorted(perm.tolist()) == list(range(d_model))  # a permutation of the channels
         ours = sinusoid_table(torch.arange(64), d_model)  # (64, d): sin, cos interleaved
         torch.testing.assert_close(ours[:, perm], marian_table(64, d_model), atol=2e-5, rtol=0)
@@ -79,7 +82,7 @@ def test_a_permuted_translator_gives_marians_logits(eps, tied):
                                                  "vocab_size": 50, "norm.eps": eps, "tie_embeddings": tied})
     assert bool(marian_inexact(spec)) == (eps != 1e-5)
     model = build(spec, seed=3).eval()
-    marian = to_marian_model(model)
+    marian = to_hf_model(model, marian_format())
     src = torch.randint(4, 50, (2, 9))
     src[1, 5:] = PAD_ID
     tgt = torch.randint(4, 50, (2, 6))
@@ -89,6 +92,35 @@ def test_a_permuted_translator_gives_marians_logits(eps, tied):
         ours = model(src, tgt, mask)
         theirs = marian(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
     torch.testing.assert_close(ours, theirs, atol=2e-5 if eps == 1e-5 else ATOL, rtol=0)
+
+
+def test_a_marian_directory_reads_back_into_a_zoo_translator(exported):
+    """The marian format both ways: zoo.load on the exported MarianMTModel directory gives a
+    translator (Marian's eps, 1e-5) with the run's weights and, within that eps, its logits."""
+    run_dir, hf_dir = exported
+    ours, read = zoo.load(run_dir), zoo.load(hf_dir)
+    assert read.spec.family == "encoder-decoder" and read.spec.norm.options.eps == 1e-5
+    assert read.spec.n_layers == ours.spec.n_layers and read.spec.block.type == "post_norm"
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(read.state_dict()[name], tensor), name  # the permutation undone exactly
+    src = torch.tensor([[5, 9, 14, 22, EOS_ID]])
+    tgt = torch.tensor([[BOS_ID, 7, 11]])
+    with torch.inference_mode():
+        torch.testing.assert_close(read(src, tgt), ours(src, tgt), atol=ATOL, rtol=0)
+
+
+def test_a_marian_checkpoint_with_a_logit_bias_is_refused(exported, tmp_path):
+    """final_logits_bias has no place in a zoo translator: read only when it is zero, never dropped."""
+    from safetensors.torch import load_file, save_file
+
+    _, hf_dir = exported
+    copy = tmp_path / "biased"
+    shutil.copytree(hf_dir, copy)
+    tensors = load_file(copy / "model.safetensors")
+    tensors["final_logits_bias"] = torch.full_like(tensors["final_logits_bias"], 0.5)
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ZooError, match="final_logits_bias is not zero"):
+        zoo.load(copy)
 
 
 def hf_greedy(model, batch, steps: int) -> list[list[int]]:
@@ -166,8 +198,8 @@ def test_what_cannot_become_a_marian_model_is_refused_in_one_line(exported, tmp_
     shutil.copyfile(run_dir / "tokenizer.json", per_language / "tokenizer.target.json")
     cases = [
         (("export", per_language), "per-language vocabulary"),
-        (("export", "transformer-en-it-small", "--set", "block=pre_norm"), "block pre_norm"),
-        (("export", "transformer-en-it-small", "--set", "positional=rotary"), "positional rotary"),
+        (("export", "transformer-en-it-small", "--set", "block=pre_norm"), "block.type 'pre_norm'"),
+        (("export", "transformer-en-it-small", "--set", "positional=rotary"), "positional.type 'rotary'"),
         (("export", "transformer-en-it-small", "--set", "n_layers=1", "--set", "n_decoder_layers=1"),
          "vocabulary lives in its run directory"),
     ]

@@ -4,7 +4,7 @@
     pipeline("translation", model="out/en-it-hf")           # translates as zoo translate does
 
 Writes ``config.json``, ``generation_config.json`` and ``model.safetensors`` (through the
-table and channel permutation of :mod:`zoo.hf.marian`), the run's shared subword
+table and channel permutation of the ``marian`` checkpoint format), the run's shared subword
 vocabulary as ``tokenizer.json`` + ``tokenizer_config.json`` (``AutoTokenizer`` loads it),
 and ``manifest.json``. Validation loads the directory back with transformers, checks the
 weights it holds are the ones written, the tokenizer encodes as the zoo's vocabulary does,
@@ -22,8 +22,9 @@ from torch import nn
 from zoo.core.files import write_manifest
 from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError, first_line
-from zoo.hf.marian import (marian_config, marian_inexact, marian_layout_problem, marian_tokenizer,
-                           shared_vocabulary_problem, to_marian_model, to_marian_state_dict)
+from zoo.hf.formats import checkpoint_format, to_hf_model, to_hf_state_dict
+from zoo.hf.marian import marian_tokenizer, shared_vocabulary_problem
+from zoo.plugins.checkpoints.marian import MARIAN_EPS
 
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
 CHECK_SENTENCES = ("Tom sees the red cat.", "Where is the station? I don't know.")
@@ -38,7 +39,7 @@ def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.
     """
     from zoo.translation.vocabulary import Vocabulary
 
-    problem = marian_layout_problem(spec)
+    problem = marian().spec_problem(spec)
     if problem:
         raise ExportError(f"no Hugging Face MarianMTModel can hold this model: {problem}")
     if tokenizer_dir is None:
@@ -52,7 +53,7 @@ def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.
         raise ExportError(f"{tokenizer_dir}: its vocabulary has {vocabulary.size} tokens but {spec.name} has "
                           f"vocab_size {spec.vocab_size}; export the run directory the model was trained in")
 
-    to_marian_model(model, torch.float32).to(dtype).save_pretrained(out)
+    to_hf_model(model, marian()).to(dtype).save_pretrained(out)
     write_generation_config(spec, out)
     before = set(out.iterdir())
     marian_tokenizer(vocabulary.source, spec.context_length).save_pretrained(out)
@@ -66,11 +67,26 @@ def export_marian(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.
     return write_manifest(out, manifest)
 
 
+def marian():
+    """The registered ``marian`` checkpoint format."""
+    return checkpoint_format("marian", "the hf exporter")
+
+
+def marian_inexact(spec: ModelSpec) -> list[str]:
+    """What differs between the zoo model and its Marian export (empty: the export is exact)."""
+    import math
+
+    eps = spec.norm.options.eps
+    if math.isclose(eps, MARIAN_EPS, rel_tol=1e-9):
+        return []
+    return [f"layer norm eps {eps:g} (Marian's is fixed at {MARIAN_EPS:g})"]
+
+
 def write_generation_config(spec: ModelSpec, out: Path) -> None:
     """Greedy decoding that starts at ``<s>`` and stops at ``</s>``, as the zoo's greedy search does."""
     from transformers import GenerationConfig
 
-    config = marian_config(spec)
+    config = marian().hf_config(spec)
     GenerationConfig(decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
                      eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
                      max_length=spec.context_length, num_beams=1, do_sample=False).save_pretrained(out)
@@ -87,7 +103,7 @@ def validate_marian(model: nn.Module, spec: ModelSpec, vocabulary, out: Path, dt
         raise ExportError(f"transformers cannot load the export of {spec.name}: {first_line(exc)}") from None
     ours = copy.deepcopy(model).to("cpu", dtype).float().eval()  # the zoo model at the exported precision
     loaded = theirs.state_dict()
-    changed = [name for name, t in to_marian_state_dict(ours).items() if not torch.equal(loaded[name], t)]
+    changed = [name for name, t in to_hf_state_dict(ours, marian()).items() if not torch.equal(loaded[name], t)]
     if changed:
         raise ExportError(f"MarianMTModel does not load the export of {spec.name} as written ({', '.join(changed[:3])} "
                           "differ); nothing was written")

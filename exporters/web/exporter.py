@@ -200,14 +200,12 @@ def write_configs(spec: ModelSpec, out: Path, names: tuple, entries: dict) -> tu
     from transformers import GenerationConfig
 
     from zoo.hf.formats import format_for_spec, layout_problem
-    from zoo.hf.marian import marian_layout_problem
 
-    if spec.is_encoder_decoder:
-        stand_in = marian_layout_problem(spec) is not None
-        config = translator_config(spec)
+    stand_in = layout_problem(spec) is not None
+    if stand_in:
+        config = translator_config(spec) if spec.is_encoder_decoder else stand_in_config(spec)
     else:
-        stand_in = layout_problem(spec) is not None
-        config = stand_in_config(spec) if stand_in else format_for_spec(spec).hf_config(spec, torch.float32)
+        config = format_for_spec(spec).hf_config(spec, torch.float32)
     values = config.to_dict()
     external = {file: 1 for n in names for file, placed in entries[n]["files"].items() if placed["external_data"]}
     values["transformers.js_config"] = {"dtype": next(name for name in SMALLEST_FIRST if name in names),
@@ -225,21 +223,17 @@ def write_configs(spec: ModelSpec, out: Path, names: tuple, entries: dict) -> tu
 
 
 def translator_config(spec: ModelSpec):
-    """The ``MarianConfig`` of an encoder-decoder: exact when Marian holds the model, otherwise a
-    stand-in with its sizes (the clients take the cache shape and special tokens from it)."""
+    """A ``marian`` config with the sizes of an encoder-decoder Marian's layout does not hold
+    (the clients take the cache shape and special tokens from it)."""
     from transformers import MarianConfig
 
-    from zoo.hf.marian import marian_config, marian_layout_problem
-    from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID
-
-    if marian_layout_problem(spec) is None:
-        return marian_config(spec)
     d_ff = getattr(getattr(spec.mlp, "options", None), "d_ff", None) or 4 * spec.d_model
     return MarianConfig(vocab_size=spec.vocab_size, decoder_vocab_size=spec.vocab_size, d_model=spec.d_model,
                         encoder_layers=spec.n_layers, decoder_layers=spec.n_decoder_layers,
                         encoder_attention_heads=spec.n_heads, decoder_attention_heads=spec.n_heads,
                         encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, max_position_embeddings=spec.context_length,
-                        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID,
+                        pad_token_id=spec.pad_token_id, bos_token_id=spec.bos_token_id,
+                        eos_token_id=spec.eos_token_id, decoder_start_token_id=spec.bos_token_id,
                         forced_eos_token_id=None, tie_word_embeddings=spec.tie_embeddings,
                         architectures=["MarianMTModel"])
 

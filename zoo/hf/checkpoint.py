@@ -163,6 +163,10 @@ def load_hf_directory(spec: ModelSpec, directory: Path, device="cpu", dtype=torc
     model = assemble(spec)
     with CheckpointReader(directory) as reader:
         stored = plan(fmt, model, reader.shapes(), str(directory))
+        for name in fmt.zero:
+            if name in reader.shapes() and reader.get(name, torch.float32).any():
+                raise WeightsError(f"{directory}: {name} is not zero, and a zoo {spec.family} has no place for it; "
+                                   "this checkpoint cannot be read exactly")
         tensors = to_zoo_tensors(fmt, spec, lambda name: reader.get(stored[name], dtype),
                                  lambda t: t.to(device=device, dtype=dtype))
     return load_state(model, tensors, str(directory)).eval()

@@ -89,8 +89,8 @@ def _template_fields(template: dict):
 class CheckpointFormat:
     """A Hugging Face model family as the zoo reads and writes it.
 
-    ``weights``: zoo parameter pattern -> transform (``{i}`` the layer) for every weight
-    of the decoder; ``head``: the untied output head's transform; ``ignored``: Hugging
+    ``weights``: zoo parameter pattern -> transform (``{i}`` the layer, ``{j}`` a decoder
+    layer of an encoder-decoder; a function of the spec where the layout depends on it); ``head``: the untied output head's transform; ``ignored``: Hugging
     Face name patterns that are not weights (mask buffers); ``optional_prefix``: a prefix
     some checkpoints leave off (old GPT-2 files). ``template``: the spec fields every
     model of the family shares (its components); ``fields``: the ``config.json`` fields
@@ -109,6 +109,7 @@ class CheckpointFormat:
     optional_prefix: str = ""
     renamed: dict[str, str] = field(default_factory=dict)  # checkpoint name -> the transformers module's, where they differ
     defaults: dict = field(default_factory=dict)  # spec fields a spec read from config.json gets, unchecked (tokenizer)
+    zero: tuple[str, ...] = ()  # Hugging Face tensors the zoo has no place for, read only when all zero
     description: str = ""
 
     def __repr__(self) -> str:  # how ``zoo plugins`` names a format
@@ -117,12 +118,15 @@ class CheckpointFormat:
     # ------------------------------------------------------------------ weights
 
     def table(self, spec: ModelSpec) -> dict[str, Any]:
-        """Every zoo parameter name of ``spec`` -> its transform, layers expanded."""
+        """Every zoo parameter name of ``spec`` -> its transform, layers expanded (``{i}`` over
+        the layers, and for an encoder-decoder ``{j}`` over the decoder's)."""
         out = {}
         for ours, transform in self.weights.items():
-            layers = range(spec.n_layers) if "{i}" in ours else [None]
-            for i in layers:
-                out[ours.replace("{i}", str(i))] = _at_layer(transform, i)
+            if callable(transform) and not hasattr(transform, "sources"):
+                transform = transform(spec)  # an entry that depends on the spec (tied or not)
+            key = next((k for k in LAYER_KEYS if k in ours), None)
+            for i in range(LAYER_KEYS[key](spec)) if key else [None]:
+                out[ours.replace(key, str(i)) if key else ours] = _at_layer(transform, key, i)
         if not spec.tie_embeddings:
             out["lm_head.weight"] = self.head
         return out
@@ -130,7 +134,7 @@ class CheckpointFormat:
     def is_ignored(self, hf_name: str, spec: ModelSpec) -> bool:
         if spec.tie_embeddings and hf_name in self.head.sources():
             return True  # a tied checkpoint may keep a copy of the head
-        return any(_matches(pattern, hf_name) for pattern in self.ignored)
+        return any(_matches(pattern, hf_name) for pattern in (*self.ignored, *self.zero))
 
     # ------------------------------------------------------------------ config.json <-> spec
 
@@ -223,7 +227,7 @@ class CheckpointFormat:
                 token = token[0] if token else None
             ok = isinstance(token, int) and 0 <= token < values["vocab_size"]
             values[key] = token if ok else None
-        raw = merge({**self.template, **self.defaults}, overrides_to_dict(values))
+        raw = merge(merge(self.template, self.defaults), overrides_to_dict(values))
         raw["description"] = f"{self.architecture} read from {name}"
         return parse_spec(raw, name, name)
 
@@ -251,18 +255,29 @@ def _spec_value_or_none(spec: ModelSpec, path: str) -> Any:
         return None
 
 
-def _at_layer(transform, i: int | None):
-    if i is None:
+# a layer placeholder in a weight pattern -> how many layers it stands for
+LAYER_KEYS: dict[str, Callable[[ModelSpec], int]] = {"{i}": lambda spec: spec.n_layers,
+                                                     "{j}": lambda spec: spec.n_decoder_layers}
+
+
+def _at_layer(transform, key: str | None, i: int | None):
+    """``transform`` with its names' layer placeholder ``key`` set to ``i`` (wrappers included)."""
+    if key is None:
         return transform
+    if hasattr(transform, "inner"):
+        return replace(transform, inner=_at_layer(transform.inner, key, i))
     if hasattr(transform, "names"):
-        return replace(transform, names=tuple(n.replace("{i}", str(i)) for n in transform.names))
-    return replace(transform, name=transform.name.replace("{i}", str(i)))
+        return replace(transform, names=tuple(n.replace(key, str(i)) for n in transform.names))
+    return replace(transform, name=transform.name.replace(key, str(i)))
 
 
 def _matches(pattern: str, name: str) -> bool:
     import re
 
-    return re.fullmatch(re.escape(pattern).replace(r"\{i\}", r"\d+"), name) is not None
+    regex = re.escape(pattern)
+    for key in LAYER_KEYS:
+        regex = regex.replace(re.escape(key), r"\d+")
+    return re.fullmatch(regex, name) is not None
 
 
 # --------------------------------------------------------------------------- tensors both ways
@@ -322,19 +337,20 @@ def to_hf_state_dict(model: nn.Module, fmt: CheckpointFormat | None = None) -> d
     return out
 
 
-def to_hf_model(model: nn.Module):
-    """The transformers model of ``model``'s family holding its weights, in eval mode.
+def to_hf_model(model: nn.Module, fmt: CheckpointFormat | None = None):
+    """The transformers model of ``model``'s family (or ``fmt``'s) holding its weights, in eval mode.
 
     transformers' own ``from_pretrained(None, config=..., state_dict=...)`` builds it: on the
     meta device, taking the tensors as they are, with the buffers it computes (rotary
-    frequencies) made by transformers itself."""
-    fmt = format_for_spec(model.spec)
+    frequencies, Marian's position tables) made by transformers itself."""
+    fmt = fmt or format_for_spec(model.spec)
     dtype = model.token_table.weight.dtype
     tensors = {fmt.renamed.get(name, name): t for name, t in to_hf_state_dict(model, fmt).items()}
     config = fmt.hf_config(model.spec, dtype)
     hf_model, info = fmt.hf_class().from_pretrained(None, config=config, state_dict=tensors, dtype=dtype,
                                                     output_loading_info=True)
-    unset = [name for name in info["missing_keys"] if name not in getattr(hf_model, "all_tied_weights_keys", {})]
+    unset = [name for name in info["missing_keys"] if name not in getattr(hf_model, "all_tied_weights_keys", {})
+             and not fmt.is_ignored(name, model.spec)]
     if unset:
         raise WeightsError(f"{fmt.architecture} has parameters the {fmt.model_type} table does not fill: "
                            f"{', '.join(sorted(unset)[:3])}")

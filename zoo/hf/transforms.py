@@ -87,3 +87,47 @@ def halves(spec) -> tuple[int, int]:
     """Rows of SwiGLU's gate and up projections."""
     d_ff = spec.mlp.options.d_ff or 4 * spec.d_model
     return d_ff, d_ff
+
+
+@dataclass(frozen=True)
+class Permuted:
+    """Another transform's tensors with the model-width axis reordered: ``axis`` 1 for a layer
+    that reads the residual stream (weight columns), 0 for one that writes or normalises it
+    (weight rows, bias, gain). ``order(spec)`` gives the permutation: Hugging Face's channel
+    ``j`` holds the zoo's ``order[j]`` (Marian's sines-then-cosines, see the ``marian`` format)."""
+
+    inner: object
+    axis: int
+    order: Callable
+
+    def sources(self) -> tuple[str, ...]:
+        return self.inner.sources()
+
+    def to_zoo(self, tensors, spec):
+        inverse = torch.argsort(self.order(spec))
+        return self.inner.to_zoo([t.index_select(self.axis, inverse.to(t.device)) for t in tensors], spec)
+
+    def to_hf(self, tensor, spec):
+        order = self.order(spec)
+        return [t.index_select(self.axis, order.to(t.device)) for t in self.inner.to_hf(tensor, spec)]
+
+
+@dataclass(frozen=True)
+class Copies:
+    """One zoo tensor stored under several Hugging Face names, each a copy (Marian's shared
+    table and its encoder and decoder copies, written when the output layer is untied)."""
+
+    names: tuple[str, ...]
+
+    def sources(self) -> tuple[str, ...]:
+        return self.names
+
+    def to_zoo(self, tensors, spec):
+        from zoo.errors import WeightsError
+
+        if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+            raise WeightsError(f"{', '.join(self.names)} differ; the zoo keeps one table for them all")
+        return tensors[0]
+
+    def to_hf(self, tensor, spec):
+        return [tensor] * len(self.names)
