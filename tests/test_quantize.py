@@ -156,6 +156,24 @@ def test_bad_options_are_one_line(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_zoo_export_quantize_with_a_block_size_through_the_command_line(tmp_path):
+    """The options reach the quantizer: every weight matrix is a MatMulNBits of the asked bits and block."""
+    out = tmp_path / "q"
+    sets = [a for k, v in tiny_overrides("gpt2").items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(cli, ["export", "gpt2", *sets, "--kv-cache", "--quantize", "int4", "--block-size",
+                                      "16", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == "int4" and manifest["quantization"]["block_size"] == 16
+    assert manifest["validation"]["passed"]
+    graph = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) >= 4 * 2 + 1  # four per block, two blocks, the tied head
+    for node in nbits:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["bits"] == 4 and attributes["block_size"] == 16
+
+
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
 def test_weights_expanded_at_load_compute_what_matmulnbits_computes(exports, scheme, tmp_path):
     """The web's form of a quantized graph (expand_at_load: standard operators rebuild each fp32

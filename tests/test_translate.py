@@ -219,6 +219,16 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
         evaluated[label] = json.loads((run_dir / "eval" / ("test-greedy.json" if label == "torch" else
                                                             "test-greedy-onnx-onnx.json")).read_text(encoding="utf-8"))
     assert evaluated["onnx"]["single_reference"] == evaluated["torch"]["single_reference"]
+    quantized = tmp_path / "int8"  # zoo evaluate --onnx on a quantized export, through the command line
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--format", "onnx", "--kv-cache", "--quantize", "int8",
+                                      "-o", str(quantized)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--beam", "1", "--samples", "0", "--onnx",
+                                      str(quantized)])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((run_dir / "eval" / "test-greedy-onnx-int8.json").read_text(encoding="utf-8"))
+    assert scored["decoding"] == "greedy-onnx-int8" and scored["sources"] == evaluated["torch"]["sources"]
+    assert abs(scored["single_reference"]["chrf"] - evaluated["torch"]["single_reference"]["chrf"]) < 15
 
 
 def test_evaluate_limit_takes_a_seeded_sample_across_the_split(run_dir):
