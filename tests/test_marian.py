@@ -18,7 +18,8 @@ from zoo.cli import cli
 from zoo.core.builder import build
 from zoo.core.spec import load_spec
 from zoo.errors import ZooError
-from zoo.exporters.hf.marian import marian as marian_format, marian_inexact
+from zoo.exporters.hf.translator import marian_inexact
+from zoo.hf.formats import checkpoint_format
 from zoo.hf.formats import to_hf_model
 from zoo.plugins.checkpoints.marian import stream_order
 from zoo.plugins.positional.sinusoidal import sinusoid_table
@@ -82,7 +83,7 @@ def test_a_permuted_translator_gives_marians_logits(eps, tied):
                                                  "vocab_size": 50, "norm.eps": eps, "tie_embeddings": tied})
     assert bool(marian_inexact(spec)) == (eps != 1e-5)
     model = build(spec, seed=3).eval()
-    marian = to_hf_model(model, marian_format())
+    marian = to_hf_model(model, checkpoint_format("marian", "test"))
     src = torch.randint(4, 50, (2, 9))
     src[1, 5:] = PAD_ID
     tgt = torch.randint(4, 50, (2, 6))

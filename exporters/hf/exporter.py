@@ -43,10 +43,10 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype
     if adapter_run is not None and spec.is_encoder_decoder:
         raise ExportError("--adapter writes PEFT adapters for decoders only (Marian's layout permutes the translator's "
                           "projections); export the translator's merged weights: leave --adapter out")
-    if spec.is_encoder_decoder:  # a translator: MarianMTModel (exporters/hf/marian.py)
-        from zoo.exporters.hf.marian import export_marian
+    if spec.is_encoder_decoder:  # a translator, with its run's vocabulary (exporters/hf/translator.py)
+        from zoo.exporters.hf.translator import export_translator
 
-        return export_marian(model, spec, out, dtype=DTYPES[dtype], validate=validate, tokenizer_dir=tokenizer_dir)
+        return export_translator(model, spec, out, dtype=DTYPES[dtype], validate=validate, tokenizer_dir=tokenizer_dir)
     problem = layout_problem(spec)
     if problem:
         closest = closest_format(spec)

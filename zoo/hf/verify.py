@@ -19,7 +19,7 @@ from torch import nn
 from zoo.errors import ZooError
 from zoo.generation.sampling import generate
 from zoo.hf.checkpoint import hf_source_directory
-from zoo.hf.formats import checkpoint_format, format_for_spec, layout_problem, to_hf_model
+from zoo.hf.formats import format_for_spec, layout_problem, to_hf_model
 from zoo.hf.tokenizer import tokenizer_for
 
 PROMPTS = (
@@ -209,15 +209,15 @@ def verify_translator(model: nn.Module, run_dir: str | Path, prompts=TRANSLATION
     from zoo.translation.vocabulary import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
     spec = model.spec
-    marian = checkpoint_format("marian", "zoo verify")
-    problem = marian.spec_problem(spec) or shared_vocabulary_problem(Path(run_dir))
+    problem = layout_problem(spec) or shared_vocabulary_problem(Path(run_dir))
     if problem:
         raise ZooError(f"cannot verify against hf: {problem}")
     param = model.token_table.weight
     atol = atol if atol is not None else DEFAULT_ATOL.get(param.dtype, 1e-2)
+    fmt = format_for_spec(spec)
     report = ParityReport(spec.name, label or str(run_dir), str(param.dtype).removeprefix("torch."), atol,
-                          reference="MarianMTModel")
-    hf_model = to_hf_model(model, marian).to(param.device)
+                          reference=fmt.architecture)
+    hf_model = to_hf_model(model, fmt).to(param.device)
     tokenizer = marian_tokenizer(Vocabulary.load(run_dir).source, spec.context_length)
     batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(param.device)
     src, mask = batch.input_ids, batch.attention_mask  # (B, S), right padding
