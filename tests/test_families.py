@@ -249,11 +249,22 @@ def test_rope_scaling_is_refused_by_name(small, tmp_path):
     assert run("describe", small).exit_code == 0
 
 
-def test_a_wrong_layout_is_refused_before_reading(checkpoint):
+def test_a_wrong_layout_is_refused_before_reading(checkpoint, monkeypatch):
+    from zoo.hf import checkpoint as reading
+
+    directory = str(checkpoint("smollm2-135m"))
+    opened = []
+    monkeypatch.setattr(reading.CheckpointReader, "__enter__", lambda self: opened.append(self) or self)
     spec = zoo.load_spec("smollm2-135m", {"n_layers": 2, "vocab_size": 512, "bos_token_id": 0, "eos_token_id": 0,
                                           "mlp.type": "gelu"})
     with pytest.raises(WeightsError, match="a llama checkpoint needs 'swiglu'"):
-        zoo.load_weights(spec, str(checkpoint("smollm2-135m")))
+        zoo.load_weights(spec, directory)
+    assert not opened  # refused from config.json: the weights file was never opened
+    wide = zoo.load_spec("smollm2-135m", {"n_layers": 2, "vocab_size": 512, "bos_token_id": 0, "eos_token_id": 0,
+                                          "d_model": 96, "attention.n_heads": 3, "attention.n_kv_heads": 1})
+    with pytest.raises(WeightsError):
+        zoo.load_weights(wide, directory)  # the right layout, the wrong size: refused by config.json too
+    assert not opened
 
 
 def test_generate_uses_the_checkpoints_tokenizer_json(checkpoint):
