@@ -12,6 +12,7 @@ names and shapes before reading, convert tensors both ways, build a spec from
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -347,14 +348,29 @@ def to_hf_model(model: nn.Module, fmt: CheckpointFormat | None = None):
     dtype = model.token_table.weight.dtype
     tensors = {fmt.renamed.get(name, name): t for name, t in to_hf_state_dict(model, fmt).items()}
     config = fmt.hf_config(model.spec, dtype)
-    hf_model, info = fmt.hf_class().from_pretrained(None, config=config, state_dict=tensors, dtype=dtype,
-                                                    output_loading_info=True)
+    with quiet_transformers():  # no "Loading weights" bar for tensors already in memory
+        hf_model, info = fmt.hf_class().from_pretrained(None, config=config, state_dict=tensors, dtype=dtype,
+                                                        output_loading_info=True)
     unset = [name for name in info["missing_keys"] if name not in getattr(hf_model, "all_tied_weights_keys", {})
              and not fmt.is_ignored(name, model.spec)]
     if unset:
         raise WeightsError(f"{fmt.architecture} has parameters the {fmt.model_type} table does not fill: "
                            f"{', '.join(sorted(unset)[:3])}")
     return hf_model.eval()
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' progress bars off for the duration (its own switch), as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------- the registry
