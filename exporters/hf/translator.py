@@ -24,7 +24,7 @@ from zoo.core.files import write_manifest
 from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError, first_line
 from zoo.hf.formats import format_for_spec, layout_problem, to_hf_model, to_hf_state_dict
-from zoo.hf.marian import marian_tokenizer, shared_vocabulary_problem
+from zoo.hf.marian import save_marian_tokenizer, shared_vocabulary_problem
 from zoo.plugins.checkpoints.marian import MARIAN_EPS
 
 ATOL = 1e-4  # both sides run in fp32 on the exported weights
@@ -57,11 +57,9 @@ def export_translator(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: to
 
     to_hf_model(model, fmt).to(dtype).save_pretrained(out)
     write_generation_config(spec, out)
-    before = set(out.iterdir())
-    marian_tokenizer(vocabulary.source, spec.context_length).save_pretrained(out)
+    tokenizer = save_marian_tokenizer(vocabulary.source, spec.context_length, out)
     manifest = {"format": "hf", "model": spec.name, "dtype": "fp16" if dtype == torch.float16 else "fp32",
-                "architecture": fmt.architecture,
-                "tokenizer": sorted(p.name for p in set(out.iterdir()) - before),
+                "architecture": fmt.architecture, "tokenizer": tokenizer,
                 "channel_order": "zoo channels 0, 2, 4, ... then 1, 3, 5, ... (Marian's sines-then-cosines)",
                 "inexact": marian_inexact(spec) if fmt.model_type == "marian" else []}
     if validate:

@@ -44,7 +44,6 @@ with a line naming the operator and the way around it; nothing is written then.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from zoo.core.spec import ModelSpec
 from zoo.errors import ExportError
 from zoo.exporters.web.folder import (CONFIG, ONNX_DIR, SMALLEST_FIRST, TOKENIZER_FILES, VARIANTS,
                                      check_folder, parse_variants)
-from zoo.exporters.web.seq2seq import check_merged, encoder_for_clients, merged_decoder
+from zoo.exporters.web.seq2seq import check_merged, encoder_for_clients, merged_decoder, rename_dimensions
 
 PROTOBUF_LIMIT = 2 * 1024**3  # one .onnx file cannot hold more
 STAND_IN_TYPE = "llama"  # the generic decoder-only model_type of transformers.js and Optimum
@@ -86,7 +85,7 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
     names = parse_variants(variants)
     seq2seq = spec.is_encoder_decoder
     (out / ONNX_DIR).mkdir()
-    entries = {}
+    entries, inputs = {}, {}  # inputs: of each graph file of the first variant
     scratch = out / ".onnx-exports"  # inside the directory being written: a failure leaves nothing anywhere
     try:
         for name in names:
@@ -101,6 +100,8 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
             for file, (proto, expanded) in zip(variant.files(seq2seq), graphs):
                 entries[name]["files"][file] = {**place_graph(proto, out / ONNX_DIR / file),
                                                 **({"expanded_at_load": expanded} if variant.quantize else {})}
+                if name == names[0]:
+                    inputs[file] = [i.name for i in proto.graph.input]
             if seq2seq:
                 entries[name]["merge_check"] = check_merged(work, manifest, out / ONNX_DIR, variant.files(True),
                                                             spec.n_decoder_layers, spec.vocab_size)
@@ -109,9 +110,6 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
             if name == names[0]:
                 tokenizer = (write_translator_tokenizer(spec, tokenizer_dir, out) if seq2seq
                              else copy_tokenizer_files(work, out))
-                inputs = {file: [i.name for i in graph.input] for file, graph in
-                          ((f, onnx.load(str(out / ONNX_DIR / f), load_external_data=False).graph)
-                           for f in variant.files(seq2seq))}
             shutil.rmtree(work)  # one variant's export at a time on disk
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -164,15 +162,11 @@ def place_graph(proto: onnx.ModelProto, target: Path) -> dict:
 # zoo's dimension names -> Optimum's, which transformers.js resolves when it makes the empty cache
 # of the first step (an unknown name becomes 0: a cache of batch 0 that the graph cannot reshape).
 CLIENT_DIMENSIONS = {"batch": "batch_size", "sequence": "sequence_length", "past_sequence": "past_sequence_length"}
-_DIMENSION = re.compile(r"\b(batch|past_sequence|sequence)\b")
 
 
 def name_dimensions_as_clients_do(graph: onnx.GraphProto) -> None:
     """Rename the symbolic dimensions of ``graph`` (``batch`` → ``batch_size``, ...) in place."""
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param"):
-                dim.dim_param = _DIMENSION.sub(lambda m: CLIENT_DIMENSIONS[m.group(1)], dim.dim_param)
+    rename_dimensions(graph, CLIENT_DIMENSIONS)
 
 
 def refuse_missing_operators(proto: onnx.ModelProto, file: str) -> None:
@@ -240,14 +234,12 @@ def translator_config(spec: ModelSpec):
 
 def write_translator_tokenizer(spec: ModelSpec, run_dir: str | Path | None, out: Path) -> list[str]:
     """The run's shared vocabulary as a Hugging Face tokenizer (as the ``hf`` exporter writes it), or none."""
-    from zoo.hf.marian import marian_tokenizer, shared_vocabulary_problem
+    from zoo.hf.marian import save_marian_tokenizer, shared_vocabulary_problem
     from zoo.translation.vocabulary import Vocabulary
 
     if run_dir is None or shared_vocabulary_problem(Path(run_dir)):
         return []
-    before = set(out.iterdir())
-    marian_tokenizer(Vocabulary.load(run_dir).source, spec.context_length).save_pretrained(out)
-    return sorted(p.name for p in set(out.iterdir()) - before)
+    return save_marian_tokenizer(Vocabulary.load(run_dir).source, spec.context_length, out)
 
 
 def no_tokenizer_reason(spec: ModelSpec, tokenizer_dir: str | Path | None) -> str:

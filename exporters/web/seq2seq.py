@@ -41,6 +41,11 @@ DECODER_DIMENSIONS = {"batch": "batch_size", "sequence": "decoder_sequence_lengt
 PAST_ENCODER_LENGTH = "encoder_sequence_length_out"
 
 
+def slots(n_layers: int) -> list[tuple[int, str]]:
+    """(layer, ``key``/``value``) of every cache tensor, in the clients' order."""
+    return [(i, part) for i in range(n_layers) for part in ("key", "value")]
+
+
 def past(layer: int, side: str, part: str) -> str:
     return f"past_key_values.{layer}.{side}.{part}"
 
@@ -60,11 +65,10 @@ def merged_decoder(cross_kv: onnx.ModelProto, decoder: onnx.ModelProto, n_layers
     """One graph from zoo's ``cross_attention_kv`` and ``decoder`` graphs (see the module doc)."""
     graph = decoder.graph
     names = {"tgt_ids": "input_ids", "src_mask": "encoder_attention_mask"}
-    for i in range(n_layers):
-        for part in ("key", "value"):
-            names[f"past_key_values.{i}.{part}"] = past(i, "decoder", part)
-            names[f"present.{i}.{part}"] = present(i, "decoder", part)
-            names[f"memory_{part}_{i}"] = present(i, "encoder", part)
+    for i, part in slots(n_layers):
+        names[f"past_key_values.{i}.{part}"] = past(i, "decoder", part)
+        names[f"present.{i}.{part}"] = present(i, "decoder", part)
+        names[f"memory_{part}_{i}"] = present(i, "encoder", part)
     rename(graph, names)
     rename_dimensions(graph, DECODER_DIMENSIONS)
 
@@ -76,18 +80,17 @@ def merged_decoder(cross_kv: onnx.ModelProto, decoder: onnx.ModelProto, n_layers
 
     hoisted, branch_nodes, branch_outputs = cross_kv_branch(cross_kv, n_layers)
     reuse_nodes, reuse_outputs = [], []
-    for i in range(n_layers):
-        for part in ("key", "value"):
-            out = f"reuse/{i}.{part}"
-            reuse_nodes.append(helper.make_node("Identity", [past(i, "encoder", part)], [out], name=out))
-            reuse_outputs.append(helper.make_tensor_value_info(out, memory_type, None))
+    for i, part in slots(n_layers):
+        out = f"reuse/{i}.{part}"
+        reuse_nodes.append(helper.make_node("Identity", [past(i, "encoder", part)], [out], name=out))
+        reuse_outputs.append(helper.make_tensor_value_info(out, memory_type, None))
     choose = helper.make_node(
-        "If", [USE_CACHE_BRANCH], [present(i, "encoder", part) for i in range(n_layers) for part in ("key", "value")],
+        "If", [USE_CACHE_BRANCH], [present(i, "encoder", part) for i, part in slots(n_layers)],
         name="cross_attention_kv_or_past",
         then_branch=helper.make_graph(reuse_nodes, "past_cross_attention_kv", [], reuse_outputs),
         else_branch=helper.make_graph(branch_nodes, "compute_cross_attention_kv", [], branch_outputs))
 
-    pasts = [past(i, "decoder", part) for i in range(n_layers) for part in ("key", "value")]
+    pasts = [past(i, "decoder", part) for i, part in slots(n_layers)]
     used = {name: f"{name}/used" for name in pasts}
     for node in graph.node:
         node.input[:] = [used.get(n, n) for n in node.input]
@@ -97,11 +100,11 @@ def merged_decoder(cross_kv: onnx.ModelProto, decoder: onnx.ModelProto, n_layers
                                                 ["batch_size", "encoder_sequence_length", d_model])]
     new_inputs += [helper.make_tensor_value_info(past(i, "encoder", part), memory_type,
                                                  ["batch_size", kv_dims[1], PAST_ENCODER_LENGTH, kv_dims[3]])
-                   for i in range(n_layers) for part in ("key", "value")]
+                   for i, part in slots(n_layers)]
     new_inputs.append(helper.make_tensor_value_info(USE_CACHE_BRANCH, TensorProto.BOOL, [1]))
     encoder_outputs = [helper.make_tensor_value_info(present(i, "encoder", part), memory_type,
                                                      ["batch_size", kv_dims[1], "encoder_sequence_length", kv_dims[3]])
-                       for i in range(n_layers) for part in ("key", "value")]
+                       for i, part in slots(n_layers)]
     nodes = [*tgt_mask, *hoisted, choose, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -123,7 +126,6 @@ def cross_kv_branch(cross_kv: onnx.ModelProto, n_layers: int) -> tuple[list, lis
     """The ``cross_attention_kv`` graph's nodes as the ``If``'s else-branch, reading
     ``encoder_hidden_states`` from the outer graph: (nodes hoisted out, branch nodes, branch outputs)."""
     graph = cross_kv.graph
-    outputs = {f"memory_{part}_{i}" for i in range(n_layers) for part in ("key", "value")}
     names = {value: f"{BRANCH_PREFIX}{value}" for node in graph.node for value in node.output if value}
     names.update({t.name: f"{BRANCH_PREFIX}{t.name}" for t in graph.initializer})
     names["memory"] = "encoder_hidden_states"
@@ -133,13 +135,15 @@ def cross_kv_branch(cross_kv: onnx.ModelProto, n_layers: int) -> tuple[list, lis
     constant = {t.name for t in graph.initializer}
     hoisted, kept = [], []
     for node in graph.node:  # in topological order, as exported
-        if node.input and all(not name or name in constant for name in node.input) and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if node.input and all(not name or name in constant for name in node.input) and not subgraph:
             hoisted.append(node)
             constant.update(node.output)
         else:
             kept.append(node)
-    branch_outputs = [helper.make_tensor_value_info(names[name], v.type.tensor_type.elem_type, None)
-                      for name in sorted(outputs, key=output_order) for v in graph.output if v.name == names[name]]
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.output}
+    branch_outputs = [helper.make_tensor_value_info(names[f"memory_{part}_{i}"], types[names[f"memory_{part}_{i}"]],
+                                                    None) for i, part in slots(n_layers)]
     return hoisted, kept, branch_outputs
 
 
@@ -153,11 +157,6 @@ def client_order(name: str) -> tuple:
         return (2,)
     layer, side, part = re.fullmatch(r"(?:past_key_values|present)\.(\d+)\.(decoder|encoder)\.(key|value)", name).groups()
     return (1, int(layer), side == "encoder", part == "value")
-
-
-def output_order(name: str) -> tuple[int, int]:
-    part, layer = re.fullmatch(r"memory_(key|value)_(\d+)", name).groups()
-    return int(layer), part == "value"
 
 
 def past_if_cached(pasts: list[str], used: dict[str, str]) -> list:
@@ -201,6 +200,8 @@ def rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
 
 
 def rename_dimensions(graph: onnx.GraphProto, dimensions: dict[str, str]) -> None:
+    """Rename the symbolic dimensions of ``graph``'s inputs, outputs and value infos in place,
+    whole words only (``past_sequence + sequence``), longest names first."""
     pattern = re.compile(r"\b(" + "|".join(sorted(dimensions, key=len, reverse=True)) + r")\b")
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
@@ -237,21 +238,19 @@ def check_merged(work: Path, manifest: dict, onnx_dir: Path, files: tuple[str, s
     memory = graphs["encoder"].run(None, {"src_ids": src, "src_mask": src_mask})[0]
     memory_kv = dict(zip([o.name for o in graphs["cross_attention_kv"].get_outputs()],
                          graphs["cross_attention_kv"].run(None, {"memory": memory})))
-    ours, past_kv = [], {f"past_key_values.{i}.{part}": empty for i in range(n_layers) for part in ("key", "value")}
+    ours, past_kv = [], {f"past_key_values.{i}.{part}": empty for i, part in slots(n_layers)}
     for step, length in ((first, 3), (second, 4)):
         out = graphs["decoder"].run(None, {"tgt_ids": step, "tgt_mask": np.ones((2, length), np.int64),
                                            "src_mask": src_mask, **past_kv, **memory_kv})
         ours.append(out[0])
-        past_kv = {f"past_key_values.{i}.{part}": out[1 + 2 * i + (part == "value")]
-                   for i in range(n_layers) for part in ("key", "value")}
+        past_kv = {f"past_key_values.{i}.{part}": tensor for (i, part), tensor in zip(slots(n_layers), out[1:])}
 
     hidden = encoder.run(None, {"input_ids": src, "attention_mask": src_mask})[0]
     names = [o.name for o in decoder.get_outputs()]
 
     def client_steps(stand_in: np.ndarray) -> list[np.ndarray]:
         """The two steps as a client runs them, the first with ``stand_in`` for every past."""
-        logits, cache = [], {past(i, side, part): stand_in for i in range(n_layers) for side in ("decoder", "encoder")
-                             for part in ("key", "value")}
+        logits, cache = [], {past(i, side, part): stand_in for i, part in slots(n_layers) for side in ("decoder", "encoder")}
         for step, use_cache in ((first, False), (second, True)):
             out = dict(zip(names, decoder.run(None, {"input_ids": step, "encoder_hidden_states": hidden,
                                                      "encoder_attention_mask": src_mask, **cache,

@@ -3,14 +3,12 @@ weights stored [in, out] (``Transposed``), the tensors under ``transformer.`` (w
 checkpoints leave off), and an ``lm_head`` only when untied."""
 
 from zoo import CheckpointFormat, ConfigField
+from zoo.hf.formats import activation_field
 from zoo.hf.transforms import Same, Transposed
 
 PREFIX = "transformer."
 LAYER = PREFIX + "h.{i}."
 
-# zoo MLP type <-> config.json activation_function (and the other names transformers accepts for each)
-ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-ACTIVATION_NAMES = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 def weights() -> dict:
@@ -32,10 +30,7 @@ FIELDS = (
     ConfigField("n_head", "attention.n_heads"),
     ConfigField("n_inner", "mlp.d_ff", read=lambda c: c.n_inner or 4 * c.n_embd,
                 write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
-    ConfigField("activation_function", "mlp.type", read=lambda c: ACTIVATION_NAMES.get(c.activation_function,
-                                                                                        c.activation_function),
-                write=lambda s: ACTIVATIONS.get(s.mlp.type), to_spec=lambda name: {v: k for k, v in ACTIVATIONS.items()}
-                .get(name, name), accepts=tuple(ACTIVATIONS)),
+    activation_field(),
     ConfigField("layer_norm_epsilon", "norm.eps"),
     ConfigField("tie_word_embeddings", "tie_embeddings"),
     ConfigField("resid_pdrop", "dropout", checked=False),  # training settings: written, not compared

@@ -22,11 +22,10 @@ eps (the catalog translators use 1e-6) differs by it alone, which the hf exporte
 import torch
 
 from zoo import CheckpointFormat, ConfigField
+from zoo.hf.formats import activation_field
 from zoo.hf.transforms import Copies, Fused, Permuted, Same
 
 MARIAN_EPS = 1e-5
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new"}  # zoo MLP -> activation_function
-ACTIVATION_NAMES = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
 READS, WRITES = 1, 0  # the axis a layer's width sits on: weight columns, or rows (and biases, gains)
 
 
@@ -97,10 +96,7 @@ FIELDS = (
     ConfigField("decoder_attention_heads", "attention.n_heads"),
     ConfigField("encoder_ffn_dim", "mlp.d_ff", write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
     ConfigField("decoder_ffn_dim", "mlp.d_ff", write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
-    ConfigField("activation_function", "mlp.type",
-                read=lambda c: ACTIVATION_NAMES.get(c.activation_function, c.activation_function),
-                write=lambda s: ACTIVATIONS.get(s.mlp.type),
-                to_spec=lambda name: {v: k for k, v in ACTIVATIONS.items()}.get(name, name), accepts=tuple(ACTIVATIONS)),
+    activation_field(),
     ConfigField("scale_embedding", "scale_embeddings"),
     ConfigField("tie_word_embeddings", "tie_embeddings"),
     ConfigField("decoder_start_token_id", "bos_token_id", checked=False),  # the zoo's decoder starts at <s>

@@ -6,6 +6,7 @@ import os
 
 from torch import nn
 
+from zoo.core.components import ExportOption
 from zoo.errors import ExportError
 from zoo.core.files import atomic_directory
 from zoo.core.registry import get_registry
@@ -45,7 +46,7 @@ def export_options(fmt: str, spec: ModelSpec, options: dict) -> dict:
     names = {o.name for o in declared}
     for name in options:
         if name not in names and name not in COMMON_OPTIONS:
-            flag = "--" + name.replace("_", "-")
+            flag = ExportOption(name, "").flag
             hint = getattr(exporter, "hints", {}).get(name)
             elsewhere = [f for f in owners(name) if f != fmt]
             raise ExportError(f"{flag} is not an option of --format {fmt}: " + (

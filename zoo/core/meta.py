@@ -26,8 +26,8 @@ RANDOM_METHODS = frozenset(getattr(torch.Tensor, name) for name in (
     "uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_"))
 RANDOM_FACTORIES = frozenset((torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal, torch.bernoulli,
                               torch.multinomial, torch.rand_like, torch.randn_like, torch.randint_like))
-INIT_FUNCTIONS = RANDOM_INIT | frozenset(getattr(nn.init, name) for name in ("constant_", "ones_", "zeros_", "eye_",
-                                                                              "dirac_"))
+FIXED_INIT = frozenset(getattr(nn.init, name) for name in ("constant_", "ones_", "zeros_", "eye_", "dirac_"))
+INIT_FUNCTIONS = RANDOM_INIT | FIXED_INIT
 
 
 class InitMode(TorchFunctionMode):
@@ -58,7 +58,7 @@ class InitMode(TorchFunctionMode):
             tensor = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
             if isinstance(tensor, torch.Tensor) and tensor.is_meta:
                 return tensor
-            if self.seed is not None and func not in INIT_FUNCTIONS - RANDOM_INIT and kwargs.get("generator") is None:
+            if self.seed is not None and func not in FIXED_INIT and kwargs.get("generator") is None:
                 kwargs["generator"] = self.generator(tensor.device)
         elif func in RANDOM_FACTORIES and self.seed is not None and kwargs.get("generator") is None:
             like = next((a for a in args if isinstance(a, torch.Tensor)), None)

@@ -67,6 +67,25 @@ class ConfigField:
         return self.to_spec(value) if self.to_spec else value
 
 
+# zoo MLP type -> the activation name transformers' configs use for it (``ACT2FN``), and the other
+# names that mean the same function there
+HF_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+HF_ACTIVATION_ALIASES = {"gelu_pytorch_tanh": "gelu_new"}
+
+
+def activation_field(key: str = "activation_function") -> ConfigField:
+    """The ``config.json`` field naming the MLP's activation <-> the spec's ``mlp.type``
+    (GPT-2's and Marian's ``activation_function``), for the MLP types in :data:`HF_ACTIVATIONS`."""
+    to_zoo = {name: zoo for zoo, name in HF_ACTIVATIONS.items()}
+
+    def read(config) -> Any:
+        name = getattr(config, key, None)
+        return HF_ACTIVATION_ALIASES.get(name, name)
+
+    return ConfigField(key, "mlp.type", read=read, write=lambda spec: HF_ACTIVATIONS.get(spec.mlp.type),
+                       to_spec=lambda name: to_zoo.get(name, name), accepts=tuple(HF_ACTIVATIONS))
+
+
 def rope_parameter(name: str, default: Any = None) -> Callable[[Any], Any]:
     """A reader of one of transformers 5's ``rope_parameters`` (``rope_theta``, ``partial_rotary_factor``)."""
     return lambda config: (getattr(config, "rope_parameters", None) or {}).get(name, default)
@@ -195,8 +214,9 @@ class CheckpointFormat:
 
     def fitting_models(self, parsed) -> list[str]:
         """The catalog models a checkpoint (its parsed config) fits exactly."""
-        return [model for model in list_models()
-                if self.spec_problem(load_spec(model)) is None and self.first_difference(parsed, load_spec(model)) is None]
+        specs = {model: load_spec(model) for model in list_models()}
+        return [model for model, spec in specs.items()
+                if self.spec_problem(spec) is None and self.first_difference(parsed, spec) is None]
 
     def check_config(self, config: dict, spec: ModelSpec, where: str) -> None:
         """Raise :class:`WeightsError` naming the first ``config.json`` field that does not fit ``spec``."""

@@ -34,3 +34,10 @@ def marian_tokenizer(source, context_length: int):
                                    unk_token="<unk>", model_max_length=context_length, padding_side="right",
                                    model_input_names=["input_ids", "attention_mask"],
                                    clean_up_tokenization_spaces=False)
+
+
+def save_marian_tokenizer(source, context_length: int, out: Path) -> list[str]:
+    """Write :func:`marian_tokenizer` into ``out``; return the names of the files it wrote."""
+    before = set(out.iterdir())
+    marian_tokenizer(source, context_length).save_pretrained(out)
+    return sorted(p.name for p in set(out.iterdir()) - before)
