@@ -145,34 +145,47 @@ def test_settings_out_of_range_are_refused(model, kwargs, message):
 
 
 def test_prepare_for_decode_keeps_values_ties_and_training():
-    from zoo.generation.sampling import inference_linear
+    from zoo.generation.sampling import _packed, inference_linear
 
     net = zoo.build("gpt2", seed=1, **SMALL)
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.normal_(0, 0.1)  # GPT-2's init zeroes biases: give them values to get right
+    layer = net.stack.h[0].attn.c_attn
+    layer.weight.data = layer.weight.data.t().contiguous().t()  # stored [in, out], as a loaded Conv1D weight is
     ids = torch.randint(0, EOS, (2, 7))
     with torch.no_grad():
         before = net(ids)
     with_grad = net(ids).detach()
     prepare_for_decode(net)
     assert net.lm_head.weight is net.wte.weight
-    layer = net.stack.h[0].attn.c_attn
-    assert layer.weight.t().is_contiguous()  # stored [in, out]
+    assert layer.weight.is_contiguous()  # stored [out, in] again
     assert layer.forward.func is inference_linear and "forward" not in vars(torch.nn.Linear(2, 2))  # this layer only
+    assert layer not in _packed  # batch 1: no packed copies
     storage, forward = layer.weight.data_ptr(), layer.forward
     prepare_for_decode(net)  # already done: nothing moves
     assert layer.weight.data_ptr() == storage and layer.forward is forward
-    with torch.no_grad():  # several rows go to oneDNN: the same values up to rounding
+    with torch.no_grad():  # oneDNN: the same values up to rounding
         torch.testing.assert_close(net(ids), before, rtol=1e-5, atol=1e-5)
         x = torch.randn(3, 5, layer.in_features)
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    prepare_for_decode(net, batch=2)  # several rows: a packed copy of every weight, used by the layer
+    packed = _packed[layer][1]
+    assert packed.is_mkldnn and _packed[net.lm_head][1].is_mkldnn
+    with torch.no_grad():
+        torch.testing.assert_close(net(ids), before, rtol=1e-5, atol=1e-5)
     assert torch.equal(net(ids).detach(), with_grad)  # recording gradients: F.linear itself
     generate(net, ids, max_new_tokens=2)
     net.train()
     net(ids).sum().backward()  # weights touched by generate still train
     assert net.wte.weight.grad is not None
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # a training step changes the weight in place: its packed copy is stale
+        x = torch.randn(2, 1, layer.in_features)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    prepare_for_decode(net, batch=2)
+    assert _packed[layer][1] is not packed  # packed again from the new values
 
 
 # --------------------------------------------------------------------------- CLI

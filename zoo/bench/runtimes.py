@@ -61,12 +61,12 @@ class TokenClock:
 class ZooContender:
     """A model with :class:`zoo.core.model.DecoderLM`'s call protocol: PyTorch or ONNX Runtime."""
 
-    def __init__(self, name: str, model) -> None:
+    def __init__(self, name: str, model, batch: int = 1) -> None:
         from zoo.generation.sampling import prepare_for_decode
 
         self.name = name
         self.model = model
-        prepare_for_decode(model)  # as zoo.generate does: prefill is timed on the same layers as decode
+        prepare_for_decode(model, batch)  # as zoo.generate does for the largest batch: prefill is timed on the same layers
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         cache = self.model.new_cache(ids.shape[0], ids.shape[1])
@@ -148,9 +148,9 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
 
         bf16 = model_in_dtype(model, spec, torch.bfloat16)
         exports.append(accuracy_row(model, bf16, "torch-bf16", options.seed))
-        contenders.append(ZooContender("torch-bf16", bf16))
+        contenders.append(ZooContender("torch-bf16", bf16, max(options.batches)))
     if "torch" in options.runtimes:
-        contenders.append(ZooContender("torch", model))
+        contenders.append(ZooContender("torch", model, max(options.batches)))
     for name in [r for r in options.runtimes if r in ONNX_RUNTIMES]:
         steps(f"export to ONNX ({name})")
         try:
