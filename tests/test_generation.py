@@ -220,6 +220,33 @@ def test_cli_batch_of_prompts_same_with_and_without_cache():
     assert "Hello, my name is" in cached.stdout and "\n\nThe capital of France" in cached.stdout
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_cli_bfloat16_on_a_cpu_without_native_bf16_says_so_once_and_runs_float32(monkeypatch, native):
+    import importlib
+
+    import zoo.core.limits
+
+    monkeypatch.setattr(zoo.core.limits, "cpu_has_bf16", lambda: native)
+    command = importlib.import_module("zoo.cli.generate")
+    built = []
+    def model_from_args(*args, dtype, **kwargs):
+        built.append(dtype)
+        return build_model(*args, dtype=dtype, **kwargs)
+    build_model = command.model_from_args
+    monkeypatch.setattr(command, "model_from_args", model_from_args)
+    args = ["generate", "gpt2", "Once upon a time", *set_args(SMALL), "--max-new-tokens", 6, "--seed", 0]
+    fp32, bf16 = run(*args), run(*args, "--dtype", "bfloat16")
+    assert fp32.exit_code == 0 and bf16.exit_code == 0, bf16.output
+    notes = [line for line in bf16.stderr.splitlines() if "bfloat16" in line]
+    if native:
+        assert notes == [] and built == [torch.float32, torch.bfloat16]
+    else:
+        assert built == [torch.float32, torch.float32]
+        assert notes == ["note: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bfloat16 would run slower "
+                         "than float32; generating in float32"]
+        assert bf16.stdout == fp32.stdout  # float32 weights: the same tokens
+
+
 def test_cli_sampling_with_a_seed_repeats():
     args = ["generate", "gpt2", "It was a dark", *set_args(SMALL), "--max-new-tokens", 8, "--temperature", 0.9,
             "--top-k", 50, "--top-p", 0.9, "--seed", 5]

@@ -69,6 +69,13 @@ def generate(model, overrides, prompts, weights, max_new_tokens, temperature, to
         device = str(getattr(net, "device", None) or next(net.parameters()).device)  # cpu when ONNX Runtime's CUDA provider does not load (it says so)
     else:
         spec = load_spec_arg(model, overrides)
+        if dtype == "bfloat16" and device == "cpu":
+            from zoo.core.limits import cpu_has_bf16
+
+            if not cpu_has_bf16():
+                click.echo("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bfloat16 would run slower "
+                           "than float32; generating in float32", err=True)
+                dtype = "float32"
         net = model_from_args(spec, weights, seed=seed, device=device, dtype=getattr(torch, dtype))
         if not weights:
             click.echo(f"note: {spec.name} has random weights (seed {seed}); pass --weights hf for trained ones", err=True)

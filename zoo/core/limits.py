@@ -145,6 +145,14 @@ def check_fits(spec: ModelSpec, device: str | torch.device = "cpu", dtype: torch
 # --------------------------------------------------------------------------- wording
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def format_bytes(n: int) -> str:
     """``30064771072`` → ``28.0 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"):

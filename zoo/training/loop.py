@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from zoo.core.files import TRAIN_CONFIG, atomic_directory
+from zoo.core.limits import cpu_has_bf16
 from zoo.errors import DataError, ZooError
 from zoo.training.averaging import average, point_step, points, save_point
 from zoo.training.config import TrainConfig, parse_interval
@@ -73,14 +74,6 @@ def learning_rate(step: int, config: TrainConfig, progress: float = 0.0) -> floa
         return config.lr * warm
     floor = config.lr / 10
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels for this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def autocast_for(config: TrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
