@@ -136,8 +136,8 @@ def test_round_trip_is_bit_identical_both_ways(name, checkpoint, tmp_path):
     model = zoo.load(directory)  # no catalog entry has this shape: the spec comes from config.json
     assert model.spec.name == str(directory)
     out = tmp_path / "hf"
-    manifest = zoo.export(model, out, "hf")  # validated: the zoo reads it back bit-identical
-    assert manifest["validation"]["round_trip"] == "bit-identical"
+    manifest = zoo.export(model, out, "hf")  # verified: the zoo reads it back bit-identical
+    assert manifest["verification"]["round_trip"] == "bit-identical"
     original, exported = load_file(directory / "model.safetensors"), load_file(out / "model.safetensors")
     assert set(original) == set(exported)
     assert all(torch.equal(original[k], exported[k]) for k in original)
@@ -281,4 +281,4 @@ def test_export_a_directory_to_hf(tmp_path):
     result = run("export", directory, "--format", "hf", "-o", tmp_path / "hf")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "hf" / "manifest.json").read_text())
-    assert manifest["architecture"] == "GPTNeoXForCausalLM" and manifest["validation"]["round_trip"] == "bit-identical"
+    assert manifest["architecture"] == "GPTNeoXForCausalLM" and manifest["verification"]["round_trip"] == "bit-identical"

@@ -70,8 +70,8 @@ def test_decoder_pytorch_and_onnx_runtime_agree(causal_slopes, tmp_path, kv_cach
     seen = type(model.positional).seen
     seen.clear()
     manifest = export(model, tmp_path / "out", kv_cache=kv_cache)
-    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
-    assert set(seen) == {True}  # traced and validated with the stack's causal
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] < 1e-4
+    assert set(seen) == {True}  # traced and verified with the stack's causal
     lm = runtime.load(tmp_path / "out")
     ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -99,7 +99,7 @@ def test_encoder_decoder_pytorch_and_onnx_runtime_agree(causal_slopes, tmp_path,
 
     seen.clear()
     manifest = export(model, tmp_path / "out", kv_cache=kv_cache)
-    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] < 1e-4
     assert set(seen) == {False, decoder_causal}
     seq2seq = runtime.load(tmp_path / "out")
     with torch.inference_mode():

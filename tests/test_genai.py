@@ -191,6 +191,6 @@ def test_a_decoder_with_a_local_plugin_and_grouped_query_rotary_attention_runs_i
 
 def test_an_uncached_export_says_why_genai_is_not_configured(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
-    manifest = export(model, tmp_path / "plain", kv_cache=False, validate=False)
+    manifest = export(model, tmp_path / "plain", kv_cache=False, verify=False)
     assert manifest["genai"]["config"] is None and "--kv-cache" in manifest["genai"]["reason"]
     assert not (tmp_path / "plain" / "genai_config.json").exists()

@@ -134,7 +134,7 @@ def test_transformers_loads_the_export_and_translates_as_zoo_does(exported):
 
     run_dir, hf_dir = exported
     manifest = json.loads((hf_dir / "manifest.json").read_text())
-    assert manifest["architecture"] == "MarianMTModel" and manifest["validation"]["max_abs_diff"] <= ATOL
+    assert manifest["architecture"] == "MarianMTModel" and manifest["verification"]["max_abs_diff"] <= ATOL
     model = MarianMTModel.from_pretrained(hf_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     translator = load_translator(run_dir)
@@ -167,7 +167,7 @@ def test_an_fp16_export_loads_back_as_written(exported, tmp_path):
     result = run("export", run_dir, "--format", "hf", "--dtype", "fp16", "-o", tmp_path / "fp16")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "fp16" / "manifest.json").read_text())
-    assert manifest["dtype"] == "fp16" and manifest["validation"]["weights"] == "as written"
+    assert manifest["dtype"] == "fp16" and manifest["verification"]["weights"] == "as written"
     from transformers import MarianMTModel
 
     model = MarianMTModel.from_pretrained(tmp_path / "fp16").eval()  # transformers reads what was written

@@ -81,14 +81,14 @@ def greedy(model, prompt: torch.Tensor, steps: int, use_cache: bool) -> torch.Te
 
 @pytest.mark.parametrize("kv_cache", [False, True], ids=["plain", "kv-cache"])
 @pytest.mark.parametrize("name", TINY_FORMS, ids=["+".join(names) for names in TINY_FORMS.values()])
-def test_every_registered_model_exports_and_validates(exported, name, kv_cache):
+def test_every_registered_model_exports_and_verifies(exported, name, kv_cache):
     model, out = exported(name, kv_cache)
     manifest = json.loads((out / "manifest.json").read_text())
     spec = model.spec
     expected = ["encoder", *(["cross_attention_kv"] if kv_cache else []), "decoder"] if spec.is_encoder_decoder else ["decoder"]
     assert list(manifest["graphs"]) == expected
-    assert manifest["validation"]["passed"] and manifest["validation"]["case_count"] >= (8 if kv_cache else 4)
-    assert manifest["validation"]["max_abs_diff"] < 1e-4
+    assert manifest["verification"]["passed"] and manifest["verification"]["case_count"] >= (8 if kv_cache else 4)
+    assert manifest["verification"]["max_abs_diff"] < 1e-4
     assert manifest["opset"] == 23 and manifest["dtype"] == "fp32" and manifest["kv_cache"] is kv_cache
     assert manifest["attention_operator"].startswith("Attention (fused")
     for name_, entry in manifest["files"].items():  # every file, with its true hash
@@ -116,7 +116,7 @@ def test_every_registered_model_exports_and_validates(exported, name, kv_cache):
     assert zoo.load_spec(out / "spec.yaml") == spec
     if spec.tokenizer == "gpt2":
         assert {"vocab.json", "merges.txt"} <= set(manifest["tokenizer"])
-    report = json.loads((out / "validation.json").read_text())
+    report = json.loads((out / "verification.json").read_text())
     assert report["passed"] and {(c["batch"], c["sequence"]) for c in report["cases"]} >= {(1, 1), (3, 17)}
 
 
@@ -208,7 +208,7 @@ COMPONENTS = {
 def test_component_variants_export_with_cache(tmp_path, components):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", **COMPONENTS[components]))
     manifest = export(model, tmp_path / "out", kv_cache=True)
-    assert manifest["validation"]["passed"]
+    assert manifest["verification"]["passed"]
     lm = runtime.load(tmp_path / "out")
     prompt = torch.randint(0, 96, (1, 4), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
@@ -222,13 +222,13 @@ def readme_plugin() -> str:
     return block.group(1)
 
 
-def test_readme_custom_attention_exports_and_validates(fresh_registry, tmp_path):
+def test_readme_custom_attention_exports_and_verifies(fresh_registry, tmp_path):
     plugin = tmp_path / "cosine_attention.py"
     plugin.write_text(readme_plugin())
     registry.use_local_plugins([str(plugin)])
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", attention="cosine", **{"attention.temperature": 12.0}))
     manifest = export(model, tmp_path / "out", kv_cache=True)
-    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] < 1e-4
     lm = runtime.load(tmp_path / "out")
     prompt = torch.randint(0, 96, (2, 3), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
@@ -259,7 +259,7 @@ BAD_PLUGINS = textwrap.dedent('''
 
 
     class TraceOnlyMLP(FeedForward):
-        """Computes something else while being exported: validation must catch it."""
+        """Computes something else while being exported: verification must catch it."""
 
         def activation(self, h):
             return h * 1.01 if torch.compiler.is_exporting() else h
@@ -311,7 +311,7 @@ def test_unexportable_component_is_named_and_nothing_is_left(bad_plugins, tmp_pa
     assert leftovers(tmp_path, "out") == []
 
 
-def test_validation_mismatch_fails_the_export(bad_plugins, tmp_path, capsys):
+def test_verification_mismatch_fails_the_export(bad_plugins, tmp_path, capsys):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", mlp="trace_only"))
     with pytest.raises(ExportError, match=r"ONNX Runtime disagrees with PyTorch on gpt2: max \|difference\| .* "
                                           r"exceeds 0\.0001 \+ 1e-05\*\|torch\| .*nothing was written"):
@@ -323,10 +323,10 @@ def test_validation_mismatch_fails_the_export(bad_plugins, tmp_path, capsys):
 # --------------------------------------------------------------------------- options
 
 
-def test_fp16_export_validates(tmp_path):
+def test_fp16_export_verifies(tmp_path):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
     manifest = export(model, tmp_path / "out", kv_cache=True, dtype="fp16")
-    assert manifest["dtype"] == "fp16" and manifest["validation"]["passed"]
+    assert manifest["dtype"] == "fp16" and manifest["verification"]["passed"]
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
     lm = runtime.load(tmp_path / "out")
     cache = lm.new_cache(1, 4)
@@ -335,20 +335,20 @@ def test_fp16_export_validates(tmp_path):
 
 
 @pytest.mark.parametrize("opset", range(18, 26))
-def test_every_advertised_opset_exports_and_validates(tmp_path, opset):
+def test_every_advertised_opset_exports_and_verifies(tmp_path, opset):
     """--opset 18 to 25, as the help says: each exports, loads in ONNX Runtime and matches PyTorch."""
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
     manifest = export(model, tmp_path / "onnx", kv_cache=True, opset=opset)
-    assert manifest["opset"] == opset and manifest["validation"]["passed"]
+    assert manifest["opset"] == opset and manifest["verification"]["passed"]
     proto = onnx.load(str(tmp_path / "onnx" / "decoder.onnx"), load_external_data=False)
     assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == opset
     fused = manifest["attention_operator"].startswith("Attention (fused")
     assert fused is (opset >= 23)  # the fused operator exists from opset 23
 
 
-def test_validation_reads_the_weights_from_the_file_without_a_packed_copy(tmp_path, monkeypatch):
+def test_verification_reads_the_weights_from_the_file_without_a_packed_copy(tmp_path, monkeypatch):
     """ONNX Runtime's default session packs a copy of every weight (gpt2-xl: 5.9 GB beside the
-    model's own); validation's session reads them from the mapped external data file instead."""
+    model's own); verification's session reads them from the mapped external data file instead."""
     loads = []
     load = runtime.load
     monkeypatch.setattr(runtime, "load", lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
@@ -452,7 +452,7 @@ def test_cli_export_of_a_weights_directory_then_generate_with_onnxruntime(tmp_pa
     result = runner.invoke(cli, ["export", str(weights), "--weights", str(weights), "--format", "onnx", "--kv-cache",
                                  "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"exported gpt2 as onnx -> {out}" in result.output and "validation of gpt2 (fp32" in result.output
+    assert f"exported gpt2 as onnx -> {out}" in result.output and "verification of gpt2 (fp32" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     # the weights directory's tokenizer came along, with the config onnxruntime-genai reads
     assert manifest["tokenizer"] == ["tokenizer.json", "tokenizer_config.json"]
@@ -474,6 +474,30 @@ def test_cli_export_failure_is_one_line_and_leaves_nothing(bad_plugins, tmp_path
     assert leftovers(tmp_path, "bad") == []
 
 
+@pytest.mark.parametrize("flag", ["--no-verify", "--no-validate"], ids=["no-verify", "former-no-validate"])
+def test_cli_export_without_verification(tmp_path, flag):
+    """--no-verify skips running the export against PyTorch; --no-validate, its former spelling, still does."""
+    out = tmp_path / "gpt2-onnx"
+    result = CliRunner().invoke(cli, ["export", "gpt2", *TINY_SET, "--format", "onnx", flag, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "verification" not in manifest and not (out / "verification.json").exists()
+    assert "verification of" not in result.output
+
+
+@pytest.mark.parametrize("keyword", ["verify", "validate"])
+def test_export_api_without_verification(tmp_path, keyword):
+    """zoo.export(..., verify=False) skips verification; ``validate``, its former name, still does."""
+    manifest = zoo.export(zoo.build("gpt2", seed=0, **tiny_overrides("gpt2")), tmp_path / "out", "onnx", **{keyword: False})
+    assert "verification" not in manifest and not (tmp_path / "out" / "verification.json").exists()
+
+
+def test_cli_export_help_names_no_verify_only():
+    result = CliRunner().invoke(cli, ["export", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--no-verify" in result.output and "--no-validate" not in result.output
+
+
 # --------------------------------------------------------------------------- full size
 
 
@@ -481,7 +505,7 @@ def test_full_size_gpt2_small_with_external_data(tmp_path):
     model = zoo.build("gpt2", seed=0)
     out = tmp_path / "gpt2"
     manifest = export(model, out, kv_cache=True)
-    assert manifest["validation"]["passed"] and manifest["validation"]["max_abs_diff"] < 1e-4
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] < 1e-4
     data = out / "decoder.onnx.data"
     assert manifest["files"]["decoder.onnx.data"]["bytes"] == data.stat().st_size > 450e6  # 124M fp32 weights
     assert (out / "decoder.onnx").stat().st_size < 5e6  # the graph alone; weights are external
@@ -518,7 +542,7 @@ def test_decode_latency_against_the_bandwidth_ceiling(tmp_path, opset):
 
     torch.set_num_threads(2)
     model = zoo.build("gpt2", seed=0)
-    export(model, tmp_path / "gpt2", kv_cache=True, opset=opset, validate=False)
+    export(model, tmp_path / "gpt2", kv_cache=True, opset=opset, verify=False)
     lm = runtime.load(tmp_path / "gpt2", threads=2)
     prompt = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(0))
     token = torch.tensor([[464]])
@@ -568,7 +592,7 @@ def test_gpu_fp16_decode_latency_gpt2_medium(tmp_path):
     if runtime.cuda_unavailable_reason() is not None:
         pytest.skip(f"no CUDA execution provider: {runtime.cuda_unavailable_reason()}")
     model = zoo.build("gpt2-medium", seed=0, device="cuda", dtype=torch.float16)
-    export(model, tmp_path / "medium", kv_cache=True, dtype="fp16", validate=False)
+    export(model, tmp_path / "medium", kv_cache=True, dtype="fp16", verify=False)
     lm = runtime.load(tmp_path / "medium", device="cuda")
     prompt = torch.randint(0, 50257, (1, 128), device="cuda")
     token = torch.tensor([[464]], device="cuda")

@@ -88,7 +88,7 @@ def test_tied_table_is_stored_once_quantized(exports, scheme):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == scheme
     assert manifest["quantization"]["graphs"]["decoder"]["heads"] == 1
-    assert manifest["validation"]["passed"] and manifest["validation"]["scheme"] == scheme
+    assert manifest["verification"]["passed"] and manifest["verification"]["scheme"] == scheme
 
 
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
@@ -121,7 +121,7 @@ def test_encoder_decoder_translates_quantized(exports, scheme):
         assert not big, f"{entry['file']} keeps an fp32 vocabulary table: {big}"
 
 
-def test_a_broken_layout_fails_validation(tmp_path, monkeypatch):
+def test_a_broken_layout_fails_verification(tmp_path, monkeypatch):
     """A table quantized in the wrong layout (rows shuffled) must fail, not pass as noise."""
     real = onnx_quantize.quantize_matrix
 
@@ -165,7 +165,7 @@ def test_zoo_export_quantize_with_a_block_size_through_the_command_line(tmp_path
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["scheme"] == "int4" and manifest["quantization"]["block_size"] == 16
-    assert manifest["validation"]["passed"]
+    assert manifest["verification"]["passed"]
     graph = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) >= 4 * 2 + 1  # four per block, two blocks, the tied head

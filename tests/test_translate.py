@@ -203,7 +203,7 @@ def test_onnx_runtime_translation_matches_torch(run_dir, tmp_path):
 
     model = load_model(run_dir)
     exported = tmp_path / "onnx"
-    export_model(model, model.spec, exported, "onnx", kv_cache=True, validate=False, tokenizer_dir=run_dir)
+    export_model(model, model.spec, exported, "onnx", kv_cache=True, verify=False, tokenizer_dir=run_dir)
     assert (exported / "tokenizer.json").is_file()
     sentences = ["Tom sees the red cat.", "She has the new book."]
     torch_out = load_translator(run_dir).translate(sentences, beam=2)

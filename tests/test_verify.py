@@ -82,7 +82,7 @@ def test_round_trip_zoo_hf_zoo_is_bit_identical(tmp_path):
     result = run("export", "gpt2", *set_args(SMALL), "--format", "hf", "-o", tmp_path / "hf", "--seed", 4)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "hf" / "manifest.json").read_text())
-    assert manifest["validation"]["round_trip"] == "bit-identical"
+    assert manifest["verification"]["round_trip"] == "bit-identical"
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(manifest["files"])
 
     original = zoo.build("gpt2", seed=4, **SMALL)

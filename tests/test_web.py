@@ -123,7 +123,7 @@ def test_the_folder_has_what_transformers_js_and_optimum_read(gpt2_web):
     assert config["transformers.js_config"] == {"dtype": "q4"}  # the smallest written, when a client names none
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stand_in"] is False and set(manifest["variants"]) == {"fp32", "fp16", "q4", "int8"}
-    assert all(v["validation"]["passed"] for v in manifest["variants"].values())
+    assert all(v["verification"]["passed"] for v in manifest["variants"].values())
     assert {"onnx/model.onnx", "onnx/model_q4.onnx", "tokenizer.json", "generation_config.json"} <= set(manifest["files"])
     q4 = onnx.load(str(out / "onnx" / "model_q4.onnx"))
     ops = {(n.domain, n.op_type) for n in q4.graph.node}

@@ -33,7 +33,7 @@ class WeightsError(ZooError):
 
 
 class ExportError(ZooError):
-    """A model cannot be exported, or the exported model failed validation."""
+    """A model cannot be exported, or the exported model failed verification."""
 
 
 class DataError(ZooError):

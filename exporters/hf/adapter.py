@@ -9,7 +9,7 @@ The zoo trains its adapter on its own layers (a fused ``c_attn``, SwiGLU's fused
 the rows of a weight (a split, a permutation) or transposes it (GPT-2's Conv1D), so the
 same transform applied to ``B`` gives each Hugging Face layer's ``B`` with ``A`` shared:
 ``split(B·A) = split(B)·A``. Conv1D layers keep ``A`` and ``B`` and set ``fan_in_fan_out``.
-Validation loads base + adapter with transformers and PEFT and compares their logits
+Verification loads base + adapter with transformers and PEFT and compares their logits
 with the zoo's merged model.
 """
 
@@ -60,7 +60,7 @@ def hf_adapter(spec: ModelSpec, adapter: Path) -> tuple[dict[str, torch.Tensor],
     return out, {**config.to_dict(), **fields}
 
 
-def write_hf_adapter(run_dir: Path, spec: ModelSpec, out: Path, validate: bool = True) -> dict:
+def write_hf_adapter(run_dir: Path, spec: ModelSpec, out: Path, verify: bool = True) -> dict:
     """Write ``run_dir``'s adapter into ``out/adapter`` for the base exported in ``out``; return its manifest entry."""
     from peft import LoraConfig
 
@@ -77,8 +77,8 @@ def write_hf_adapter(run_dir: Path, spec: ModelSpec, out: Path, validate: bool =
     LoraConfig(**known).save_pretrained(str(target))
     record = {"folder": ADAPTER, "target_modules": len(fields["target_modules"]), "r": fields["r"],
               "lora_alpha": fields["lora_alpha"], "fan_in_fan_out": fields["fan_in_fan_out"]}
-    if validate:
-        record["validation"] = validate_adapter(run_dir, spec, out)
+    if verify:
+        record["verification"] = verify_adapter(run_dir, spec, out)
     return record
 
 
@@ -88,7 +88,7 @@ def base_model_name(run_dir: Path) -> str | None:
     return weights if weights and weights != "hf" and not Path(weights).exists() else None
 
 
-def validate_adapter(run_dir: Path, spec: ModelSpec, out: Path) -> dict:
+def verify_adapter(run_dir: Path, spec: ModelSpec, out: Path) -> dict:
     """transformers + PEFT (base + adapter) against the zoo's merged model, logits in fp32."""
     from peft import PeftModel
 

@@ -5,7 +5,7 @@
 
 Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (names and
 Conv1D layout of ``GPT2LMHeadModel``, through the ``gpt2`` checkpoint format's table), the
-GPT-2 tokenizer files and ``manifest.json``. Validation loads the directory back with
+GPT-2 tokenizer files and ``manifest.json``. Verification loads the directory back with
 both ``transformers`` and the zoo's loader and compares their logits; an fp32 export
 must also come back bit-identical.
 """
@@ -30,7 +30,7 @@ ATOL = 1e-4  # both sides run in fp32 on the exported weights
 
 
 def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype: str = "fp32",
-                validate: bool = True, tokenizer_dir: str | Path | None = None,
+                verify: bool = True, tokenizer_dir: str | Path | None = None,
                 adapter_run: str | Path | None = None) -> dict:
     """Write ``model`` into ``out_dir`` in Hugging Face layout; return the manifest.
 
@@ -46,7 +46,7 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype
     if spec.is_encoder_decoder:  # a translator, with its run's vocabulary (exporters/hf/translator.py)
         from zoo.exporters.hf.translator import export_translator
 
-        return export_translator(model, spec, out, dtype=DTYPES[dtype], validate=validate, tokenizer_dir=tokenizer_dir)
+        return export_translator(model, spec, out, dtype=DTYPES[dtype], verify=verify, tokenizer_dir=tokenizer_dir)
     problem = layout_problem(spec)
     if problem:
         closest = closest_format(spec)
@@ -63,12 +63,12 @@ def hf_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, dtype
     tokenizer = write_tokenizer(spec, out, tokenizer_dir)
     manifest = {"format": "hf", "model": spec.name, "dtype": dtype, "architecture": fmt.architecture,
                 "tokenizer": tokenizer}
-    if validate:
-        manifest["validation"] = validate_export(model, spec, out, exact=torch_dtype == model.token_table.weight.dtype)
+    if verify:
+        manifest["verification"] = verify_export(model, spec, out, exact=torch_dtype == model.token_table.weight.dtype)
     if adapter_run is not None:
         from zoo.exporters.hf.adapter import write_hf_adapter
 
-        manifest["adapter"] = write_hf_adapter(Path(adapter_run), spec, out, validate=validate)
+        manifest["adapter"] = write_hf_adapter(Path(adapter_run), spec, out, verify=verify)
     return write_manifest(out, manifest)
 
 
@@ -110,7 +110,7 @@ def write_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None
     return sorted(p.name for p in set(out.iterdir()) - before)
 
 
-def validate_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -> dict:
+def verify_export(model: nn.Module, spec: ModelSpec, out: Path, exact: bool) -> dict:
     """Load ``out`` with ``transformers`` and with the zoo, compare logits in fp32 on a fixed
     batch, and (``exact``) check the zoo's copy equals ``model`` bit for bit."""
     try:

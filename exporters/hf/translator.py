@@ -7,7 +7,7 @@ family (``MarianMTModel`` for the built-in translators), with the run's vocabula
 Writes ``config.json``, ``generation_config.json`` and ``model.safetensors`` (through the
 table and channel permutation of the ``marian`` checkpoint format), the run's shared subword
 vocabulary as ``tokenizer.json`` + ``tokenizer_config.json`` (``AutoTokenizer`` loads it),
-and ``manifest.json``. Validation loads the directory back with transformers, checks the
+and ``manifest.json``. Verification loads the directory back with transformers, checks the
 weights it holds are the ones written, the tokenizer encodes as the zoo's vocabulary does,
 and the logits on a right-padded batch are within ``ATOL`` of the zoo model's.
 """
@@ -32,7 +32,7 @@ CHECK_SENTENCES = ("Tom sees the red cat.", "Where is the station? I don't know.
 
 
 def export_translator(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: torch.dtype = torch.float32,
-                  validate: bool = True, tokenizer_dir: str | Path | None = None) -> dict:
+                  verify: bool = True, tokenizer_dir: str | Path | None = None) -> dict:
     """Write translator ``model`` into ``out`` as a ``MarianMTModel`` with its tokenizer; return the manifest.
 
     ``dtype``: of the written weights (the hf exporter checks ``--dtype``); ``tokenizer_dir``: the run
@@ -62,8 +62,8 @@ def export_translator(model: nn.Module, spec: ModelSpec, out: Path, *, dtype: to
                 "architecture": fmt.architecture, "tokenizer": tokenizer,
                 "channel_order": "zoo channels 0, 2, 4, ... then 1, 3, 5, ... (Marian's sines-then-cosines)",
                 "inexact": marian_inexact(spec) if fmt.model_type == "marian" else []}
-    if validate:
-        manifest["validation"] = validate_translator(model, spec, fmt, vocabulary, out, dtype)
+    if verify:
+        manifest["verification"] = verify_translator(model, spec, fmt, vocabulary, out, dtype)
     return write_manifest(out, manifest)
 
 
@@ -87,7 +87,7 @@ def write_generation_config(spec: ModelSpec, out: Path) -> None:
                      max_length=spec.context_length, num_beams=1, do_sample=False).save_pretrained(out)
 
 
-def validate_translator(model: nn.Module, spec: ModelSpec, fmt, vocabulary, out: Path, dtype: torch.dtype) -> dict:
+def verify_translator(model: nn.Module, spec: ModelSpec, fmt, vocabulary, out: Path, dtype: torch.dtype) -> dict:
     """Load ``out`` with transformers; compare weights, tokenization and fp32 logits with the zoo's."""
     from transformers import AutoTokenizer
 

@@ -1,2 +1,2 @@
 """The ``onnx`` format: the exporter, its export-time graphs, quantization, onnxruntime-genai files,
-validation, and zoo's ONNX Runtime wrapper (``runtime.load``)."""
+verification, and zoo's ONNX Runtime wrapper (``runtime.load``)."""

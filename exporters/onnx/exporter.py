@@ -11,7 +11,7 @@ Each graph of :func:`zoo.exporters.onnx.graphs.graphs_for` is traced with
 ``NAME.onnx.data`` (external data, so gpt2-xl's 6 GB fit past protobuf's 2 GB limit).
 The directory also holds the resolved ``spec.yaml``, the tokenizer files when known,
 ``genai_config.json`` (so onnxruntime-genai runs a decoder with ``--kv-cache`` as it is;
-see :mod:`zoo.exporters.onnx.genai`), ``validation.json`` and ``manifest.json`` (graphs with
+see :mod:`zoo.exporters.onnx.genai`), ``verification.json`` and ``manifest.json`` (graphs with
 input/output names and shapes, opset, dtype, and the sha256 of every file).
 """
 
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoo.core.files import SPEC, TOKENIZER_FILES, VALIDATION, write_manifest
+from zoo.core.files import SPEC, TOKENIZER_FILES, VERIFICATION, write_manifest
 from zoo.core.model_dir import load_state, state_dict_for_saving
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
@@ -52,7 +52,7 @@ ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "floa
 
 
 def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_cache: bool = False,
-                  dtype: str = "fp32", opset: int | None = None, validate: bool = True,
+                  dtype: str = "fp32", opset: int | None = None, verify: bool = True,
                   tokenizer_dir: str | Path | None = None, quantize: str | None = None,
                   block_size: int | None = None) -> dict:
     """The registered ``onnx`` exporter: write every file into ``out_dir`` (a fresh
@@ -69,7 +69,7 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
     graph_model = model_in_dtype(model, spec, DTYPES[dtype])
     graphs = graphs_for(graph_model, kv_cache)
     was_training = model.training
-    progress = tqdm(total=len(graphs) + int(validate) + bool(quantization), desc=f"export {spec.name} to ONNX", unit="graph",
+    progress = tqdm(total=len(graphs) + int(verify) + bool(quantization), desc=f"export {spec.name} to ONNX", unit="graph",
                     file=sys.stderr, leave=False)
     try:
         entries = {}
@@ -93,11 +93,11 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
                               "onnxruntime": onnxruntime.__version__},
         }
-        write_manifest(out, manifest, files=False)  # what the runtime reads while validating
-        if validate:
-            progress.set_postfix_str("validating")
-            manifest["validation"] = (run_quantized_validation(graph_model, out, quantization) if quantization
-                                      else run_validation(graph_model, out))
+        write_manifest(out, manifest, files=False)  # what the runtime reads while verifying
+        if verify:
+            progress.set_postfix_str("verifying")
+            manifest["verification"] = (run_quantized_verification(graph_model, out, quantization) if quantization
+                                        else run_verification(graph_model, out))
             progress.update()
         return write_manifest(out, manifest)
     finally:
@@ -105,9 +105,9 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
         model.train(was_training)
 
 
-# Peak memory of its own an export takes (tracing, serialising, validating in ONNX Runtime) over the
+# Peak memory of its own an export takes (tracing, serialising, verifying in ONNX Runtime) over the
 # model's weight bytes, with a margin: gpt2-xl peaked at 1.11x its 6.23 GB of anonymous memory (README).
-# The export's own file pages, mapped for validation, come on top but the system can reclaim them.
+# The export's own file pages, mapped for verification, come on top but the system can reclaim them.
 EXPORT_PEAK_OVER_WEIGHTS = 1.3
 
 
@@ -295,18 +295,18 @@ def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None)
     return [s.name for s in sources]
 
 
-def run_validation(model: nn.Module, out: Path) -> dict:
+def run_verification(model: nn.Module, out: Path) -> dict:
     """Run ONNX Runtime against PyTorch, print and save the report; raise on a mismatch."""
-    from zoo.exporters.onnx.validation import validate_export
+    from zoo.exporters.onnx.verification import verify_export
 
     name = model.spec.name
     try:
-        report = validate_export(model, out)
+        report = verify_export(model, out)
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"ONNX Runtime cannot run the export of {name}: {first_line(exc)}") from None
-    (out / VALIDATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out / VERIFICATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     tqdm.write(report.text(), file=sys.stderr)
     if not report.passed:
         worst = report.worst()
@@ -316,19 +316,19 @@ def run_validation(model: nn.Module, out: Path) -> dict:
     return report.summary()
 
 
-def run_quantized_validation(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:
+def run_quantized_verification(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:
     """Compare a quantized export with the fp32 model on quantization's criteria (top-1
     agreement, relative logit error); save the report and raise when it fails."""
-    from zoo.exporters.onnx.validation import validate_quantized_export
+    from zoo.exporters.onnx.verification import verify_quantized_export
 
     try:
-        report = validate_quantized_export(model, out, settings.scheme)
+        report = verify_quantized_export(model, out, settings.scheme)
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"ONNX Runtime cannot run the {settings.scheme} export of {model.spec.name}: "
                           f"{first_line(exc)}") from None
-    (out / VALIDATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out / VERIFICATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     tqdm.write(report.text(), file=sys.stderr)
     if not report.passed:
         raise ExportError(f"the {settings.scheme} export of {model.spec.name} is too far from fp32: "

@@ -3,7 +3,7 @@
     zoo export gpt2 --format onnx --quantize int4 -o out/gpt2-int4
 
 Every graph of the export is rewritten in place, after it is saved and before it is
-validated:
+verified:
 
 1. **Embedding tables** (a ``Gather`` on axis 0 of a 2-D float initializer whose indices
    are a graph input, or which is tied to a head) are quantized block-wise along the

@@ -39,7 +39,7 @@ def session_options(threads: int | None = None, prepack: bool = True):
     ``prepack=False`` keeps ONNX Runtime from copying every weight into its packed GEMM layout:
     the weights are then read from the memory-mapped external data file, file pages the system
     can reclaim, instead of a second anonymous copy (gpt2-xl: 5.9 GB). Slower matmuls, for a
-    session that runs a few times (export validation)."""
+    session that runs a few times (export verification)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

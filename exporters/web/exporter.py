@@ -11,7 +11,7 @@ Why a format of its own rather than more files in the ``onnx`` directory: Huggin
 clients read a different layout (``config.json`` with a ``model_type`` they know at the top,
 graphs under ``onnx/`` named by precision, each graph one file), and one folder holds several
 precisions of the same model, where an ``onnx`` export is one graph set in one precision.
-Each graph is still made, quantized and validated against PyTorch by the ``onnx`` exporter,
+Each graph is still made, quantized and verified against PyTorch by the ``onnx`` exporter,
 with the key/value cache: this module only lays its decoder graph out as Hugging Face's
 clients expect:
 
@@ -35,7 +35,7 @@ clients expect:
   config (a stand-in when Marian's layout does not hold the model) and the run's shared
   vocabulary as the tokenizer.
 - ``generation_config.json`` and the tokenizer (``tokenizer.json`` + ``tokenizer_config.json``).
-- ``manifest.json``: variants, each one's validation, and the sha256 of every file.
+- ``manifest.json``: variants, each one's verification, and the sha256 of every file.
 
 Operators that onnxruntime-web has no kernel for (:data:`WEB_MISSING_OPERATORS`) are refused
 with a line naming the operator and the way around it; nothing is written then.
@@ -71,7 +71,7 @@ WEB_MISSING_OPERATORS = {
 
 
 def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opset: int | None = None,
-                 validate: bool = True, tokenizer_dir: str | Path | None = None, variants=None,
+                 verify: bool = True, tokenizer_dir: str | Path | None = None, variants=None,
                  block_size: int | None = None) -> dict:
     """Write the web folder of ``model`` into ``out_dir`` (a fresh temporary directory that
     :func:`zoo.core.export.export_model` renames into place); return the manifest.
@@ -93,7 +93,7 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
             work = scratch / name
             work.mkdir(parents=True)
             manifest = onnx_exporter(model, spec, work, kv_cache=True, dtype=variant.onnx_dtype, opset=opset,
-                                     validate=validate, tokenizer_dir=tokenizer_dir, quantize=variant.quantize,
+                                     verify=verify, tokenizer_dir=tokenizer_dir, quantize=variant.quantize,
                                      block_size=block_size if variant.quantize else None)
             graphs = client_graphs(work, manifest, spec, quantized=bool(variant.quantize))
             entries[name] = {"files": {}}
@@ -105,7 +105,7 @@ def web_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, opse
             if seq2seq:
                 entries[name]["merge_check"] = check_merged(work, manifest, out / ONNX_DIR, variant.files(True),
                                                             spec.n_decoder_layers, spec.vocab_size)
-            entries[name].update({k: manifest[k] for k in ("opset", "attention_operator", "quantization", "validation")
+            entries[name].update({k: manifest[k] for k in ("opset", "attention_operator", "quantization", "verification")
                                   if k in manifest})
             if name == names[0]:
                 tokenizer = (write_translator_tokenizer(spec, tokenizer_dir, out) if seq2seq

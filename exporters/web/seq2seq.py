@@ -211,7 +211,7 @@ def rename_dimensions(graph: onnx.GraphProto, dimensions: dict[str, str]) -> Non
 
 def check_merged(work: Path, manifest: dict, onnx_dir: Path, files: tuple[str, str], n_layers: int,
                  vocab_size: int) -> dict:
-    """Run zoo's three graphs (in ``work``, validated against PyTorch by the onnx exporter) and the
+    """Run zoo's three graphs (in ``work``, verified against PyTorch by the onnx exporter) and the
     clients' two (``files`` in ``onnx_dir``) side by side in ONNX Runtime on a padded batch, a
     first step of three tokens and a cached step of one; return the largest logit difference,
     or raise ExportError when the layouts disagree."""

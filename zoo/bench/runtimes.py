@@ -173,8 +173,8 @@ def load_contenders(spec: ModelSpec, options: BenchOptions, workdir: Path, threa
 def accuracy_row(reference: nn.Module, model: nn.Module, runtime: str, seed: int) -> dict:
     """How far ``model``'s logits are from ``reference``'s (fp32) on two random 128-token prompts,
     in the measures quantized exports state: top-1 agreement on decisive positions and the
-    relative logit error (:class:`zoo.exporters.onnx.validation.Agreement`)."""
-    from zoo.exporters.onnx.validation import Agreement
+    relative logit error (:class:`zoo.exporters.onnx.verification.Agreement`)."""
+    from zoo.exporters.onnx.verification import Agreement
 
     ids = torch.randint(0, reference.spec.vocab_size, (2, 128), generator=torch.Generator().manual_seed(seed))
     ids = ids.to(next(reference.parameters()).device)
@@ -190,14 +190,14 @@ def accuracy_row(reference: nn.Module, model: nn.Module, runtime: str, seed: int
 
 def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threads: int,
                 quantize: str | None = None, name: str = "onnxruntime"):
-    """Export with a key/value cache (fp32 or ``quantize``d weights, no validation), timed
+    """Export with a key/value cache (fp32 or ``quantize``d weights, no verification), timed
     once; then load it."""
     from zoo.core.export import export_model
     from zoo.core.registry import get_registry
 
     start = time.perf_counter()
     options = {"quantize": quantize} if quantize else {}
-    manifest = export_model(model, spec, out, "onnx", kv_cache=True, dtype="fp32", validate=False, **options)
+    manifest = export_model(model, spec, out, "onnx", kv_cache=True, dtype="fp32", verify=False, **options)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     graph_bytes = sum(p.stat().st_size for p in out.glob("*.onnx*") if p.is_file())  # graphs + weights
@@ -205,7 +205,7 @@ def export_onnx(spec: ModelSpec, model: nn.Module, out: Path, device: str, threa
     row = {"measure": "onnx_export", "runtime": name, "opset": manifest.get("opset"),
            "seconds": figure([seconds], "s"), "bytes": size, "graph_bytes": graph_bytes,
            "weights": weights,
-           "note": f"one export (kv_cache, {weights}, validate=False), timed cold"}
+           "note": f"one export (kv_cache, {weights}, verify=False), timed cold"}
     runtime_model = get_registry().get("runtime", "onnxruntime")(out, device=device, threads=threads)
     if getattr(runtime_model, "device", torch.device(device)).type != torch.device(device).type:
         raise ZooError(f"ONNX Runtime cannot run on {device} here")

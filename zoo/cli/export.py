@@ -54,11 +54,13 @@ def exporter_params() -> list[click.Option]:
 @click.option("--adapter", is_flag=True, help="MODEL is a LoRA run (zoo train --lora) and --format hf: export its "
               "frozen base, with the adapter in OUTPUT/adapter as a PEFT folder "
               "(PeftModel.from_pretrained(base, OUTPUT/adapter)).")
-@click.option("--no-validate", is_flag=True, help="Skip running the exported model against PyTorch.")
+@click.option("--no-verify", is_flag=True, help="Skip running the exported model against PyTorch.")
+@click.option("--no-validate", is_flag=True, hidden=True)  # the former spelling of --no-verify, still accepted
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init when no --weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.pass_context
-def export(ctx, model, overrides, fmt, output, weights, adapter, no_validate, seed, force, **format_options):
+def export(ctx, model, overrides, fmt, output, weights, adapter, no_verify, no_validate, seed, force,
+           **format_options):
     """Export MODEL to another format; the directory appears complete or not at all.
 
     MODEL may be a run directory of 'zoo train' (its weights and vocabulary go along):
@@ -76,7 +78,7 @@ def export(ctx, model, overrides, fmt, output, weights, adapter, no_validate, se
     net = model_from_args(spec, weights, seed=seed)
     if weights and Path(weights).is_dir():
         given["tokenizer_dir"] = weights  # a run or Hugging Face directory: its tokenizer files go along
-    manifest = export_model(net, spec, output, fmt, overwrite=force, validate=not no_validate, **given)
+    manifest = export_model(net, spec, output, fmt, overwrite=force, verify=not (no_verify or no_validate), **given)
     click.echo(f"exported {spec.name} as {fmt} -> {output} ({len(manifest.get('files', {}))} files)")
 
 

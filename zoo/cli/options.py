@@ -1,4 +1,4 @@
-"""What the zoo commands share: validating parameter types, option decorators, help texts,
+"""What the zoo commands share: checking parameter types, option decorators, help texts,
 and the functions that turn ``MODEL --set ... --weights ...`` into a spec and a model."""
 
 from __future__ import annotations

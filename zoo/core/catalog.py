@@ -1,7 +1,7 @@
 """The model catalog: the named models ``zoo list`` shows, read from YAML with no plugins (no torch).
 
 The catalog is ``registry.yaml`` plus any files named in ``ZOO_CATALOG``; a model may
-``extends:`` another (by name or spec file). :mod:`zoo.core.spec` validates a model into a
+``extends:`` another (by name or spec file). :mod:`zoo.core.spec` turns a model into a checked
 :class:`~zoo.core.spec.ModelSpec`.
 """
 
@@ -47,7 +47,7 @@ def catalog_files() -> list[Path]:
 
 
 def catalog_entries() -> dict[str, tuple[dict, str]]:
-    """Every model in the catalog files, unvalidated: name → (raw mapping, source file)."""
+    """Every model in the catalog files, unchecked: name → (raw mapping, source file)."""
     models: dict[str, tuple[dict, str]] = {}
     for path in catalog_files():
         data = read_yaml(path)
@@ -67,7 +67,7 @@ def list_models() -> list[str]:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """A catalog model as ``zoo list`` shows it: read from YAML, ``extends:`` resolved, not validated."""
+    """A catalog model as ``zoo list`` shows it: read from YAML, ``extends:`` resolved, not checked."""
 
     name: str
     family: str

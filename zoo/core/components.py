@@ -1,7 +1,7 @@
 """The base class and protocol of every plugin kind, and the per-forward context.
 
 Every model component is an ``nn.Module`` constructed as ``cls(spec, options, **site)``,
-where ``options`` is an instance of the class's ``Options`` dataclass (validated when
+where ``options`` is an instance of the class's ``Options`` dataclass (checked when
 the spec loads) and ``site`` carries where it sits (``layer_index=`` for attention,
 ``parts=`` for a block). A class may also define ``check_spec(spec, options)``, a static
 method returning a one-line problem (or None) that the spec loader reports with the
@@ -182,7 +182,7 @@ class Exporter:
 
     ``options`` declares what the format takes (:class:`ExportOption`); ``zoo export`` adds
     each to its command line, refuses another format's, and passes the declared ones, as
-    ``zoo.export`` does, together with the two every exporter gets: ``validate`` (bool) and
+    ``zoo.export`` does, together with the two every exporter gets: ``verify`` (bool) and
     ``tokenizer_dir`` (the run or Hugging Face directory the weights came from, or None).
     :meth:`check` refuses bad values before the model is built; ``hints`` says, for an
     option of another format given to this one, what to use instead.

@@ -13,7 +13,7 @@ from zoo.core.registry import get_registry
 from zoo.core.spec import ModelSpec
 
 
-COMMON_OPTIONS = ("validate", "tokenizer_dir")  # what zoo passes every exporter
+COMMON_OPTIONS = ("verify", "tokenizer_dir")  # what zoo passes every exporter
 
 
 def exporter_for(fmt: str):
@@ -66,9 +66,11 @@ def export_options(fmt: str, spec: ModelSpec, options: dict) -> dict:
 def export_model(model: nn.Module, spec: ModelSpec, out_dir: str | os.PathLike, fmt: str,
                  overwrite: bool = False, **options) -> dict:
     """Run exporter ``fmt`` (see ``zoo plugins``) with ``options`` (its declared ones, see
-    :func:`export_options`, and ``validate``/``tokenizer_dir``) into a temporary directory,
+    :func:`export_options`, and ``verify``/``tokenizer_dir``) into a temporary directory,
     then rename it to ``out_dir``; a failed or interrupted export leaves nothing behind."""
     exporter = exporter_for(fmt)
+    if "validate" in options:  # the former name of ``verify``, still accepted
+        options.setdefault("verify", options.pop("validate"))
     options = export_options(fmt, spec, options)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         return exporter(model, spec, tmp, **options)

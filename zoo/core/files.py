@@ -20,7 +20,7 @@ WEIGHTS = "model.safetensors"
 SPEC = "spec.yaml"
 MANIFEST = "manifest.json"
 # An exported directory's record of its check against PyTorch.
-VALIDATION = "validation.json"
+VERIFICATION = "verification.json"
 # A Hugging Face checkpoint (zoo.hf.checkpoint): config and weights in one of three layouts.
 HF_CONFIG = "config.json"
 HF_SAFETENSORS = WEIGHTS

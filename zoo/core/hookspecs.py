@@ -36,7 +36,7 @@ def zoo_register_exporters(registry):
     place once the call returns) and returns a manifest dictionary with a ``files``
     mapping. Its ``options`` (:class:`zoo.ExportOption`) become ``zoo export --format
     NAME`` options, checked by its ``check`` before any work; every exporter also gets
-    ``validate`` (bool) and ``tokenizer_dir``.
+    ``verify`` (bool) and ``tokenizer_dir``.
 
     A format that can be run may also add its runtime: ``registry.add("runtime", name,
     open)``, where ``open(directory, device="cpu", **options)`` returns a model for

@@ -1,4 +1,4 @@
-"""Typed model specs: YAML → validated :class:`ModelSpec`, checked once at load.
+"""Typed model specs: YAML → :class:`ModelSpec`, checked once at load.
 
 A spec names its components (positional scheme, attention, block layout, norm, MLP)
 by the name they are registered under; each name is checked against the component
@@ -36,7 +36,7 @@ INIT_SCHEMES = ("gpt2", "xavier")
 
 @dataclass(frozen=True)
 class Component:
-    """A component choice: its registered name and validated options."""
+    """A component choice: its registered name and checked options."""
 
     type: str
     options: Any  # the component's Options dataclass instance
@@ -178,7 +178,7 @@ def overrides_to_dict(overrides: dict[str, Any]) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- checking
 
 
 def _component(raw: Any, key: str, where: str, **context) -> Component:

@@ -1,4 +1,4 @@
-"""Validate an ONNX export: run it in ONNX Runtime next to PyTorch on several shapes.
+"""Verify an ONNX export: run it in ONNX Runtime next to PyTorch on several shapes.
 
 Batch 1 and 3 (rows of batch 3 left-padded by 0, 2 and 5 tokens), new sequence 1 and
 17, and with a key/value cache a past of 0 and 9 tokens that the runtime itself filled.
@@ -45,7 +45,7 @@ class Case:
 
 
 class Report:
-    """What both validation reports share: ``summary()`` merged into the dict form."""
+    """What both verification reports share: ``summary()`` merged into the dict form."""
 
     def summary(self) -> dict:
         raise NotImplementedError
@@ -58,7 +58,7 @@ class Report:
 
 
 @dataclass
-class ValidationReport(Report):
+class VerificationReport(Report):
     model: str
     dtype: str
     provider: str
@@ -79,7 +79,7 @@ class ValidationReport(Report):
     def text(self) -> str:
         """The report as a table, headed by its verdict."""
         verdict = self.verdict()
-        lines = [f"validation of {self.model} ({self.dtype}, ONNX Runtime {self.provider} vs PyTorch): "
+        lines = [f"verification of {self.model} ({self.dtype}, ONNX Runtime {self.provider} vs PyTorch): "
                  f"{len(self.cases)} cases, max |difference| {max(c.max_abs_diff for c in self.cases):.2e}, "
                  f"tolerance {self.cases[0].tolerance}: {verdict}"]
         header = ("output", "batch", "sequence", "past", "padded", "max |diff|", "result")
@@ -113,7 +113,7 @@ def compare(output: str, onnx_out: torch.Tensor, torch_out: torch.Tensor, shape:
                 f"{atol:g} + {rtol:g}*|torch|", passed)
 
 
-def validate_export(model: nn.Module, directory, device: str | None = None, seed: int = 0):
+def verify_export(model: nn.Module, directory, device: str | None = None, seed: int = 0):
     """Compare the export in ``directory`` with ``model`` (in the export's dtype).
 
     ONNX Runtime reads the weights from the export's memory-mapped file instead of packing a
@@ -128,13 +128,13 @@ def validate_export(model: nn.Module, directory, device: str | None = None, seed
     name = model.spec.name
     if not model.spec.is_encoder_decoder:
         kv_cache = read_manifest(Path(directory))["kv_cache"]
-        cases, provider = validate_decoder(model, lambda: load(directory, device=device, prepack=False), kv_cache,
-                                           generator, tolerance)
-        return ValidationReport(name, DTYPE_NAMES[dtype], provider, cases)
+        cases, provider = verify_decoder(model, lambda: load(directory, device=device, prepack=False), kv_cache,
+                                         generator, tolerance)
+        return VerificationReport(name, DTYPE_NAMES[dtype], provider, cases)
     runtime = load(directory, device=device, prepack=False)  # weights read from the file, not copied
     with torch.inference_mode():
-        cases = validate_encoder_decoder(model, runtime, generator, tolerance)
-    return ValidationReport(name, DTYPE_NAMES[dtype], runtime.provider, cases)
+        cases = verify_encoder_decoder(model, runtime, generator, tolerance)
+    return VerificationReport(name, DTYPE_NAMES[dtype], runtime.provider, cases)
 
 
 def _ids(generator, vocab: int, batch: int, length: int) -> torch.Tensor:
@@ -200,7 +200,7 @@ def run_decoder(lm, inputs: list[DecoderInput], device) -> list[torch.Tensor]:
     return outputs
 
 
-def validate_decoder(model, open_runtime: Callable, kv_cache: bool, generator, tolerance) -> tuple[list[Case], str]:
+def verify_decoder(model, open_runtime: Callable, kv_cache: bool, generator, tolerance) -> tuple[list[Case], str]:
     """Every logit at every shape, and the last position's alone (as generation asks for them);
     PyTorch's side first, then ONNX Runtime's (``open_runtime()``) on the same inputs. Returns the
     cases and the runtime's execution provider."""
@@ -218,7 +218,7 @@ def validate_decoder(model, open_runtime: Callable, kv_cache: bool, generator, t
     return cases, runtime.provider
 
 
-def validate_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]:
+def verify_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]:
     cases = []
     device = next(model.parameters()).device
     for batch in BATCHES:
@@ -299,7 +299,7 @@ class QuantizedReport(Report):
 
     def text(self) -> str:
         verdict = self.verdict()
-        lines = [f"validation of {self.model} ({self.scheme} weights, ONNX Runtime {self.provider} vs fp32 PyTorch): "
+        lines = [f"verification of {self.model} ({self.scheme} weights, ONNX Runtime {self.provider} vs fp32 PyTorch): "
                  f"top-1 agreement {self.top1_agreement:.1%} (>= {self.thresholds['top1_agreement']:.0%}), "
                  f"relative logit error {self.relative_error:.3f} (<= {self.thresholds['relative_error']}): {verdict}"]
         for c in self.cases:
@@ -351,7 +351,7 @@ def decisive_positions(got: torch.Tensor, want: torch.Tensor, margin: float = 3.
     return (top2[:, 0] - top2[:, 1]) > margin * noise
 
 
-def validate_quantized_export(model: nn.Module, directory, scheme: str, seed: int = 0) -> QuantizedReport:
+def verify_quantized_export(model: nn.Module, directory, scheme: str, seed: int = 0) -> QuantizedReport:
     """Compare the quantized export in ``directory`` with the fp32 ``model``."""
     from zoo.exporters.onnx.runtime import load
 
