@@ -91,6 +91,13 @@ def test_tiny_report_has_every_section(tiny_run):
     assert "accuracy torch-bf16 against fp32" in text
     bf16 = next(r for r in report["results"] if r["measure"] == "decode" and r["runtime"] == "torch-bf16")
     assert "vs_torch" in bf16
+    for row in (r for r in report["results"] if r["measure"] == "decode"):
+        probes = row["read_bytes_per_s"]  # measured between the runs of the row's own measurement
+        onnx = row["runtime"] == "onnxruntime"
+        assert probes["runs"] == (1 if onnx else 3) and probes["unit"] == "B/s"  # one probe per contender's run
+        assert row["ceiling_tokens_per_s"] == pytest.approx(row["batch"] * probes["max"] / row["bytes_per_step"])
+        assert row["fraction_of_bandwidth_ceiling"] == pytest.approx(row["tokens_per_s"]["median"] /
+                                                                     row["ceiling_tokens_per_s"])
 
 
 def test_every_figure_is_a_positive_number(tiny_run):

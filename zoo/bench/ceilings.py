@@ -21,6 +21,8 @@ median of a ceiling understates it and would flatter every fraction.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from zoo.bench.timing import rate, time_call
@@ -102,6 +104,20 @@ def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
     return {"name": "read_bandwidth", "bytes": x.numel() * 4,
             "method": f"torch.sum over one fp32 tensor of {x.numel() * 4 / GiB:.2f} GiB (bytes read / time)",
             "bytes_per_s": rate(seconds, x.numel() * 4, "B/s")}
+
+
+class BandwidthProbe:
+    """One ``torch.sum`` over ``nbytes`` at a time: the read bandwidth at this moment, taken between
+    the decode runs so that each decode figure is set against the bandwidth of its own minutes (on a
+    shared machine it moved between 29 and 43 GB/s within a quarter of an hour)."""
+
+    def __init__(self, device: str, nbytes: int) -> None:
+        self.x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,)
+        self.sync = device_sync(device)
+
+    def __call__(self) -> float:
+        time.sleep(0.2)  # ONNX Runtime's idle workers spin for a while after a run: let the cores go quiet
+        return self.x.numel() * 4 / min(time_call(lambda: self.x.sum(), 0, 2, self.sync))
 
 
 def copy_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:

@@ -102,6 +102,12 @@ def _spread(fig: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{fmt(fig['median'])} [{fmt(fig['min'])}-{fmt(fig['max'])}]"
 
 
+def _bandwidth(row: dict) -> str:
+    """A decode row's read bandwidth (best of its probes, then their range) in GB/s."""
+    fig = row.get("read_bytes_per_s")
+    return f"{fig['max'] / 1e9:.1f} ({fig['min'] / 1e9:.1f}-{fig['max'] / 1e9:.1f})" if fig else ""
+
+
 def _table(header: tuple, rows: list[tuple]) -> list[str]:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -146,8 +152,11 @@ def render(report: dict) -> str:
     decode = [r for r in results if r["measure"] == "decode"]
     if decode:
         lines += [f"decode (greedy, {decode[0]['new_tokens']} new tokens after a {decode[0]['past_tokens']}-token prompt)"]
-        lines += _table(("runtime", "batch", "tokens/s", "ceiling tokens/s", "of fp32 bandwidth ceiling", "vs hf"), [
-            (r["runtime"], r["batch"], _spread(r["tokens_per_s"]), f"{r['ceiling_tokens_per_s']:.1f}",
+        lines += ["(read bandwidth: the best of the probes run between the runs of each measurement, "
+                  "so each fraction uses its own minutes' bandwidth)"]
+        lines += _table(("runtime", "batch", "tokens/s", "read GB/s", "ceiling tokens/s", "of fp32 bandwidth ceiling",
+                         "vs hf"), [
+            (r["runtime"], r["batch"], _spread(r["tokens_per_s"]), _bandwidth(r), f"{r['ceiling_tokens_per_s']:.1f}",
              f"{100 * r['fraction_of_bandwidth_ceiling']:.0f}%", f"{r['vs_hf']:.2f}x" if "vs_hf" in r else "")
             for r in decode]) + [""]
     for r in results:

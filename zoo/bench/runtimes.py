@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from zoo.bench.ceilings import device_sync
+from zoo.bench.ceilings import GiB, BandwidthProbe, device_sync
 from zoo.bench.options import ONNX_RUNTIMES, RUNTIMES, BenchOptions
 from zoo.bench.timing import figure, rate, time_call
 from zoo.core.spec import ModelSpec
@@ -222,8 +223,8 @@ def add_size_ratios(exports: list[dict]) -> None:
 
 def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: BenchOptions, ceilings: dict,
                      steps) -> list[dict]:
-    """Prefill and decode rows for every contender, with their fractions of ``ceilings``
-    (``fp32_flop_per_s`` and ``read_bytes_per_s``).
+    """Prefill and decode rows for every contender: prefill as a fraction of ``ceilings``'
+    ``fp32_flop_per_s``, decode of the read bandwidth measured between its own runs.
 
     PyTorch and Hugging Face take turns run by run (after each has had its warm-up), so
     that a change in the machine's load falls on both alike. ONNX Runtime is measured
@@ -231,6 +232,7 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
     run, and a PyTorch run right after one would be measured against a busy core.
     """
     generator = torch.Generator().manual_seed(options.seed)
+    probe = BandwidthProbe(options.device, (64 << 20) if options.tiny else GiB)
     groups = [[c for c in contenders if c.name not in ONNX_RUNTIMES], [c for c in contenders if c.name in ONNX_RUNTIMES]]
     rows = []
     for group in filter(None, groups):
@@ -239,21 +241,24 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
                 label = f"{batch}x{options.prompt_tokens}" if measure == "prefill" else f"batch {batch}"
                 steps(f"{measure} {label}: {' and '.join(c.name for c in group)}")
                 ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
-                samples = take_turns(group, measure, ids.to(options.device), options)
+                samples, bandwidths = take_turns(group, measure, ids.to(options.device), options,
+                                                 probe if measure == "decode" else None)
                 for name, values in samples.items():
                     if measure == "prefill":
                         rows.append(prefill_row(spec, model, name, batch, options.prompt_tokens, values,
                                                 ceilings["fp32_flop_per_s"]))
                     else:
-                        rows.append(decode_row(spec, model, name, batch, options, values, ceilings["read_bytes_per_s"]))
+                        rows.append(decode_row(spec, model, name, batch, options, values, bandwidths))
     add_hf_ratios(rows)
     order = {name: i for i, name in enumerate(RUNTIMES)}
     return sorted(rows, key=lambda r: (r["measure"] != "prefill", r["batch"], order[r["runtime"]]))
 
 
-def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions) -> dict[str, list[float]]:
+def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions,
+               probe: Callable[[], float] | None = None) -> tuple[dict[str, list[float]], list[float]]:
     """Seconds per prefill, or tokens/s per generation, of each contender in ``group``:
-    warm-up runs, then timed runs, the contenders taking turns."""
+    warm-up runs, then timed runs, the contenders taking turns; and ``probe()``'s read bandwidth
+    after each timed run."""
     sync = device_sync(options.device)
 
     def run(contender) -> float:
@@ -263,25 +268,31 @@ def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions) ->
             return time_call(lambda: contender.prefill(ids), 0, 1, sync)[0]
 
     samples = {c.name: [] for c in group}
+    bandwidths = []
     for index in range(options.warmup + options.repeats):
         for contender in group:
             value = run(contender)
             if index >= options.warmup:
                 samples[contender.name].append(value)
-    return samples
+                if probe is not None:
+                    bandwidths.append(probe())
+    return samples, bandwidths
 
 
 def decode_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, options: BenchOptions,
-               speeds: list[float], bandwidth: float) -> dict:
-    """A decode row: tokens/s and its fraction of what the read bandwidth allows."""
+               speeds: list[float], bandwidths: list[float]) -> dict:
+    """A decode row: tokens/s and its fraction of what the read bandwidth allows, the best read
+    bandwidth measured between the runs of the same measurement (as a ceiling is its best run)."""
     keys = options.prompt_tokens + options.new_tokens / 2  # mean keys read over the timed steps
     element = next(model.parameters()).element_size()
     step_bytes = weight_bytes_per_step(model) + kv_bytes_per_step(spec, batch, keys, element)
-    ceiling = batch * bandwidth / step_bytes
+    bandwidth = figure(bandwidths, "B/s")
+    ceiling = batch * bandwidth["max"] / step_bytes
     tokens = figure(speeds, "tokens/s")
     return {"measure": "decode", "runtime": runtime, "batch": batch, "past_tokens": options.prompt_tokens,
             "new_tokens": options.new_tokens, "tokens_per_s": tokens, "bytes_per_step": step_bytes,
-            "ceiling_tokens_per_s": ceiling, "fraction_of_bandwidth_ceiling": tokens["median"] / ceiling}
+            "read_bytes_per_s": bandwidth, "ceiling_tokens_per_s": ceiling,
+            "fraction_of_bandwidth_ceiling": tokens["median"] / ceiling}
 
 
 def prefill_row(spec: ModelSpec, model: nn.Module, runtime: str, batch: int, tokens: int, seconds: list[float],
