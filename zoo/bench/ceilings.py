@@ -109,7 +109,7 @@ def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
 class BandwidthProbe:
     """One ``torch.sum`` over ``nbytes`` at a time: the read bandwidth at this moment, taken between
     the decode runs so that each decode figure is set against the bandwidth of its own minutes (on a
-    shared machine it moved between 29 and 43 GB/s within a quarter of an hour)."""
+    shared machine it moved between 29 and 43 GB/s from one run to the next)."""
 
     def __init__(self, device: str, nbytes: int) -> None:
         self.x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,)

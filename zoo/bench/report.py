@@ -103,9 +103,9 @@ def _spread(fig: dict, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _bandwidth(row: dict) -> str:
-    """A decode row's read bandwidth (best of its probes, then their range) in GB/s."""
+    """A decode row's read bandwidth (the median of its probes and their range) in GB/s."""
     fig = row.get("read_bytes_per_s")
-    return f"{fig['max'] / 1e9:.1f} ({fig['min'] / 1e9:.1f}-{fig['max'] / 1e9:.1f})" if fig else ""
+    return _spread(fig, 1e-9) if fig else ""
 
 
 def _table(header: tuple, rows: list[tuple]) -> list[str]:
@@ -152,8 +152,8 @@ def render(report: dict) -> str:
     decode = [r for r in results if r["measure"] == "decode"]
     if decode:
         lines += [f"decode (greedy, {decode[0]['new_tokens']} new tokens after a {decode[0]['past_tokens']}-token prompt)"]
-        lines += ["(read bandwidth: the best of the probes run between the runs of each measurement, "
-                  "so each fraction uses its own minutes' bandwidth)"]
+        lines += ["(read GB/s: the median [min-max] of the probes run between the runs of each measurement, "
+                  "so that each fraction uses the bandwidth of its own minutes)"]
         lines += _table(("runtime", "batch", "tokens/s", "read GB/s", "ceiling tokens/s", "of fp32 bandwidth ceiling",
                          "vs hf"), [
             (r["runtime"], r["batch"], _spread(r["tokens_per_s"]), _bandwidth(r), f"{r['ceiling_tokens_per_s']:.1f}",
