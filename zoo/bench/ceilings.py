@@ -21,7 +21,7 @@ median of a ceiling understates it and would flatter every fraction.
 
 from __future__ import annotations
 
-import time
+import statistics
 
 import torch
 
@@ -107,17 +107,21 @@ def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
 
 
 class BandwidthProbe:
-    """One ``torch.sum`` over ``nbytes`` at a time: the read bandwidth at this moment, taken between
-    the decode runs so that each decode figure is set against the bandwidth of its own minutes (on a
-    shared machine it moved between 29 and 43 GB/s from one run to the next)."""
+    """The read bandwidth of this moment, sustained: ``torch.sum`` over ``nbytes`` again and again
+    for ``seconds``, the median rate. Taken between decode runs, it sets each decode figure against
+    the bandwidth of its own minutes; on a shared machine it moved between 29 and 43 GB/s from one
+    run to the next, and a single sum after a pause read up to 55 GB/s, a burst no decode sustains."""
 
-    def __init__(self, device: str, nbytes: int) -> None:
+    def __init__(self, device: str, nbytes: int, seconds: float = 0.5) -> None:
         self.x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,)
         self.sync = device_sync(device)
+        self.seconds = seconds
 
     def __call__(self) -> float:
-        time.sleep(0.2)  # ONNX Runtime's idle workers spin for a while after a run: let the cores go quiet
-        return self.x.numel() * 4 / min(time_call(lambda: self.x.sum(), 0, 2, self.sync))
+        times = []
+        while len(times) < 3 or sum(times) < self.seconds:
+            times += time_call(lambda: self.x.sum(), 0, 1, self.sync)
+        return self.x.numel() * 4 / statistics.median(times)
 
 
 def copy_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
