@@ -188,6 +188,26 @@ def test_prepare_for_decode_keeps_values_ties_and_training():
     assert _packed[layer][1] is not packed  # packed again from the new values
 
 
+def test_bfloat16_weights_are_packed_at_batch_1_where_the_cpu_computes_bfloat16():
+    from zoo.core.limits import cpu_has_bf16
+    from zoo.generation.sampling import _packed
+
+    net = zoo.build("gpt2", seed=1, **SMALL).to(torch.bfloat16)
+    ids = torch.randint(0, EOS, (2, 7))
+    with torch.no_grad():
+        before = net(ids).float()
+    prepare_for_decode(net)
+    layer = net.stack.h[0].mlp.c_fc
+    assert (layer in _packed) == cpu_has_bf16()
+    if layer in _packed:
+        assert _packed[layer][1].is_mkldnn and _packed[layer][1].dtype == torch.bfloat16
+    with torch.no_grad():  # bfloat16 products in another order: equal up to bfloat16 rounding
+        torch.testing.assert_close(net(ids).float(), before, rtol=0.05, atol=0.05)
+        x = torch.randn(1, 1, layer.in_features, dtype=torch.bfloat16)
+        torch.testing.assert_close(layer(x).float(), torch.nn.functional.linear(x, layer.weight, layer.bias).float(),
+                                   rtol=0.02, atol=0.02)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
