@@ -109,8 +109,8 @@ def read_bandwidth(device: str, nbytes: int, warmup: int, repeats: int) -> dict:
 class BandwidthProbe:
     """The read bandwidth of this moment, sustained: ``torch.sum`` over ``nbytes`` again and again
     for ``seconds``, the median rate. Taken between decode runs, it sets each decode figure against
-    the bandwidth of its own minutes; on a shared machine it moved between 29 and 43 GB/s from one
-    run to the next, and a single sum after a pause read up to 55 GB/s, a burst no decode sustains."""
+    the bandwidth of its own minutes: on a shared 2-core machine it moved between 29 and 57 GB/s from
+    one measurement to the next while the decode speeds held within a few percent."""
 
     def __init__(self, device: str, nbytes: int, seconds: float = 0.5) -> None:
         self.x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # (N,)
