@@ -233,7 +233,9 @@ def fit(task: Task, run_dir: str | os.PathLike, resume: bool = False, force: boo
     run_dir = Path(run_dir)
     dist = Distributed.start(task.config.device, group=task.config.strategy == "fsdp")
     try:
-        return Trainer(task, run_dir, dist, progress, on_step).run(resume, force)
+        summary = Trainer(task, run_dir, dist, progress, on_step).run(resume, force)
+        dist.barrier()  # no rank tears the group down while a peer may still be in its last collective
+        return summary
     finally:
         dist.stop()
 
