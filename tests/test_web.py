@@ -248,6 +248,7 @@ def test_a_model_no_transformers_type_describes_gets_a_stand_in_config_and_zoos_
     assert manifest["stand_in"] and config["model_type"] == "llama" and "stand_in" in config["zoo"]
     assert (config["num_key_value_heads"], config["head_dim"]) == kv_heads_and_head_dim
     assert config["num_hidden_layers"] == 2
+    assert config["intermediate_size"] == 64  # the spec's d_ff (2 x d_model here), not 4 x d_model
     prompts = [[5, 17, 33, 2], [40], [9, 8, 7, 6, 5, 4, 3]]
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"prompts": prompts, "new_tokens": NEW_TOKENS, "dtypes": ["fp32"]}))

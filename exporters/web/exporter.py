@@ -221,11 +221,10 @@ def translator_config(spec: ModelSpec):
     (the clients take the cache shape and special tokens from it)."""
     from transformers import MarianConfig
 
-    d_ff = getattr(getattr(spec.mlp, "options", None), "d_ff", None) or 4 * spec.d_model
     return MarianConfig(vocab_size=spec.vocab_size, decoder_vocab_size=spec.vocab_size, d_model=spec.d_model,
                         encoder_layers=spec.n_layers, decoder_layers=spec.n_decoder_layers,
                         encoder_attention_heads=spec.n_heads, decoder_attention_heads=spec.n_heads,
-                        encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, max_position_embeddings=spec.context_length,
+                        encoder_ffn_dim=spec.d_ff, decoder_ffn_dim=spec.d_ff, max_position_embeddings=spec.context_length,
                         pad_token_id=spec.pad_token_id, bos_token_id=spec.bos_token_id,
                         eos_token_id=spec.eos_token_id, decoder_start_token_id=spec.bos_token_id,
                         forced_eos_token_id=None, tie_word_embeddings=spec.tie_embeddings,
@@ -259,7 +258,7 @@ def stand_in_config(spec: ModelSpec):
     eos = spec.eos_token_id
     return LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.d_model, num_hidden_layers=spec.n_layers,
                        num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads, head_dim=spec.head_dim,
-                       intermediate_size=getattr(getattr(spec, "mlp", None), "d_ff", None) or 4 * spec.d_model,
+                       intermediate_size=spec.d_ff,
                        max_position_embeddings=spec.context_length, bos_token_id=spec.bos_token_id,
                        eos_token_id=eos, pad_token_id=spec.pad_token_id, tie_word_embeddings=spec.tie_embeddings,
                        architectures=["LlamaForCausalLM"])

@@ -29,7 +29,7 @@ FIELDS = (
     ConfigField("n_layer", "n_layers"),
     ConfigField("n_head", "attention.n_heads"),
     ConfigField("n_inner", "mlp.d_ff", read=lambda c: c.n_inner or 4 * c.n_embd,
-                write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
+                write=lambda s: s.d_ff),
     activation_field(),
     ConfigField("layer_norm_epsilon", "norm.eps"),
     ConfigField("tie_word_embeddings", "tie_embeddings"),

@@ -51,7 +51,7 @@ GPT_NEOX = CheckpointFormat(
         ConfigField("hidden_size", "d_model"),
         ConfigField("num_hidden_layers", "n_layers"),
         ConfigField("num_attention_heads", "attention.n_heads"),
-        ConfigField("intermediate_size", "mlp.d_ff", write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
+        ConfigField("intermediate_size", "mlp.d_ff", write=lambda s: s.d_ff),
         ConfigField("layer_norm_eps", "norm.eps"),
         ConfigField("rotary_pct", "positional.fraction", read=rope_parameter("partial_rotary_factor", 1.0)),
         ConfigField("rotary_emb_base", "positional.base", read=rope_parameter("rope_theta")),

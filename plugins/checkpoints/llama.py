@@ -34,7 +34,7 @@ def decoder_fields() -> tuple[ConfigField, ...]:
         ConfigField("num_hidden_layers", "n_layers"),
         ConfigField("num_attention_heads", "attention.n_heads"),
         ConfigField("num_key_value_heads", "attention.n_kv_heads", write=lambda s: s.n_kv_heads),
-        ConfigField("intermediate_size", "mlp.d_ff", write=lambda s: s.mlp.options.d_ff or 4 * s.d_model),
+        ConfigField("intermediate_size", "mlp.d_ff", write=lambda s: s.d_ff),
         ConfigField("rms_norm_eps", "norm.eps"),
         ConfigField("rope_theta", "positional.base", read=rope_parameter("rope_theta")),
         ConfigField("tie_word_embeddings", "tie_embeddings"),

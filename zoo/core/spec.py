@@ -87,6 +87,11 @@ class ModelSpec:
         return self.d_model // self.n_heads
 
     @property
+    def d_ff(self) -> int:
+        """The MLP's hidden width: its ``d_ff`` option, or 4 × ``d_model`` when it has none."""
+        return getattr(self.mlp.options, "d_ff", None) or 4 * self.d_model
+
+    @property
     def is_encoder_decoder(self) -> bool:
         return self.family == "encoder-decoder"
 

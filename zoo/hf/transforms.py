@@ -85,8 +85,7 @@ def qkv_sizes(spec) -> tuple[int, int, int]:
 
 def halves(spec) -> tuple[int, int]:
     """Rows of SwiGLU's gate and up projections."""
-    d_ff = spec.mlp.options.d_ff or 4 * spec.d_model
-    return d_ff, d_ff
+    return spec.d_ff, spec.d_ff
 
 
 @dataclass(frozen=True)

@@ -201,8 +201,7 @@ def _detail(kind: str, spec: ModelSpec, params: int) -> str:
             heads += f", {spec.n_kv_heads} kv heads"
         return f"{heads} · {count}"
     if kind == "mlp":
-        d_ff = getattr(spec.mlp.options, "d_ff", None) or 4 * spec.d_model
-        return f"d_ff {d_ff} · {count}"
+        return f"d_ff {spec.d_ff} · {count}"
     return count
 
 
