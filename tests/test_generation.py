@@ -144,7 +144,7 @@ def test_settings_out_of_range_are_refused(model, kwargs, message):
         generate(model, torch.zeros(1, 3, dtype=torch.long), **{"max_new_tokens": 2, **kwargs})
 
 
-def test_prepare_for_decode_keeps_values_ties_and_training():
+def test_prepare_for_decode_keeps_values_ties_and_training(monkeypatch):
     from zoo.generation.sampling import _packed, inference_linear
 
     net = zoo.build("gpt2", seed=1, **SMALL)
@@ -186,6 +186,11 @@ def test_prepare_for_decode_keeps_values_ties_and_training():
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
     prepare_for_decode(net, batch=2)
     assert _packed[layer][1] is not packed  # packed again from the new values
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    monkeypatch.setattr("zoo.core.limits.host_memory_available", lambda: 0)  # no room: no copies made,
+    prepare_for_decode(net, batch=2)
+    assert layer not in _packed  # and the stale one dropped
 
 
 def test_bfloat16_weights_are_packed_at_batch_1_where_the_cpu_computes_bfloat16():

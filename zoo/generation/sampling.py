@@ -25,14 +25,14 @@ from zoo.errors import DataError
 StreamCallback = Callable[[torch.Tensor], None]
 
 
-# oneDNN's own (blocked) layout of a float32 weight, made for batched decode: layer -> (weight's
+# oneDNN's own (blocked) layout of a weight (float32 for batched decode, bfloat16): layer -> (weight's
 # identity when packed, packed copy). Weak keys: a model's copies go with it, and the module
 # itself holds nothing that deepcopy, pickle or state_dict would meet.
 _packed: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, int], torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def prepare_for_decode(model, batch: int = 1) -> None:
-    """Ready a CPU model's float32 linear layers for inference; values, ties and training stay as they were.
+    """Ready a CPU model's linear layers for inference; values, ties and training stay as they were.
 
     * Every ``nn.Linear`` computes with oneDNN (:func:`inference_linear`) when no gradient is
       recorded. Its weight is kept [out, in] in memory (a Hugging Face Conv1D weight, loaded as a
@@ -79,6 +79,8 @@ def pack_weights(layers: list[nn.Linear]) -> None:
     from zoo.core.limits import host_memory_available
 
     todo = [m for m in layers if m not in _packed or _packed[m][0] != weight_identity(m)]
+    for module in todo:
+        _packed.pop(module, None)  # a stale copy is never read again: its memory counts as free
     needed = sum(m.weight.numel() * m.weight.element_size() for m in todo)
     available = host_memory_available()
     if not todo or (available is not None and available < 2 * needed):
@@ -90,8 +92,8 @@ def pack_weights(layers: list[nn.Linear]) -> None:
 
 def inference_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, computed by oneDNN (the kernel ``torch.compile`` uses for CPU linear layers)
-    for float32 on the CPU when no gradient is recorded; several rows read the packed weight when
-    the layer has one."""
+    on the CPU when no gradient is recorded: float32 from the plain weight for one row and from the
+    packed one for several when the layer has it; bfloat16 from the packed weight only."""
     weight, bias = module.weight, module.bias
     if (torch.is_grad_enabled() or x.dim() < 2 or x.device.type != "cpu" or x.dtype != weight.dtype
             or weight.dtype not in (torch.float32, torch.bfloat16)):
