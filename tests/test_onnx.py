@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import weakref
 from pathlib import Path
 
 import onnx
@@ -357,6 +358,36 @@ def test_verification_reads_the_weights_from_the_file_without_a_packed_copy(tmp_
     assert loads and all(kwargs.get("prepack") is False for kwargs in loads)
     options = runtime.session_options(prepack=False)
     assert options.get_session_config_entry("session.disable_prepacking") == "1"
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["fp32", "int8"])
+def test_onnx_runtime_runs_while_the_weights_wait_on_disk(tmp_path, monkeypatch, quantize):
+    """PyTorch's side of verification runs first; then the model's weights wait on disk, freed,
+    while the export is quantized and ONNX Runtime runs it (gpt2-xl: a peak of one copy of
+    the weights, not two), and they come back unchanged. The storages' weak references show
+    the memory itself was freed: nothing (onnxscript's rewrite rules kept the last graph they
+    matched) still held it."""
+    from zoo.exporters.onnx import exporter
+
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=1))
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    storages = [weakref.ref(p.untyped_storage()) for p in model.parameters()]
+    seen = []
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            seen.append((real.__name__, sum(p.numel() for p in model.parameters()),
+                         sum(ref() is not None for ref in storages)))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(runtime, "load", spy(runtime.load))
+    monkeypatch.setattr(exporter, "quantize_export", spy(exporter.quantize_export))
+    export(model, tmp_path / "onnx", kv_cache=True, quantize=quantize)
+    names = ["quantize_export"] * bool(quantize) + ["load"]
+    assert seen == [(name, 0, 0) for name in names]
+    assert all(torch.equal(t, before[name]) for name, t in model.state_dict().items())
+    assert not list((tmp_path / "onnx").glob(".weights-on-disk*"))
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

@@ -37,11 +37,13 @@ from tqdm import tqdm
 
 from zoo.core.files import SPEC, TOKENIZER_FILES, VERIFICATION, write_manifest
 from zoo.core.model_dir import load_state, state_dict_for_saving
+from zoo.core.paging import weights_on_disk
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
 from zoo.exporters.onnx.errors import export_failure
 from zoo.exporters.onnx.graphs import LOGITS_SEQUENCE, LOGITS_START, ExportGraph, graphs_for
 from zoo.exporters.onnx.quantize import QuantizeSettings, quantize_export, quantize_settings
+from zoo.exporters.onnx.verification import Reference, torch_reference, verify_export, verify_quantized_export
 from zoo.core.spec import ModelSpec
 
 DEFAULT_OPSET = 23  # the first opset with the standard fused Attention operator
@@ -77,28 +79,35 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             progress.set_postfix_str(graph.name)
             entries[graph.name] = export_graph(graph.eval(), out, opset)
             progress.update()
-        if quantization:
-            progress.set_postfix_str(f"quantizing to {quantization.scheme}")
-            quantized = quantize_export(out, entries, quantization)
-            progress.update()
-        (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
-        tokenizer = copy_tokenizer(spec, out, tokenizer_dir)
-        genai = write_genai_files(spec, out, entries["decoder"], kv_cache)
-        tokenizer += [name for name in genai.get("tokenizer", []) if name not in tokenizer]
-        manifest = {
-            "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
-            "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
-            "graphs": entries, "tokenizer": tokenizer, "genai": genai,
-            **({"quantization": quantized} if quantization else {}),
-            "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
-                              "onnxruntime": onnxruntime.__version__},
-        }
-        write_manifest(out, manifest, files=False)  # what the runtime reads while verifying
+        reference = None
         if verify:
-            progress.set_postfix_str("verifying")
-            manifest["verification"] = (run_quantized_verification(graph_model, out, quantization) if quantization
-                                        else run_verification(graph_model, out))
-            progress.update()
+            progress.set_postfix_str("running PyTorch for verification")
+            reference = torch_reference(graph_model, kv_cache, quantized=bool(quantization))
+        # From here on only ONNX works: the model's weights wait on disk, so that a quantizer's or
+        # ONNX Runtime's copy of them is the only one in memory.
+        with weights_on_disk(graph_model, out) if verify or quantization else contextlib.nullcontext():
+            if quantization:
+                progress.set_postfix_str(f"quantizing to {quantization.scheme}")
+                quantized = quantize_export(out, entries, quantization)
+                progress.update()
+            (out / SPEC).write_text(spec.to_yaml(), encoding="utf-8")
+            tokenizer = copy_tokenizer(spec, out, tokenizer_dir)
+            genai = write_genai_files(spec, out, entries["decoder"], kv_cache)
+            tokenizer += [name for name in genai.get("tokenizer", []) if name not in tokenizer]
+            manifest = {
+                "format": "onnx", "model": spec.name, "family": spec.family, "kv_cache": kv_cache,
+                "dtype": dtype, "opset": opset, "attention_operator": attention_operator(out, entries),
+                "graphs": entries, "tokenizer": tokenizer, "genai": genai,
+                **({"quantization": quantized} if quantization else {}),
+                "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
+                                  "onnxruntime": onnxruntime.__version__},
+            }
+            write_manifest(out, manifest, files=False)  # what the runtime reads while verifying
+            if reference is not None:
+                progress.set_postfix_str("verifying")
+                manifest["verification"] = (run_quantized_verification(reference, out, quantization)
+                                            if quantization else run_verification(reference, out))
+                progress.update()
         return write_manifest(out, manifest)
     finally:
         progress.close()
@@ -167,6 +176,7 @@ def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
             raise export_failure(exc, graph, program) from None
         path = out / f"{graph.name}.onnx"
         onnx_program.save(str(path), external_data=True)
+        release_weights(onnx_program.model)
     proto = name_dimensions(path, graph)
     if graph.selects_logits:
         proto = select_logit_positions(path)
@@ -180,6 +190,18 @@ def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
         "inputs": [io_entry(v, optional=v.name in defaults) for v in proto.graph.input],
         "outputs": [io_entry(v) for v in proto.graph.output],
     }
+
+
+def release_weights(model) -> None:
+    """Drop an in-memory ONNX model's references to its weights once they are saved.
+
+    onnxscript's rewrite rules, module-level objects, keep the last graph they matched, and
+    with it every initializer: the model's own parameters or views of them. Left alone, they
+    keep gpt2-xl's weights alive after the model's are paged out for verification."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            value.const_value = None
+        graph.initializers.clear()
 
 
 def io_entry(value: onnx.ValueInfoProto, optional: bool = False) -> dict:
@@ -295,13 +317,11 @@ def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None)
     return [s.name for s in sources]
 
 
-def run_verification(model: nn.Module, out: Path) -> dict:
-    """Run ONNX Runtime against PyTorch, print and save the report; raise on a mismatch."""
-    from zoo.exporters.onnx.verification import verify_export
-
-    name = model.spec.name
+def run_verification(reference: Reference, out: Path) -> dict:
+    """Run ONNX Runtime against PyTorch's outputs, print and save the report; raise on a mismatch."""
+    name = reference.model
     try:
-        report = verify_export(model, out)
+        report = verify_export(reference, out)
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -316,21 +336,19 @@ def run_verification(model: nn.Module, out: Path) -> dict:
     return report.summary()
 
 
-def run_quantized_verification(model: nn.Module, out: Path, settings: QuantizeSettings) -> dict:
+def run_quantized_verification(reference: Reference, out: Path, settings: QuantizeSettings) -> dict:
     """Compare a quantized export with the fp32 model on quantization's criteria (top-1
     agreement, relative logit error); save the report and raise when it fails."""
-    from zoo.exporters.onnx.verification import verify_quantized_export
-
     try:
-        report = verify_quantized_export(model, out, settings.scheme)
+        report = verify_quantized_export(reference, out, settings.scheme)
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot run the {settings.scheme} export of {model.spec.name}: "
+        raise ExportError(f"ONNX Runtime cannot run the {settings.scheme} export of {reference.model}: "
                           f"{first_line(exc)}") from None
     (out / VERIFICATION).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     tqdm.write(report.text(), file=sys.stderr)
     if not report.passed:
-        raise ExportError(f"the {settings.scheme} export of {model.spec.name} is too far from fp32: "
+        raise ExportError(f"the {settings.scheme} export of {reference.model} is too far from fp32: "
                           f"{report.failure()}; nothing was written")
     return report.summary()

@@ -3,14 +3,14 @@
 Batch 1 and 3 (rows of batch 3 left-padded by 0, 2 and 5 tokens), new sequence 1 and
 17, and with a key/value cache a past of 0 and 9 tokens that the runtime itself filled.
 The export goes through :func:`zoo.exporters.onnx.runtime.load`, the same path users take, and every
-logit is compared: ``|onnx - torch| <= atol + rtol * |torch|``.
+logit is compared: ``|onnx - torch| <= atol + rtol * |torch|``. PyTorch's side runs first, for every
+case (:func:`torch_reference`), and ONNX Runtime's after, so the model's weights need not be in
+memory while the export is quantized and run.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -113,59 +113,6 @@ def compare(output: str, onnx_out: torch.Tensor, torch_out: torch.Tensor, shape:
                 f"{atol:g} + {rtol:g}*|torch|", passed)
 
 
-def verify_export(model: nn.Module, directory, device: str | None = None, seed: int = 0):
-    """Compare the export in ``directory`` with ``model`` (in the export's dtype).
-
-    ONNX Runtime reads the weights from the export's memory-mapped file instead of packing a
-    copy of them beside the model's (gpt2-xl: 5.9 GB less anonymous memory). A decoder runs
-    PyTorch's side of every case first, then ONNX Runtime's on the same inputs."""
-    from zoo.exporters.onnx.runtime import load, read_manifest
-
-    device = device or next(model.parameters()).device.type
-    dtype = next(model.parameters()).dtype
-    tolerance = TOLERANCES[dtype]
-    generator = torch.Generator().manual_seed(seed)
-    name = model.spec.name
-    if not model.spec.is_encoder_decoder:
-        kv_cache = read_manifest(Path(directory))["kv_cache"]
-        cases, provider = verify_decoder(model, lambda: load(directory, device=device, prepack=False), kv_cache,
-                                         generator, tolerance)
-        return VerificationReport(name, DTYPE_NAMES[dtype], provider, cases)
-    runtime = load(directory, device=device, prepack=False)  # weights read from the file, not copied
-    with torch.inference_mode():
-        cases = verify_encoder_decoder(model, runtime, generator, tolerance)
-    return VerificationReport(name, DTYPE_NAMES[dtype], runtime.provider, cases)
-
-
-def _ids(generator, vocab: int, batch: int, length: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, length), generator=generator)
-
-
-def cached_runs(model, runtime, generator, batch: int, model_step, runtime_step):
-    """At each sequence and past length, both sides fill their own cache with the past
-    tokens, then run the rest; ``*_step(ids, mask, cache)`` runs one side. Yields
-    ``(got, want, mask, sequence, past)``."""
-    for sequence in SEQUENCES:
-        for past in PASTS if runtime.kv_cache else (0,):
-            ids = _ids(generator, model.spec.vocab_size, batch, past + sequence)
-            mask = padded_mask(batch, past + sequence)
-            cache, ort_cache = model.new_cache(batch, past + sequence), runtime.new_cache(batch, past + sequence)
-            if past:
-                model_step(ids[:, :past], mask[:, :past], cache)
-                runtime_step(ids[:, :past], mask[:, :past], ort_cache)
-            want = model_step(ids[:, past:], mask, cache)
-            got = runtime_step(ids[:, past:], mask, ort_cache)
-            yield got, want, mask, sequence, past
-
-
-def cached_cases(model, runtime, generator, tolerance, batch: int, model_step, runtime_step,
-                 padded: bool = False) -> list[Case]:
-    """Logits cases of :func:`cached_runs`, each within ``tolerance``."""
-    return [compare("logits", got, want, (batch, sequence, past), padded or bool((mask == 0).any()), tolerance)
-            for got, want, mask, sequence, past in cached_runs(model, runtime, generator, batch, model_step,
-                                                               runtime_step)]
-
-
 @dataclass
 class DecoderInput:
     """One decoder case: ``past`` tokens fill the cache, then ``sequence`` more are run."""
@@ -179,11 +126,108 @@ class DecoderInput:
     def shape(self) -> tuple[int, int, int]:
         return self.ids.shape[0], self.ids.shape[1] - self.past, self.past
 
+    @property
+    def padded(self) -> bool:
+        return bool((self.mask == 0).any())
+
+
+@dataclass
+class SourceInput:
+    """One encoder-decoder case: a source batch (right-padded), then decoder cases on its memory."""
+
+    src: torch.Tensor  # (B, SOURCE)
+    src_mask: torch.Tensor
+    steps: list[DecoderInput]
+
+    @property
+    def padded(self) -> bool:
+        return bool((self.src_mask == 0).any())
+
+
+@dataclass
+class Reference:
+    """PyTorch's side of a verification: what every case feeds and what the model gave back.
+
+    It is taken before ONNX Runtime opens the export, so that the model's weights can wait on
+    disk (:func:`zoo.core.paging.weights_on_disk`) while the export is quantized and run.
+    ``outputs``: per input, the logits of a decoder; (memory, [logits per step]) of an
+    encoder-decoder."""
+
+    model: str
+    dtype: torch.dtype
+    device: str
+    inputs: list
+    outputs: list
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(self.inputs) and isinstance(self.inputs[0], SourceInput)
+
+    def run(self, lm) -> list:
+        """The same cases on ``lm`` (an ONNX Runtime model), fed from the CPU."""
+        with torch.inference_mode():
+            return (run_encoder_decoder if self.encoder_decoder else run_decoder)(lm, self.inputs, "cpu")
+
+
+def torch_reference(model: nn.Module, kv_cache: bool, quantized: bool = False, seed: int = 0) -> Reference:
+    """Run ``model`` (in the export's dtype) on every case a verification compares: batch,
+    sequence and, with ``kv_cache``, past lengths; every logit, and for a float export the
+    last position's alone too (as generation asks for it)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.spec.vocab_size
+    model.eval()
+    if model.spec.is_encoder_decoder:
+        inputs, run = source_inputs(vocab, kv_cache, generator, BATCHES), run_encoder_decoder
+    else:
+        inputs, run = decoder_inputs(vocab, kv_cache, generator, BATCHES, False), run_decoder
+        if not quantized:
+            inputs += decoder_inputs(vocab, kv_cache, generator, BATCHES[-1:], True)
+    with torch.inference_mode():
+        outputs = run(model, inputs, device)
+    return Reference(model.spec.name, next(model.parameters()).dtype, device.type, inputs, outputs)
+
+
+def verify_export(reference: Reference, directory) -> VerificationReport:
+    """Compare the export in ``directory`` with PyTorch's outputs in ``reference``.
+
+    ONNX Runtime reads the weights from the export's memory-mapped file instead of packing a
+    copy of them beside the model's (gpt2-xl: 5.9 GB less anonymous memory)."""
+    from zoo.exporters.onnx.runtime import load
+
+    runtime = load(directory, device=reference.device, prepack=False)
+    tolerance = TOLERANCES[reference.dtype]
+    cases = []
+    for case, got, want in zip(reference.inputs, reference.run(runtime), reference.outputs):
+        if isinstance(case, SourceInput):
+            (got_memory, got_steps), (want_memory, want_steps) = got, want
+            cases.append(compare("memory", got_memory, want_memory, (len(case.src), SOURCE, 0), case.padded,
+                                 tolerance))
+            cases += [compare("logits", g, w, step.shape, case.padded or step.padded, tolerance)
+                      for step, g, w in zip(case.steps, got_steps, want_steps)]
+        else:
+            cases.append(compare("last logits" if case.last_only else "logits", got, want, case.shape,
+                                 case.padded, tolerance))
+    return VerificationReport(reference.model, DTYPE_NAMES[reference.dtype], runtime.provider, cases)
+
+
+def _ids(generator, vocab: int, batch: int, length: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=generator)
+
 
 def decoder_inputs(vocab: int, kv_cache: bool, generator, batches, last_only: bool) -> list[DecoderInput]:
     return [DecoderInput(_ids(generator, vocab, batch, past + sequence), padded_mask(batch, past + sequence), past,
                          last_only)
             for batch in batches for sequence in SEQUENCES for past in (PASTS if kv_cache else (0,))]
+
+
+def source_inputs(vocab: int, kv_cache: bool, generator, batches) -> list[SourceInput]:
+    out = []
+    for batch in batches:
+        src = _ids(generator, vocab, batch, SOURCE)
+        out.append(SourceInput(src, padded_mask(batch, SOURCE, left=False),
+                               decoder_inputs(vocab, kv_cache, generator, (batch,), False)))
+    return out
 
 
 def run_decoder(lm, inputs: list[DecoderInput], device) -> list[torch.Tensor]:
@@ -200,43 +244,22 @@ def run_decoder(lm, inputs: list[DecoderInput], device) -> list[torch.Tensor]:
     return outputs
 
 
-def verify_decoder(model, open_runtime: Callable, kv_cache: bool, generator, tolerance) -> tuple[list[Case], str]:
-    """Every logit at every shape, and the last position's alone (as generation asks for them);
-    PyTorch's side first, then ONNX Runtime's (``open_runtime()``) on the same inputs. Returns the
-    cases and the runtime's execution provider."""
-    device = next(model.parameters()).device
-    vocab = model.spec.vocab_size
-    inputs = decoder_inputs(vocab, kv_cache, generator, BATCHES, False) + \
-        decoder_inputs(vocab, kv_cache, generator, BATCHES[-1:], True)
-    with torch.inference_mode():
-        wanted = run_decoder(model, inputs, device)
-    runtime = open_runtime()
-    with torch.inference_mode():
-        got = run_decoder(runtime, inputs, "cpu")
-    cases = [compare("last logits" if case.last_only else "logits", g, w, case.shape, bool((case.mask == 0).any()),
-                     tolerance) for case, g, w in zip(inputs, got, wanted)]
-    return cases, runtime.provider
-
-
-def verify_encoder_decoder(model, runtime, generator, tolerance) -> list[Case]:
-    cases = []
-    device = next(model.parameters()).device
-    for batch in BATCHES:
-        src = _ids(generator, model.spec.vocab_size, batch, SOURCE)
-        src_mask = padded_mask(batch, SOURCE, left=False)
-        memory = model.encode(src.to(device), src_mask.to(device))
-        ort_memory = runtime.encode(src, src_mask)
-        padded = bool((src_mask == 0).any())
-        cases.append(compare("memory", ort_memory, memory, (batch, SOURCE, 0), padded, tolerance))
-
-        def model_step(tgt, tgt_mask, cache, memory=memory, src_mask=src_mask):
-            return model.decode(tgt.to(device), memory, src_mask.to(device), tgt_mask.to(device), cache=cache)
-
-        def runtime_step(tgt, tgt_mask, cache, memory=ort_memory, src_mask=src_mask):
-            return runtime.decode(tgt, memory, src_mask, tgt_mask, cache=cache)
-
-        cases += cached_cases(model, runtime, generator, tolerance, batch, model_step, runtime_step, padded)
-    return cases
+def run_encoder_decoder(lm, inputs: list[SourceInput], device) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """Per source batch, the memory ``lm`` encodes and the logits of each decoder case on it,
+    on the CPU; each side decodes from its own memory and fills its own cache."""
+    outputs = []
+    for case in inputs:
+        src_mask = case.src_mask.to(device)
+        memory = lm.encode(case.src.to(device), src_mask)
+        steps = []
+        for step in case.steps:
+            ids, mask = step.ids.to(device), step.mask.to(device)
+            cache = lm.new_cache(ids.shape[0], ids.shape[1])
+            if step.past:
+                lm.decode(ids[:, :step.past], memory, src_mask, mask[:, :step.past], cache=cache)
+            steps.append(lm.decode(ids[:, step.past:], memory, src_mask, mask, cache=cache).detach().cpu())
+        outputs.append((memory.detach().cpu(), steps))
+    return outputs
 
 
 # --------------------------------------------------------------------------- quantized exports
@@ -351,41 +374,18 @@ def decisive_positions(got: torch.Tensor, want: torch.Tensor, margin: float = 3.
     return (top2[:, 0] - top2[:, 1]) > margin * noise
 
 
-def verify_quantized_export(model: nn.Module, directory, scheme: str, seed: int = 0) -> QuantizedReport:
-    """Compare the quantized export in ``directory`` with the fp32 ``model``."""
+def verify_quantized_export(reference: Reference, directory, scheme: str) -> QuantizedReport:
+    """Compare the quantized export in ``directory`` with the fp32 model's outputs in ``reference``."""
     from zoo.exporters.onnx.runtime import load
 
     runtime = load(directory, device="cpu")
-    model = model.eval()
-    generator = torch.Generator().manual_seed(seed)
     agreement = Agreement()
-    with torch.inference_mode():
-        for batch in BATCHES:
-            if model.spec.is_encoder_decoder:
-                quantized_encoder_decoder_cases(model, runtime, generator, batch, agreement)
-            else:
-                quantized_cases(model, runtime, generator, batch, agreement,
-                                lambda ids, mask, cache: model(ids, attention_mask=mask, cache=cache),
-                                lambda ids, mask, cache: runtime(ids, attention_mask=mask, cache=cache))
-    return agreement.report(model.spec.name, scheme, runtime.provider)
-
-
-def quantized_cases(model, runtime, generator, batch: int, agreement: Agreement, model_step, runtime_step) -> None:
-    """Pool the logits of :func:`cached_runs` into ``agreement`` (real positions only)."""
-    for got, want, mask, _, past in cached_runs(model, runtime, generator, batch, model_step, runtime_step):
-        agreement.add("logits", got, want, mask[:, past:], past)
-
-
-def quantized_encoder_decoder_cases(model, runtime, generator, batch: int, agreement: Agreement) -> None:
-    src = _ids(generator, model.spec.vocab_size, batch, SOURCE)
-    src_mask = padded_mask(batch, SOURCE, left=False)
-    memory, ort_memory = model.encode(src, src_mask), runtime.encode(src, src_mask)
-    agreement.add("memory", ort_memory, memory, src_mask, 0, logits=False)
-
-    def model_step(tgt, attention_mask, cache):
-        return model.decode(tgt, memory, src_mask, attention_mask, cache=cache)
-
-    def runtime_step(tgt, attention_mask, cache):
-        return runtime.decode(tgt, ort_memory, src_mask, attention_mask, cache=cache)
-
-    quantized_cases(model, runtime, generator, batch, agreement, model_step, runtime_step)
+    for case, got, want in zip(reference.inputs, reference.run(runtime), reference.outputs):
+        if isinstance(case, SourceInput):
+            (got_memory, got_steps), (want_memory, want_steps) = got, want
+            agreement.add("memory", got_memory, want_memory, case.src_mask, 0, logits=False)
+            for step, g, w in zip(case.steps, got_steps, want_steps):
+                agreement.add("logits", g, w, step.mask[:, step.past:], step.past)
+        else:
+            agreement.add("logits", got, want, case.mask[:, case.past:], case.past)
+    return agreement.report(reference.model, scheme, runtime.provider)
