@@ -25,6 +25,7 @@ TARGETS = [
     "prefill 1x128: torch at least as fast as Hugging Face",
     "build from safetensors: zoo no slower than from_pretrained (build + first forward)",
     "build from safetensors: zoo peak RSS <= 1.2x the weight bytes",
+    "ONNX export (kv cache, verified): zoo export peak RSS <= 1.3x the weight bytes",
 ]
 from zoo.cli import cli
 
@@ -79,6 +80,10 @@ def test_tiny_report_has_every_section(tiny_run):
                 assert (measure, runtime, batch) in rows, f"no {measure} row for {runtime} at batch {batch}"
     assert ("onnx_export", "onnxruntime", None) in rows
     assert ("build", "zoo", None) in rows and ("build", "hf", None) in rows
+    export = next(r for r in report["results"] if r["measure"] == "export_memory")  # zoo export, in its own process
+    assert export["peak_rss_over_weights"] == pytest.approx(export["peak_rss_bytes"]["median"] / export["weight_bytes"])
+    assert export["peak_rss_bytes"]["median"] > 100e6  # an interpreter with torch and ONNX Runtime, at least
+    assert export["command"] == "zoo export gpt2 --format onnx --kv-cache -o DIR" and export["command"] in text
     for row in report["results"]:
         if row["runtime"] != "hf" and row["measure"] in ("prefill", "decode"):
             assert "vs_hf" in row
@@ -123,6 +128,7 @@ def test_targets_name_what_was_not_measured():
         {"measure": "prefill", "runtime": "torch", "batch": 1, "latency_s": {"median": 0.212}},
         {"measure": "prefill", "runtime": "onnxruntime", "batch": 1, "latency_s": {"median": 0.149}},
         {"measure": "build", "runtime": "zoo", "model": "gpt2-xl", "not_available": "skipped (--skip-xl)"},
+        {"measure": "export_memory", "runtime": "zoo", "model": "gpt2-xl", "not_available": "skipped (--skip-xl)"},
     ]}
     targets = {t["target"]: t for t in evaluate_targets(report)}
     assert targets["decode batch 1: torch >= 80% of the bandwidth ceiling"]["pass"] is True
@@ -132,6 +138,8 @@ def test_targets_name_what_was_not_measured():
     assert "not selected" in targets["prefill 1x128: torch at least as fast as Hugging Face"]["not_available"]
     assert "not selected" in targets["decode batch 1: onnxruntime-int4 >= 3x the fp32 bandwidth ceiling"]["not_available"]
     assert "skipped" in targets["build from safetensors: zoo peak RSS <= 1.2x the weight bytes"]["not_available"]
+    assert "skipped" in targets["ONNX export (kv cache, verified): zoo export peak RSS <= 1.3x the weight bytes"][
+        "not_available"]
 
 
 def test_unknown_runtime_is_one_line_error():

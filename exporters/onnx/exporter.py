@@ -114,9 +114,9 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
         model.train(was_training)
 
 
-# Peak memory of its own an export takes (tracing, serialising, verifying in ONNX Runtime) over the
-# model's weight bytes, with a margin: gpt2-xl peaked at 1.11x its 6.23 GB of anonymous memory (README).
-# The export's own file pages, mapped for verification, come on top but the system can reclaim them.
+# Peak memory an export takes (tracing, serialising, quantizing and verifying) over the model's weight
+# bytes, with a margin: gpt2-xl peaked at 1.16x its 6.23 GB of resident memory, 1.26x with int4 (README),
+# the model's weights waiting on disk while ONNX Runtime maps the export's.
 EXPORT_PEAK_OVER_WEIGHTS = 1.3
 
 

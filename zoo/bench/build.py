@@ -8,6 +8,8 @@ there), and prints one JSON line with the times and ``/proc/self/status`` figure
 Hugging Face layout so both loaders read the very same file, and deletes it after.
 
     python -m zoo.bench.build zoo|hf DIRECTORY SPEC_YAML --threads 2 --device cpu
+
+:func:`measure_export` measures ``zoo export`` the same way, its peak memory against the weights.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,6 +133,47 @@ def compare_builds(spec: ModelSpec, directory: Path, repeats: int, warmup: int, 
                                                  - row["baseline_rss_bytes"]["median"]) / weight_bytes
         rows.append(row)
     return rows
+
+
+def measure_export(spec: ModelSpec, directory: Path, threads: int, timeout: float = 3600,
+                   steps=lambda name: None) -> dict:
+    """Export ``spec`` with random weights as a user would, ``zoo export SPEC --format onnx
+    --kv-cache`` (verification on), in a child process, and report its wall time and peak
+    resident memory (the child's own, from ``wait4``, as ``/usr/bin/time`` reads it) against
+    the weight bytes. The export is deleted after."""
+    from zoo.core.limits import model_size
+
+    steps(f"export {spec.name} to ONNX (peak memory)")
+    directory.mkdir(parents=True, exist_ok=True)
+    spec_path, out, log = directory / SPEC, directory / "onnx", directory / "export.log"
+    spec_path.write_text(spec.to_yaml(), encoding="utf-8")
+    command = ["zoo", "export", str(spec_path), "--format", "onnx", "--kv-cache", "-o", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    row = {"measure": "export_memory", "runtime": "zoo", "model": spec.name, "command": " ".join(command[:2] + [
+        spec.name] + command[3:-1] + ["DIR"])}
+    try:
+        with open(log, "wb") as stderr:
+            start = time.perf_counter()
+            child = subprocess.Popen([sys.executable, "-m", "zoo.cli", *command[1:]], stdout=stderr,
+                                     stderr=stderr, env=env)
+            timer = threading.Timer(timeout, child.kill)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(child.pid, 0)
+            finally:
+                timer.cancel()
+            seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen does not wait again
+        if child.returncode != 0:
+            lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            why = f"killed after {timeout:.0f} s" if child.returncode < 0 else (lines or ["no output"])[-1]
+            return {**row, "not_available": f"zoo export failed: {why}"}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    weight_bytes = model_size(spec).bytes
+    peak = usage.ru_maxrss * 1024  # kB on Linux
+    return {**row, "weight_bytes": weight_bytes, "seconds": figure([seconds], "s"),
+            "peak_rss_bytes": figure([peak], "B"), "peak_rss_over_weights": peak / weight_bytes}
 
 
 def _status() -> dict[str, int]:

@@ -132,7 +132,7 @@ def run_bench(options: BenchOptions) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
     onnx_runtimes = sum(r in ONNX_RUNTIMES for r in options.runtimes)
     groups = ("torch" in options.runtimes or "hf" in options.runtimes) + bool(onnx_runtimes)
-    total = 6 + 1 + 2 * len(options.batches) * groups + onnx_runtimes + (0 if options.skip_xl else 3)
+    total = 6 + 1 + 2 * len(options.batches) * groups + onnx_runtimes + (0 if options.skip_xl else 3 + (options.device == "cpu"))
     steps = Steps(total)
     started = time.time()
     try:
@@ -171,12 +171,16 @@ def run_bench(options: BenchOptions) -> dict:
 
 def build_rows(options: BenchOptions, workdir: Path, threads: int, steps) -> list[dict]:
     """gpt2-xl (the tiny model with ``tiny``) built from one local safetensors file by the
-    zoo and by ``from_pretrained`` (:func:`zoo.bench.build.compare_builds`)."""
-    from zoo.bench.build import CONTENDERS, compare_builds
+    zoo and by ``from_pretrained`` (:func:`zoo.bench.build.compare_builds`), and on the CPU
+    exported to ONNX by ``zoo export`` (:func:`zoo.bench.build.measure_export`)."""
+    from zoo.bench.build import CONTENDERS, compare_builds, measure_export
 
     spec = build_spec(options)
     if options.skip_xl:
-        return [{"measure": "build", "runtime": c, "model": spec.name, "not_available": "skipped (--skip-xl)"}
-                for c in CONTENDERS]
-    return compare_builds(spec, workdir / "build", repeats=min(options.repeats, 3), warmup=min(options.warmup, 1),
+        return [{"measure": measure, "runtime": c, "model": spec.name, "not_available": "skipped (--skip-xl)"}
+                for measure, c in [*(("build", c) for c in CONTENDERS), ("export_memory", "zoo")]]
+    rows = compare_builds(spec, workdir / "build", repeats=min(options.repeats, 3), warmup=min(options.warmup, 1),
                           seed=options.seed, threads=threads, device=options.device, steps=steps)
+    if options.device == "cpu":  # the export's memory is the host's
+        rows.append(measure_export(spec, workdir / "export", threads, steps=steps))
+    return rows
