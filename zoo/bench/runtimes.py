@@ -228,8 +228,10 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
 
     PyTorch and Hugging Face take turns run by run (after each has had its warm-up), so
     that a change in the machine's load falls on both alike. ONNX Runtime is measured
-    after them, on its own: its idle worker threads keep spinning for a while after each
-    run, and a PyTorch run right after one would be measured against a busy core.
+    after them, each session on its own, one after the other: a session's idle worker
+    threads keep spinning for a while after each run, and a PyTorch run or another session's
+    right after one would be measured against a busy core (GPT-2 Small's prefill took 184 ms
+    right after another session's run and 128 ms with no other session's threads about).
     """
     generator = torch.Generator().manual_seed(options.seed)
     probe = BandwidthProbe(options.device, (64 << 20) if options.tiny else GiB)
@@ -242,7 +244,8 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
                 steps(f"{measure} {label}: {' and '.join(c.name for c in group)}")
                 ids = torch.randint(0, spec.vocab_size, (batch, options.prompt_tokens), generator=generator)
                 samples, bandwidths = take_turns(group, measure, ids.to(options.device), options,
-                                                 probe if measure == "decode" else None)
+                                                 probe if measure == "decode" else None,
+                                                 alternate=group[0].name not in ONNX_RUNTIMES)
                 for name, values in samples.items():
                     if measure == "prefill":
                         rows.append(prefill_row(spec, model, name, batch, options.prompt_tokens, values,
@@ -255,10 +258,12 @@ def measure_runtimes(spec: ModelSpec, model: nn.Module, contenders, options: Ben
 
 
 def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions,
-               probe: Callable[[], float] | None = None) -> tuple[dict[str, list[float]], list[float]]:
+               probe: Callable[[], float] | None = None,
+               alternate: bool = True) -> tuple[dict[str, list[float]], list[float]]:
     """Seconds per prefill, or tokens/s per generation, of each contender in ``group``:
-    warm-up runs, then timed runs, the contenders taking turns; and ``probe()``'s read bandwidth
-    after each timed run."""
+    warm-up runs, then timed runs, the contenders taking turns (with ``alternate``; else each
+    contender's runs back to back, one contender after the other); and ``probe()``'s read
+    bandwidth after each timed run."""
     sync = device_sync(options.device)
 
     def run(contender) -> float:
@@ -269,13 +274,14 @@ def take_turns(group, measure: str, ids: torch.Tensor, options: BenchOptions,
 
     samples = {c.name: [] for c in group}
     bandwidths = []
-    for index in range(options.warmup + options.repeats):
-        for contender in group:
-            value = run(contender)
-            if index >= options.warmup:
-                samples[contender.name].append(value)
-                if probe is not None:
-                    bandwidths.append(probe())
+    runs = range(options.warmup + options.repeats)
+    order = [(index, c) for index in runs for c in group] if alternate else [(index, c) for c in group for index in runs]
+    for index, contender in order:
+        value = run(contender)
+        if index >= options.warmup:
+            samples[contender.name].append(value)
+            if probe is not None:
+                bandwidths.append(probe())
     return samples, bandwidths
 
 
