@@ -9,7 +9,8 @@ Hugging Face layout so both loaders read the very same file, and deletes it afte
 
     python -m zoo.bench.build zoo|hf DIRECTORY SPEC_YAML --threads 2 --device cpu
 
-:func:`measure_export` measures ``zoo export`` the same way, its peak memory against the weights.
+:func:`measure_export` measures ``zoo export`` the same way (``export OUT_DIR SPEC_YAML``), its
+peak memory against the weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from zoo.core.spec import ModelSpec
 from zoo.errors import ZooError
 
 CONTENDERS = ("zoo", "hf")
+EXPORT_OPTIONS = ("--format", "onnx", "--kv-cache")
 STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
@@ -138,42 +139,49 @@ def compare_builds(spec: ModelSpec, directory: Path, repeats: int, warmup: int, 
 def measure_export(spec: ModelSpec, directory: Path, threads: int, timeout: float = 3600,
                    steps=lambda name: None) -> dict:
     """Export ``spec`` with random weights as a user would, ``zoo export SPEC --format onnx
-    --kv-cache`` (verification on), in a child process, and report its wall time and peak
-    resident memory (the child's own, from ``wait4``, as ``/usr/bin/time`` reads it) against
-    the weight bytes. The export is deleted after."""
+    --kv-cache`` (verification on), in a child process that reports its own wall time and peak
+    resident memory (``VmHWM``; a parent's ``wait4`` figure would include the parent's memory,
+    which the child holds between fork and exec), against the weight bytes. The export is
+    deleted after."""
     from zoo.core.limits import model_size
 
     steps(f"export {spec.name} to ONNX (peak memory)")
     directory.mkdir(parents=True, exist_ok=True)
-    spec_path, out, log = directory / SPEC, directory / "onnx", directory / "export.log"
+    spec_path = directory / SPEC
     spec_path.write_text(spec.to_yaml(), encoding="utf-8")
-    command = ["zoo", "export", str(spec_path), "--format", "onnx", "--kv-cache", "-o", str(out)]
+    row = {"measure": "export_memory", "runtime": "zoo", "model": spec.name,
+           "command": f"zoo export {spec.name} " + " ".join(EXPORT_OPTIONS) + " -o DIR"}
+    command = [sys.executable, "-m", "zoo.bench.build", "export", str(directory / "onnx"), str(spec_path),
+               "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    row = {"measure": "export_memory", "runtime": "zoo", "model": spec.name, "command": " ".join(command[:2] + [
-        spec.name] + command[3:-1] + ["DIR"])}
     try:
-        with open(log, "wb") as stderr:
-            start = time.perf_counter()
-            child = subprocess.Popen([sys.executable, "-m", "zoo.cli", *command[1:]], stdout=stderr,
-                                     stderr=stderr, env=env)
-            timer = threading.Timer(timeout, child.kill)
-            timer.start()
-            try:
-                _, status, usage = os.wait4(child.pid, 0)
-            finally:
-                timer.cancel()
-            seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen does not wait again
-        if child.returncode != 0:
-            lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-            why = f"killed after {timeout:.0f} s" if child.returncode < 0 else (lines or ["no output"])[-1]
-            return {**row, "not_available": f"zoo export failed: {why}"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**row, "not_available": f"zoo export did not finish within {timeout:.0f} s"}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return {**row, "not_available": f"zoo export failed: {tail}"}
+    result = json.loads(lines[-1])
     weight_bytes = model_size(spec).bytes
-    peak = usage.ru_maxrss * 1024  # kB on Linux
-    return {**row, "weight_bytes": weight_bytes, "seconds": figure([seconds], "s"),
-            "peak_rss_bytes": figure([peak], "B"), "peak_rss_over_weights": peak / weight_bytes}
+    return {**row, "weight_bytes": weight_bytes, "seconds": figure([result["seconds"]], "s"),
+            "peak_rss_bytes": figure([result["peak_rss_bytes"]], "B"),
+            "peak_rss_over_weights": result["peak_rss_bytes"] / weight_bytes}
+
+
+def export_child(out: Path, spec_path: Path) -> dict:
+    """Run ``zoo export`` in this process, as the command line would, and report on it."""
+    from zoo.cli import cli
+
+    start = time.perf_counter()
+    try:
+        cli.main(["export", str(spec_path), *EXPORT_OPTIONS, "-o", str(out)], prog_name="zoo", standalone_mode=False)
+    except SystemExit as exc:  # zoo's one-line errors exit this way
+        if exc.code:
+            raise
+    return {"seconds": time.perf_counter() - start, "peak_rss_bytes": _status()["VmHWM"]}
 
 
 def _status() -> dict[str, int]:
@@ -234,14 +242,19 @@ def child(contender: str, directory: Path, spec_path: Path, device: str) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build one model from a checkpoint directory and report time and memory.")
-    parser.add_argument("contender", choices=CONTENDERS)
+    parser.add_argument("contender", choices=(*CONTENDERS, "export"), help="a loader, or 'export': zoo export "
+                        "SPEC into DIRECTORY")
     parser.add_argument("directory", type=Path)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(child(args.contender, args.directory, args.spec, args.device)), flush=True)
+    if args.contender == "export":
+        report = export_child(args.directory, args.spec)
+    else:
+        report = child(args.contender, args.directory, args.spec, args.device)
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
