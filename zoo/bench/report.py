@@ -310,7 +310,7 @@ def _speed_panel(ax, results: list[dict], measure: str, runtimes: list[str], rep
                     ax.hlines(row["ceiling_tokens_per_s"], x - width / 2, x + width / 2, colors="black",
                               linestyles=":", label="its bandwidth ceiling" if not tops else None)
                     tops.append(row["ceiling_tokens_per_s"])
-        ax.set_ylim(0, max(tops + [ax.get_ylim()[1]]) * 1.1)
+        ax.set_ylim(0, max(tops + [ax.get_ylim()[1]]) * 1.45)  # headroom: the legend sits above the bars
         names = [f"batch {b}" for b in batches]
         title = f"decode after a {report['options']['prompt_tokens']}-token prompt"
     else:
@@ -319,7 +319,7 @@ def _speed_panel(ax, results: list[dict], measure: str, runtimes: list[str], rep
     ax.set_xticks(range(len(batches)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=9, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
 
 
 def _build_panel(ax, results: list[dict]) -> None:
@@ -340,14 +340,22 @@ def _build_panel(ax, results: list[dict]) -> None:
     ax.set_ylim(0, max(b + f for b, f in zip(build, forward)) * 1.3)
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("seconds (build + first forward)")
-    ax.set_title(f"build {builds[0]['model']} from safetensors ({builds[0]['weight_bytes'] / 1e9:.2f} GB)")
+    ax.set_title(f"build {builds[0]['model']} from safetensors ({builds[0]['weight_bytes'] / 1e9:.2f} GB)"
+                 + (", and export it" if any(r["measure"] == "export_memory" and "not_available" not in r
+                                             for r in results) else ""))
     ax.legend(fontsize=9, loc="upper left", ncols=2)
     twin = ax.twinx()
-    peaks = [r["peak_rss_bytes"]["median"] / 1e9 for r in builds]
-    twin.plot([x + 0.3 for x in xs], peaks, "D", color="black", label="peak RSS")
-    for x, p, r in zip(xs, peaks, builds):
+    export = next((r for r in results if r["measure"] == "export_memory" and "not_available" not in r), None)
+    peaked = builds + [export] * (export is not None)  # zoo export's peak: a diamond of its own, right of the builds
+    peaks = [r["peak_rss_bytes"]["median"] / 1e9 for r in peaked]
+    twin.plot([x + 0.3 for x in range(len(peaked))], peaks, "D", color="black", label="peak RSS")
+    for x, p, r in zip(range(len(peaked)), peaks, peaked):
         twin.text(x + 0.3, p, f" {p:.2f} GB\n ({r['peak_rss_over_weights']:.2f}x weights)", fontsize=8, va="center")
-    twin.axhline(1.2 * builds[0]["weight_bytes"] / 1e9, color="grey", linestyle="--", linewidth=1)
-    twin.set_ylim(0, max(peaks + [1.2 * builds[0]["weight_bytes"] / 1e9]) * 1.3)
-    twin.set_ylabel("peak RSS GB (diamonds; dashed: 1.2x weights)")
-    ax.set_xlim(-0.5, len(builds) - 0.2)
+    weights = builds[0]["weight_bytes"] / 1e9
+    twin.axhline(1.2 * weights, color="grey", linestyle="--", linewidth=1)
+    if export is not None:
+        twin.hlines(1.3 * weights, len(builds) - 0.5, len(builds) + 0.8, colors="grey", linestyles=":", linewidth=1)
+        ax.set_xticks([*xs, len(builds)], [*names, "zoo export\n(ONNX, peak only)"])
+    twin.set_ylim(0, max(peaks + [1.3 * weights]) * 1.3)
+    twin.set_ylabel("peak RSS GB (diamonds; dashed: 1.2x, dotted: 1.3x weights)")
+    ax.set_xlim(-0.5, len(peaked) - 0.2 + 0.4 * (export is not None))
