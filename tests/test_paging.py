@@ -61,9 +61,12 @@ def test_parameters_viewing_one_buffer_stay_in_memory(tmp_path):
         assert not paged and model.weight.numel() == 16
 
 
-def test_too_little_disk_keeps_the_weights_in_memory(tmp_path, monkeypatch):
+def test_too_little_disk_keeps_the_weights_in_memory_and_says_so(tmp_path, monkeypatch):
     model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2"))
     monkeypatch.setattr(paging.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 0))
-    with weights_on_disk(model, tmp_path) as paged:
+    notes = []
+    with weights_on_disk(model, tmp_path, notice=notes.append) as paged:
         assert not paged and all(p.numel() for p in model.parameters())
     assert not list(tmp_path.iterdir())
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith(f"note: {tmp_path} has 0 B free, too little to page out the model's ")

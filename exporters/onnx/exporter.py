@@ -85,7 +85,8 @@ def onnx_exporter(model: nn.Module, spec: ModelSpec, out_dir: str | Path, *, kv_
             reference = torch_reference(graph_model, kv_cache, quantized=bool(quantization))
         # From here on only ONNX works: the model's weights wait on disk, so that a quantizer's or
         # ONNX Runtime's copy of them is the only one in memory.
-        with weights_on_disk(graph_model, out) if verify or quantization else contextlib.nullcontext():
+        paging = weights_on_disk(graph_model, out, notice=lambda line: tqdm.write(line, file=sys.stderr))
+        with paging if verify or quantization else contextlib.nullcontext():
             if quantization:
                 progress.set_postfix_str(f"quantizing to {quantization.scheme}")
                 quantized = quantize_export(out, entries, quantization)

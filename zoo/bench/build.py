@@ -9,8 +9,8 @@ Hugging Face layout so both loaders read the very same file, and deletes it afte
 
     python -m zoo.bench.build zoo|hf DIRECTORY SPEC_YAML --threads 2 --device cpu
 
-:func:`measure_export` measures ``zoo export`` the same way (``export OUT_DIR SPEC_YAML``), its
-peak memory against the weights.
+:func:`measure_export` measures ``zoo export`` the same way (in :mod:`zoo.bench.export_child`),
+its peak memory against the weights.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def measure_export(spec: ModelSpec, directory: Path, threads: int, timeout: floa
     spec_path.write_text(spec.to_yaml(), encoding="utf-8")
     row = {"measure": "export_memory", "runtime": "zoo", "model": spec.name,
            "command": f"zoo export {spec.name} " + " ".join(EXPORT_OPTIONS) + " -o DIR"}
-    command = [sys.executable, "-m", "zoo.bench.build", "export", str(directory / "onnx"), str(spec_path),
+    command = [sys.executable, "-m", "zoo.bench.export_child", str(directory / "onnx"), str(spec_path),
                "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
@@ -171,20 +171,7 @@ def measure_export(spec: ModelSpec, directory: Path, threads: int, timeout: floa
             "peak_rss_over_weights": result["peak_rss_bytes"] / weight_bytes}
 
 
-def export_child(out: Path, spec_path: Path) -> dict:
-    """Run ``zoo export`` in this process, as the command line would, and report on it."""
-    from zoo.cli import cli
-
-    start = time.perf_counter()
-    try:
-        cli.main(["export", str(spec_path), *EXPORT_OPTIONS, "-o", str(out)], prog_name="zoo", standalone_mode=False)
-    except SystemExit as exc:  # zoo's one-line errors exit this way
-        if exc.code:
-            raise
-    return {"seconds": time.perf_counter() - start, "peak_rss_bytes": _status()["VmHWM"]}
-
-
-def _status() -> dict[str, int]:
+def memory_status() -> dict[str, int]:
     """Memory figures of this process from ``/proc/self/status``, in bytes."""
     out = {}
     with open("/proc/self/status", encoding="ascii") as f:
@@ -213,17 +200,17 @@ def child(contender: str, directory: Path, spec_path: Path, device: str) -> dict
             return model_class.from_pretrained(directory, dtype=torch.float32).to(device).eval()
 
     ids = torch.randint(0, spec.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)  # (1, 8)
-    baseline = _status()
+    baseline = memory_status()
     start = time.perf_counter()
     model = build()
     built = time.perf_counter()
-    after_build = _status()
+    after_build = memory_status()
     with torch.inference_mode():
         model(ids)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     ready = time.perf_counter()
-    after_forward = _status()
+    after_forward = memory_status()
     report = {
         "contender": contender,
         "build_s": built - start,
@@ -242,19 +229,14 @@ def child(contender: str, directory: Path, spec_path: Path, device: str) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build one model from a checkpoint directory and report time and memory.")
-    parser.add_argument("contender", choices=(*CONTENDERS, "export"), help="a loader, or 'export': zoo export "
-                        "SPEC into DIRECTORY")
+    parser.add_argument("contender", choices=CONTENDERS)
     parser.add_argument("directory", type=Path)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.contender == "export":
-        report = export_child(args.directory, args.spec)
-    else:
-        report = child(args.contender, args.directory, args.spec, args.device)
-    print(json.dumps(report), flush=True)
+    print(json.dumps(child(args.contender, args.directory, args.spec, args.device)), flush=True)
 
 
 if __name__ == "__main__":

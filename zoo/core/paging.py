@@ -18,7 +18,7 @@ import gc
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -38,11 +38,13 @@ def pageable(model: nn.Module) -> list[nn.Parameter]:
 
 
 @contextlib.contextmanager
-def weights_on_disk(model: nn.Module, directory: str | Path) -> Iterator[bool]:
+def weights_on_disk(model: nn.Module, directory: str | Path,
+                    notice: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Write ``model``'s parameters to a safetensors file in ``directory`` and empty them for
     the block; read them back into fresh memory when it ends, on error too, and delete the
     file. Yields whether the weights went to disk: not when there are none to page, or the
-    disk lacks the room (then the block runs with them in memory).
+    disk lacks the room (then the block runs with them in memory, and ``notice`` is told why in
+    one line).
 
     The memory is freed only where nothing else holds the tensors (a caller's own state dict
     keeps them alive; see :func:`zoo.exporters.onnx.exporter.release_weights` for ONNX's
@@ -50,7 +52,14 @@ def weights_on_disk(model: nn.Module, directory: str | Path) -> Iterator[bool]:
     params = pageable(model)
     size = sum(p.numel() * p.element_size() for p in params)
     directory = Path(directory)
-    if not params or shutil.disk_usage(directory).free < DISK_MARGIN * size:
+    free = shutil.disk_usage(directory).free
+    if not params or free < DISK_MARGIN * size:
+        if params and notice is not None:
+            from zoo.core.limits import format_bytes
+
+            notice(f"note: {directory} has {format_bytes(free)} free, too little to page out the model's "
+                   f"{format_bytes(size)} of weights while the export is checked; they stay in memory, for a "
+                   "peak of about twice the weights")
         yield False
         return
     path = directory / f".weights-on-disk-{uuid.uuid4().hex}.safetensors"
