@@ -193,3 +193,41 @@ def test_the_bench_checkpoint_of_any_family_is_what_transformers_and_zoo_load_al
     ids = torch.randint(0, spec.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+class Recorder:
+    """A stand-in contender that notes each prefill it runs."""
+
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def prefill(self, ids):
+        self.log.append(self.name)
+
+
+@pytest.mark.parametrize("alternate, order", [(True, ["a", "b", "a", "b", "a", "b"]),
+                                              (False, ["a", "a", "a", "b", "b", "b"])])
+def test_contenders_take_turns_or_run_one_after_the_other(alternate, order):
+    from zoo.bench.options import BenchOptions
+    from zoo.bench.runtimes import take_turns
+
+    log = []
+    samples, _ = take_turns([Recorder("a", log), Recorder("b", log)], "prefill", torch.zeros(1, 2, dtype=torch.long),
+                            BenchOptions(repeats=2, warmup=1), alternate=alternate)
+    assert log == order and [len(v) for v in samples.values()] == [2, 2]  # warm-ups are not kept
+
+
+def test_onnx_runtime_sessions_are_measured_one_after_the_other(monkeypatch):
+    """Another session's spinning threads slowed a session's prefill from 128 to 184 ms: the
+    ONNX Runtime contenders never take turns; PyTorch and Hugging Face do."""
+    from zoo.bench import runtimes
+    from zoo.bench.options import BenchOptions
+    from zoo.core.spec import load_spec
+
+    calls = []
+    monkeypatch.setattr(runtimes, "take_turns", lambda group, *args, alternate=True, **kwargs: (
+        calls.append(([c.name for c in group], alternate)) or ({}, [])))
+    contenders = [Recorder(name, []) for name in ("torch", "hf", "onnxruntime", "onnxruntime-int4")]
+    options = BenchOptions(tiny=True, batches=(1,))
+    runtimes.measure_runtimes(load_spec("gpt2"), None, contenders, options, {"fp32_flop_per_s": 1.0}, lambda _: None)
+    assert calls == [(["torch", "hf"], True)] * 2 + [(["onnxruntime", "onnxruntime-int4"], False)] * 2
