@@ -193,6 +193,27 @@ def test_prepare_for_decode_keeps_values_ties_and_training(monkeypatch):
     assert layer not in _packed  # and the stale one dropped
 
 
+def test_weights_oneDNN_cannot_pack_on_this_cpu_stay_plain_and_still_generate(monkeypatch):
+    """oneDNN refuses a bfloat16 packed layout on a CPU without AVX-512 (an AMD EPYC Zen 3): no
+    layer keeps a copy, and generation runs from the plain weights."""
+    from zoo.generation.sampling import _packed
+
+    net = zoo.build("gpt2", seed=1, **SMALL).to(torch.bfloat16)
+    ids = torch.randint(0, EOS, (1, 5))
+    expected = generate(net, ids, max_new_tokens=3)
+    calls = []
+    def refuse(weight, *args):
+        calls.append(weight)
+        if len(calls) > 2:  # fails part-way: the copies made before go too
+            raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx512bw")
+        return weight.to_mkldnn()
+    monkeypatch.setattr("zoo.core.limits.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    _packed.clear()
+    assert torch.equal(generate(net, ids, max_new_tokens=3), expected)
+    assert len(calls) == 3 and not any(m in _packed for m in net.modules())
+
+
 def test_bfloat16_weights_are_packed_at_batch_1_where_the_cpu_computes_bfloat16():
     from zoo.core.limits import cpu_has_bf16
     from zoo.generation.sampling import _packed

@@ -75,7 +75,8 @@ def weight_identity(module: nn.Linear) -> tuple[int, int]:
 
 def pack_weights(layers: list[nn.Linear]) -> None:
     """Give each layer a packed copy of its weight (see :func:`prepare_for_decode`), all or none:
-    none when the copies would leave less than as much memory again free."""
+    none when the copies would leave less than as much memory again free, or when oneDNN cannot
+    pack them on this CPU (the layers then compute from their plain weights)."""
     from zoo.core.limits import host_memory_available
 
     todo = [m for m in layers if m not in _packed or _packed[m][0] != weight_identity(m)]
@@ -87,7 +88,13 @@ def pack_weights(layers: list[nn.Linear]) -> None:
         return
     with torch.no_grad():
         for module in todo:
-            _packed[module] = (weight_identity(module), torch.ops.mkldnn._reorder_linear_weight(module.weight, None))
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(module.weight, None)
+            except RuntimeError:  # oneDNN has no packed layout for this dtype on this CPU (bfloat16 without AVX-512)
+                for done in todo:
+                    _packed.pop(done, None)
+                return
+            _packed[module] = (weight_identity(module), packed)
 
 
 def inference_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
