@@ -155,13 +155,36 @@ def test_prefill_asks_the_graph_for_the_last_position_only(exported, kv_cache, m
     lm = runtime.load(out)
     fed = []
     run = runtime.GraphSession.run
-    monkeypatch.setattr(runtime.GraphSession, "run", lambda self, feeds, sizes=None: fed.append(dict(feeds)) or run(self, feeds, sizes))
+    monkeypatch.setattr(runtime.GraphSession, "run",
+                        lambda self, feeds, sizes=None, **kw: fed.append(dict(feeds)) or run(self, feeds, sizes, **kw))
     with torch.inference_mode():
         cache = lm.new_cache(2, 8)
         torch.testing.assert_close(lm(ids, cache=cache, last_only=True), want[:, -1:], rtol=1e-4, atol=1e-4)
         assert lm(ids[:, :1], cache=lm.new_cache(2, 8), last_only=True).shape == (2, 1, model.spec.vocab_size)
         assert lm(ids, last_only=False).shape == (2, 6, model.spec.vocab_size)
     assert [feeds.get("logits_start", torch.tensor([0])).tolist() for feeds in fed] == [[-1], [0], [0]]
+
+
+def test_the_cache_is_written_in_place_up_to_its_capacity(exported):
+    """Within its capacity each step's present keys and values land in buffers made once, the two
+    sets taking turns (the past is read from one, the present written into the other); past it the
+    sequence goes on in new tensors. The tokens are PyTorch's throughout."""
+    model, out = exported("gpt2", True)
+    lm = runtime.load(out)
+    prompt = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = greedy(model, prompt, 7, use_cache=True)
+        cache = lm.new_cache(2, 9)  # room for the prompt and 4 new tokens
+        step, tokens, homes = prompt, [], []
+        for _ in range(7):
+            step = lm(step, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            tokens.append(step)
+            here = [t.data_ptr() for t in cache.keys + cache.values]
+            homes.append(next((i for i, group in enumerate(cache.buffers) if here == [b.data_ptr() for b in group]),
+                              None))
+            assert cache.keys[0].shape[2] == cache.values[-1].shape[2] == cache.length
+    assert homes == [1, 0, 1, 0, 1, None, None]  # lengths 5 to 9 in the buffers, 10 and 11 beyond them
+    assert torch.equal(torch.cat([prompt, *tokens], dim=1), want)
 
 
 def test_generate_drives_the_runtime_like_pytorch(exported):
