@@ -142,6 +142,21 @@ def test_targets_name_what_was_not_measured():
         "not_available"]
 
 
+def test_bf16_prefill_is_no_target_where_bf16_is_emulated():
+    prefill = [{"measure": "prefill", "runtime": r, "batch": 1, "latency_s": {"median": s}}
+               for r, s in (("torch-bf16", 0.9), ("hf", 0.2), ("torch", 0.15))]
+    text = "prefill 1x128: torch-bf16 >= 1.8x Hugging Face fp32"
+    native = {"options": {"runtimes": ("torch", "torch-bf16", "hf")}, "results": [dict(r) for r in prefill],
+              "ceilings": {"matmul_bfloat16": {"flop_per_s": {"median": 4e11}}}}
+    from zoo.bench.runtimes import add_hf_ratios
+
+    add_hf_ratios(native["results"])
+    assert {t["target"]: t for t in evaluate_targets(native)}[text]["pass"] is False  # native: a real miss
+    emulated = {**native, "ceilings": {"matmul_bfloat16": {"not_available": "bfloat16 matmul is not native on this cpu"}}}
+    target = {t["target"]: t for t in evaluate_targets(emulated)}[text]
+    assert "pass" not in target and target["not_available"].endswith("bfloat16 matmul is not native on this cpu")
+
+
 def test_unknown_runtime_is_one_line_error():
     result = CliRunner().invoke(cli, ["bench", "gpt2", "--tiny", "--runtime", "torch,tensorrt"])
     assert result.exit_code == 1
