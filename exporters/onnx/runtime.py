@@ -221,14 +221,14 @@ class OnnxKVCache:
         self.capacity = capacity
         self.buffers: list[list[torch.Tensor]] | None = None  # two sets of 2 * n_layers flat buffers, made on first use
         self.current = 0  # the set that ``keys`` and ``values`` may be views of; the graph writes into the other
-        self.written: list[torch.Tensor] | None = None  # the views the last run was given, until ``store``
+        self.pending = False  # whether the run now going writes into the other set (``store`` then turns to it)
 
     def outputs(self, new_tokens: int) -> dict[str, torch.Tensor]:
         """Tensors for the next run's ``present.*`` outputs, (B, KV, length + new, hd) views of
         the buffer set the past is not in; none when the sequence would outgrow ``capacity``."""
         total = self.length + new_tokens
-        if total > self.capacity:
-            self.written = None
+        self.pending = total <= self.capacity
+        if not self.pending:
             return {}
         batch, heads, _, head_dim = self.keys[0].shape
         if self.buffers is None:
@@ -237,7 +237,6 @@ class OnnxKVCache:
             self.buffers = [[like.new_empty(size) for _ in range(2 * len(self.keys))] for _ in range(2)]
         shape = (batch, heads, total, head_dim)
         views = [flat[: batch * heads * total * head_dim].view(shape) for flat in self.buffers[1 - self.current]]
-        self.written = views
         n = len(self.keys)
         names = [present_name(i, "key") for i in range(n)] + [present_name(i, "value") for i in range(n)]
         return dict(zip(names, views))
@@ -253,9 +252,9 @@ class OnnxKVCache:
         self.keys = [outputs[present_name(i, "key")] for i in range(len(self.keys))]  # (B, KV, past + T, hd)
         self.values = [outputs[present_name(i, "value")] for i in range(len(self.values))]
         self.length += new_tokens
-        if self.written is not None:  # the present is in the other set now: the next run writes over the past's
+        if self.pending:  # the present is in the other set now: the next run writes over the past's
             self.current = 1 - self.current
-            self.written = None
+            self.pending = False
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows ``index`` (beam search)."""

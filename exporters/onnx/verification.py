@@ -11,6 +11,7 @@ memory while the export is quantized and run.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -168,6 +169,20 @@ class Reference:
         with torch.inference_mode():
             return (run_encoder_decoder if self.encoder_decoder else run_decoder)(lm, self.inputs, "cpu")
 
+    def pairs(self, lm) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, DecoderInput | SourceInput, bool]]:
+        """``(output, got, want, case, padded)`` for every output of :meth:`run` on ``lm`` beside
+        PyTorch's: an encoder-decoder's ``"memory"`` (``case``: its :class:`SourceInput`) and
+        then its decoder steps' ``"logits"``; a decoder's ``"logits"`` or ``"last logits"``.
+        ``padded``: whether padding took part (the source's or the case's own)."""
+        for case, got, want in zip(self.inputs, self.run(lm), self.outputs):
+            if isinstance(case, SourceInput):
+                (got_memory, got_steps), (want_memory, want_steps) = got, want
+                yield "memory", got_memory, want_memory, case, case.padded
+                for step, g, w in zip(case.steps, got_steps, want_steps):
+                    yield "logits", g, w, step, case.padded or step.padded
+            else:
+                yield "last logits" if case.last_only else "logits", got, want, case, case.padded
+
 
 def torch_reference(model: nn.Module, kv_cache: bool, quantized: bool = False, seed: int = 0) -> Reference:
     """Run ``model`` (in the export's dtype) on every case a verification compares: batch,
@@ -197,17 +212,8 @@ def verify_export(reference: Reference, directory) -> VerificationReport:
 
     runtime = load(directory, device=reference.device, prepack=False)
     tolerance = TOLERANCES[reference.dtype]
-    cases = []
-    for case, got, want in zip(reference.inputs, reference.run(runtime), reference.outputs):
-        if isinstance(case, SourceInput):
-            (got_memory, got_steps), (want_memory, want_steps) = got, want
-            cases.append(compare("memory", got_memory, want_memory, (len(case.src), SOURCE, 0), case.padded,
-                                 tolerance))
-            cases += [compare("logits", g, w, step.shape, case.padded or step.padded, tolerance)
-                      for step, g, w in zip(case.steps, got_steps, want_steps)]
-        else:
-            cases.append(compare("last logits" if case.last_only else "logits", got, want, case.shape,
-                                 case.padded, tolerance))
+    cases = [compare(output, got, want, (len(case.src), SOURCE, 0) if output == "memory" else case.shape, padded,
+                     tolerance) for output, got, want, case, padded in reference.pairs(runtime)]
     return VerificationReport(reference.model, DTYPE_NAMES[reference.dtype], runtime.provider, cases)
 
 
@@ -380,12 +386,9 @@ def verify_quantized_export(reference: Reference, directory, scheme: str) -> Qua
 
     runtime = load(directory, device="cpu")
     agreement = Agreement()
-    for case, got, want in zip(reference.inputs, reference.run(runtime), reference.outputs):
-        if isinstance(case, SourceInput):
-            (got_memory, got_steps), (want_memory, want_steps) = got, want
-            agreement.add("memory", got_memory, want_memory, case.src_mask, 0, logits=False)
-            for step, g, w in zip(case.steps, got_steps, want_steps):
-                agreement.add("logits", g, w, step.mask[:, step.past:], step.past)
+    for output, got, want, case, _ in reference.pairs(runtime):
+        if output == "memory":
+            agreement.add("memory", got, want, case.src_mask, 0, logits=False)
         else:
             agreement.add("logits", got, want, case.mask[:, case.past:], case.past)
     return agreement.report(reference.model, scheme, runtime.provider)
