@@ -41,6 +41,7 @@ from zoo.core.paging import weights_on_disk
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
 from zoo.exporters.onnx.errors import export_failure
+from zoo.exporters.onnx.fusion import fold_into_attention
 from zoo.exporters.onnx.graphs import LOGITS_SEQUENCE, LOGITS_START, ExportGraph, graphs_for
 from zoo.exporters.onnx.quantize import QuantizeSettings, quantize_export, quantize_settings
 from zoo.exporters.onnx.verification import Reference, torch_reference, verify_export, verify_quantized_export
@@ -179,6 +180,8 @@ def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
         onnx_program.save(str(path), external_data=True)
         release_weights(onnx_program.model)
     proto = name_dimensions(path, graph)
+    if fold_into_attention(path):
+        proto = onnx.load(str(path), load_external_data=False)
     if graph.selects_logits:
         proto = select_logit_positions(path)
     try:
@@ -297,11 +300,15 @@ def name_dimensions(path: Path, graph: ExportGraph) -> onnx.ModelProto:
 
 def attention_operator(out: Path, entries: dict) -> str:
     """Which form attention took: the fused ``Attention`` operator or plain operators."""
-    fused = 0
+    fused = folded = 0
     for entry in entries.values():
         proto = onnx.load(str(out / entry["file"]), load_external_data=False)
-        fused += sum(node.op_type == "Attention" for node in proto.graph.node)
-    return f"Attention (fused, {fused} nodes)" if fused else "MatMul/Softmax (unfused)"
+        attention = [node for node in proto.graph.node if node.op_type == "Attention"]
+        fused += len(attention)
+        folded += sum(any(a.name == "q_num_heads" for a in node.attribute) for node in attention)
+    if not fused:
+        return "MatMul/Softmax (unfused)"
+    return f"Attention (fused, {fused} nodes, {folded} taking the cache and 3-D Q/K/V)"
 
 
 def copy_tokenizer(spec: ModelSpec, out: Path, tokenizer_dir: str | Path | None) -> list[str]:

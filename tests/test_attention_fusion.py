@@ -1,0 +1,129 @@
+"""The Attention operator given the heads and the cache (exporters/onnx/fusion.py): the folded
+graph computes what torch's translation computes, with the same inputs and outputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import zoo
+from conftest import tiny_overrides
+from zoo.exporters.onnx import exporter
+from zoo.exporters.onnx.fusion import fold_into_attention
+
+N_LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def unfolded(tmp_path_factory):
+    """``unfolded(kv_cache)`` → a directory holding tiny GPT-2's decoder as torch translated it."""
+    made = {}
+
+    def get(kv_cache: bool):
+        if kv_cache not in made:
+            model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS))
+            out = tmp_path_factory.mktemp("unfolded") / ("kv" if kv_cache else "plain")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(exporter, "fold_into_attention", lambda path: 0)
+                zoo.export(model, out, kv_cache=kv_cache, verify=False)
+            made[kv_cache] = out
+        return made[kv_cache]
+
+    return get
+
+
+def folded_copy(source, target):
+    """Copy the decoder (graph and weights) and fold the copy; return (path, folded count)."""
+    target.mkdir()
+    for name in ("decoder.onnx", "decoder.onnx.data"):
+        shutil.copyfile(source / name, target / name)
+    return target / "decoder.onnx", fold_into_attention(target / "decoder.onnx")
+
+
+def feeds_for(session, batch=2, past=5, new=3, seed=0):
+    """Random ids, a left-padded first row and a random cache for every input the graph has."""
+    rng = np.random.default_rng(seed)
+    feeds = {"input_ids": rng.integers(0, 90, (batch, new)).astype(np.int64)}
+    for i in session.get_inputs():
+        if i.name == "attention_mask":
+            length = past + new if any(x.name.startswith("past_") for x in session.get_inputs()) else new
+            mask = np.ones((batch, length), np.int64)
+            mask[0, :2] = 0
+            feeds[i.name] = mask
+        elif i.name.startswith("past_key_values"):
+            heads, size = i.shape[1], i.shape[3]
+            feeds[i.name] = rng.standard_normal((batch, heads, past, size)).astype(np.float32)
+    return feeds
+
+
+def run(path, feeds):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("past,new", [(5, 1), (5, 3), (0, 4)], ids=["decode", "chunk", "prefill"])
+def test_the_folded_decoder_computes_what_the_unfolded_one_does(unfolded, tmp_path, past, new):
+    source = unfolded(True)
+    path, count = folded_copy(source, tmp_path / "folded")
+    assert count == N_LAYERS
+    proto = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(str(path))
+    attention = [n for n in proto.graph.node if n.op_type == "Attention"]
+    assert len(attention) == N_LAYERS
+    for layer, node in enumerate(attention):
+        assert list(node.input[4:]) == [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+        assert list(node.output)[1:] == [f"present.{layer}.key", f"present.{layer}.value"]
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Concat" not in ops and ops.count("Transpose") < ops.count("Attention")
+    before = ort.InferenceSession(str(source / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in before.get_inputs()] == [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
+    feeds = feeds_for(before, past=past, new=new)
+    want, got = run(source / "decoder.onnx", feeds), run(path, feeds)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_the_plain_decoder_folds_its_heads(unfolded, tmp_path):
+    source = unfolded(False)
+    path, count = folded_copy(source, tmp_path / "folded")
+    assert count == N_LAYERS
+    proto = onnx.load(str(path), load_external_data=False)
+    assert all(len(n.input) <= 4 and len(n.output) == 1 for n in proto.graph.node if n.op_type == "Attention")
+    feeds = feeds_for(ort.InferenceSession(str(source / "decoder.onnx")), new=6)
+    np.testing.assert_allclose(run(path, feeds)["logits"], run(source / "decoder.onnx", feeds)["logits"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_read_by_another_node_is_left_to_the_concat(unfolded, tmp_path):
+    """Layer 0's grown keys also feed an extra output: that layer keeps its Concat (the folded
+    operator would make the value too, but the pattern is no longer the one folded); layer 1 folds."""
+    source = unfolded(True)
+    target = tmp_path / "extra"
+    target.mkdir()
+    shutil.copyfile(source / "decoder.onnx.data", target / "decoder.onnx.data")
+    proto = onnx.load(str(source / "decoder.onnx"), load_external_data=False)
+    proto.graph.node.append(onnx.helper.make_node("Identity", ["present.0.key"], ["keys_seen"]))
+    proto.graph.output.append(onnx.helper.make_empty_tensor_value_info("keys_seen"))
+    onnx.save(proto, str(target / "decoder.onnx"))
+    assert fold_into_attention(target / "decoder.onnx") == N_LAYERS - 1
+    proto = onnx.load(str(target / "decoder.onnx"), load_external_data=False)
+    concats = [n for n in proto.graph.node if n.op_type == "Concat" and n.output[0].startswith("present.")]
+    assert sorted(n.output[0] for n in concats) == ["present.0.key", "present.0.value"]
+    feeds = feeds_for(ort.InferenceSession(str(source / "decoder.onnx")))
+    got, want = run(target / "decoder.onnx", feeds), run(source / "decoder.onnx", feeds)
+    np.testing.assert_allclose(got["keys_seen"], want["present.0.key"])
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_an_export_comes_folded_and_says_so(tmp_path):
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS))
+    manifest = zoo.export(model, tmp_path / "out", kv_cache=True)
+    proto = onnx.load(str(tmp_path / "out" / "decoder.onnx"), load_external_data=False)
+    assert not [n for n in proto.graph.node if n.op_type == "Concat" and n.output[0].startswith("present.")]
+    assert manifest["attention_operator"] == f"Attention (fused, {N_LAYERS} nodes, {N_LAYERS} taking the cache and 3-D Q/K/V)"
