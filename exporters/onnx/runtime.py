@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -127,11 +128,36 @@ def dimension(dim: str | int, sizes: dict[str, int]) -> int:
     return sum(sizes[part.strip()] for part in dim.split("+"))
 
 
+class Port(NamedTuple):
+    """One input or output of a graph, from the manifest, parsed once: each of ``dims`` is an
+    int, a name, or a tuple of names whose sizes add up (``past_sequence + sequence``)."""
+
+    name: str
+    shape: list  # as the manifest declares it (for messages)
+    dims: tuple
+    dtype: torch.dtype
+    element: type  # the numpy type ONNX Runtime's binding takes
+    optional: bool
+
+    @classmethod
+    def of(cls, entry: dict) -> "Port":
+        dims = tuple(d if isinstance(d, int) or "+" not in d else tuple(p.strip() for p in d.split("+"))
+                     for d in entry["shape"])
+        dtype = TORCH_DTYPES[entry["dtype"]]
+        return cls(entry["name"], entry["shape"], dims, dtype, NUMPY_DTYPES[dtype], bool(entry.get("optional")))
+
+    def size(self, sizes: dict[str, int]) -> list[int]:
+        return [d if isinstance(d, int) else sizes[d] if isinstance(d, str) else sum(sizes[p] for p in d)
+                for d in self.dims]
+
+
 class GraphSession:
     """One exported graph in an ONNX Runtime session, run on torch tensors.
 
     Inputs and outputs are bound by pointer (I/O binding); output tensors are allocated
-    by torch on the session's device with the shapes the manifest declares.
+    by torch on the session's device with the shapes the manifest declares. The manifest's
+    entries are parsed once: a decode step binds some fifty tensors, and working each shape
+    out from its text again took GPT-2 Small 0.85 ms a step, a sixth of its int4 step.
     """
 
     def __init__(self, path: Path, entry: dict, device: torch.device, threads: int | None, prepack: bool = True) -> None:
@@ -141,16 +167,18 @@ class GraphSession:
         self.device = device
         self.inputs = entry["inputs"]
         self.outputs = entry["outputs"]
+        self.input_ports = [Port.of(e) for e in self.inputs]
+        self.output_ports = [Port.of(e) for e in self.outputs]
         self.session = ort.InferenceSession(str(path), session_options(threads, prepack), providers=providers_for(device))
         self.provider = self.session.get_providers()[0]
+        self._where = (device.type, device.index or 0)
 
     def dtype_of(self, name: str) -> torch.dtype:
-        entry = next(e for e in self.inputs + self.outputs if e["name"] == name)
-        return TORCH_DTYPES[entry["dtype"]]
+        return next(p.dtype for p in self.input_ports + self.output_ports if p.name == name)
 
     def takes(self, name: str) -> bool:
         """Whether the graph has the input ``name`` (an optional one, say)."""
-        return any(entry["name"] == name for entry in self.inputs)
+        return any(port.name == name for port in self.input_ports)
 
     def run(self, feeds: dict[str, torch.Tensor], sizes: dict[str, int] | None = None,
             into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -159,42 +187,45 @@ class GraphSession:
         named in ``into`` is written into that tensor (contiguous, of the output's shape and
         dtype, on the session's device); the others into new ones."""
         binding = self.session.io_binding()
+        device_type, device_id = self._where
         sizes = dict(sizes or {})
         kept = []  # the bound tensors must live until the run ends
-        inputs = [entry for entry in self.inputs if not (entry.get("optional") and entry["name"] not in feeds)]
-        for entry in inputs:
-            tensor = feeds[entry["name"]].to(self.device, TORCH_DTYPES[entry["dtype"]]).contiguous()
-            for dim, size in zip(entry["shape"], tensor.shape):
-                if isinstance(dim, str) and "+" not in dim:
+        for port in self.input_ports:
+            tensor = feeds.get(port.name)
+            if tensor is None and port.optional:
+                continue
+            tensor = feeds[port.name]
+            if tensor.dtype != port.dtype or tensor.device != self.device:
+                tensor = tensor.to(self.device, port.dtype)
+            if not tensor.is_contiguous():
+                tensor = tensor.contiguous()
+            for dim, size in zip(port.dims, tensor.shape):
+                if isinstance(dim, str):
                     sizes.setdefault(dim, size)
-            kept.append(tensor)
-        for entry, tensor in zip(inputs, kept):
-            expected = [dimension(d, sizes) for d in entry["shape"]]
-            if list(tensor.shape) != expected:
-                raise ZooError(f"{self.path.name}: input {entry['name']} has shape {tuple(tensor.shape)}, "
-                               f"expected {tuple(expected)} ({', '.join(map(str, entry['shape']))})")
-            self._bind(binding.bind_input, entry["name"], tensor)
+            kept.append((port, tensor))
+        for port, tensor in kept:
+            shape = list(tensor.shape)
+            if shape != port.size(sizes):
+                raise ZooError(f"{self.path.name}: input {port.name} has shape {tuple(shape)}, "
+                               f"expected {tuple(port.size(sizes))} ({', '.join(map(str, port.shape))})")
+            binding.bind_input(port.name, device_type, device_id, port.element, shape, tensor.data_ptr())
         results = {}
-        for entry in self.outputs:
-            shape = [dimension(d, sizes) for d in entry["shape"]]
-            dtype = TORCH_DTYPES[entry["dtype"]]
-            given = (into or {}).get(entry["name"])
+        into = into or {}
+        for port in self.output_ports:
+            shape = port.size(sizes)
+            given = into.get(port.name)
             if given is None:
-                given = torch.empty(shape, dtype=dtype, device=self.device)
-            elif list(given.shape) != shape or given.dtype != dtype or not given.is_contiguous():
-                raise ZooError(f"{self.path.name}: output {entry['name']} needs a contiguous {entry['dtype']} tensor "
-                               f"of shape {tuple(shape)}, got {given.dtype} {tuple(given.shape)}")
-            results[entry["name"]] = given
-            self._bind(binding.bind_output, entry["name"], given)
+                given = torch.empty(shape, dtype=port.dtype, device=self.device)
+            elif list(given.shape) != shape or given.dtype != port.dtype or not given.is_contiguous():
+                raise ZooError(f"{self.path.name}: output {port.name} needs a contiguous "
+                               f"{str(port.dtype).removeprefix('torch.')} tensor of shape {tuple(shape)}, got {given.dtype} {tuple(given.shape)}")
+            results[port.name] = given
+            binding.bind_output(port.name, device_type, device_id, port.element, shape, given.data_ptr())
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ZooError(f"{self.path.name}: ONNX Runtime failed to run it: {first_line(exc)}") from None
         return results
-
-    def _bind(self, bind, name: str, tensor: torch.Tensor) -> None:
-        bind(name, self.device.type, self.device.index or 0, NUMPY_DTYPES[tensor.dtype], list(tensor.shape),
-             tensor.data_ptr())
 
 
 class OnnxKVCache:
