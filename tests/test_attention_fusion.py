@@ -16,6 +16,13 @@ from zoo.exporters.onnx import exporter
 from zoo.exporters.onnx.fusion import fold_into_attention
 
 N_LAYERS = 2
+# GPT-2's layers fold to 3-D Q/K/V; with one key/value head for 4 query heads too (the repeated heads
+# dropped, kv_num_heads=1); rotary keys stay 4-D, and the cache's Concat and the repeat still fold
+VARIANTS = {
+    "gpt2": {},
+    "mqa": {"attention.n_kv_heads": 1},
+    "rotary-gqa": {"positional": "rotary", "attention.n_kv_heads": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +30,15 @@ def unfolded(tmp_path_factory):
     """``unfolded(kv_cache)`` → a directory holding tiny GPT-2's decoder as torch translated it."""
     made = {}
 
-    def get(kv_cache: bool):
-        if kv_cache not in made:
-            model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS))
-            out = tmp_path_factory.mktemp("unfolded") / ("kv" if kv_cache else "plain")
+    def get(kv_cache: bool, variant: str = "gpt2"):
+        if (kv_cache, variant) not in made:
+            model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS, **VARIANTS[variant]))
+            out = tmp_path_factory.mktemp("unfolded") / f"{variant}-{'kv' if kv_cache else 'plain'}"
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(exporter, "fold_into_attention", lambda path: 0)
                 zoo.export(model, out, kv_cache=kv_cache, verify=False)
-            made[kv_cache] = out
-        return made[kv_cache]
+            made[kv_cache, variant] = out
+        return made[kv_cache, variant]
 
     return get
 
@@ -65,9 +72,10 @@ def run(path, feeds):
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("past,new", [(5, 1), (5, 3), (0, 4)], ids=["decode", "chunk", "prefill"])
-def test_the_folded_decoder_computes_what_the_unfolded_one_does(unfolded, tmp_path, past, new):
-    source = unfolded(True)
+def test_the_folded_decoder_computes_what_the_unfolded_one_does(unfolded, tmp_path, past, new, variant):
+    source = unfolded(True, variant)
     path, count = folded_copy(source, tmp_path / "folded")
     assert count == N_LAYERS
     proto = onnx.load(str(path), load_external_data=False)
@@ -78,7 +86,14 @@ def test_the_folded_decoder_computes_what_the_unfolded_one_does(unfolded, tmp_pa
         assert list(node.input[4:]) == [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
         assert list(node.output)[1:] == [f"present.{layer}.key", f"present.{layer}.value"]
     ops = [n.op_type for n in proto.graph.node]
-    assert "Concat" not in ops and ops.count("Transpose") < ops.count("Attention")
+    assert "Expand" not in ops  # no key/value head repeated
+    if variant == "rotary-gqa":  # 4-D: heads split by the graph, shared by the operator
+        assert all(len(n.attribute) == len([a for a in n.attribute if a.name not in ("q_num_heads", "kv_num_heads")])
+                   for n in attention)
+    else:
+        assert "Concat" not in ops and ops.count("Transpose") < ops.count("Attention")
+        kv_heads = 1 if variant == "mqa" else 4
+        assert all({a.name: a.i for a in n.attribute}.get("kv_num_heads") == kv_heads for n in attention)
     before = ort.InferenceSession(str(source / "decoder.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in before.get_inputs()] == [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
     feeds = feeds_for(before, past=past, new=new)
@@ -126,4 +141,27 @@ def test_an_export_comes_folded_and_says_so(tmp_path):
     manifest = zoo.export(model, tmp_path / "out", kv_cache=True)
     proto = onnx.load(str(tmp_path / "out" / "decoder.onnx"), load_external_data=False)
     assert not [n for n in proto.graph.node if n.op_type == "Concat" and n.output[0].startswith("present.")]
-    assert manifest["attention_operator"] == f"Attention (fused, {N_LAYERS} nodes, {N_LAYERS} taking the cache and 3-D Q/K/V)"
+    assert manifest["attention_operator"] == f"Attention (fused, {N_LAYERS} nodes, {N_LAYERS} doing the cache and heads themselves)"
+
+
+def test_a_shape_read_before_the_attention_moves_after_it(unfolded, tmp_path):
+    """A Shape of the grown keys taken before the Attention (as a repeat of grouped heads does)
+    does not stop the fold: the graph is put back in order, the Shape after the node now making them."""
+    source = unfolded(True)
+    target = tmp_path / "shape"
+    target.mkdir()
+    shutil.copyfile(source / "decoder.onnx.data", target / "decoder.onnx.data")
+    proto = onnx.load(str(source / "decoder.onnx"), load_external_data=False)
+    nodes = list(proto.graph.node)
+    concat = next(i for i, n in enumerate(nodes) if n.output[0] == "present.0.key")
+    nodes.insert(concat + 1, onnx.helper.make_node("Shape", ["present.0.key"], ["keys_shape"]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("keys_shape", onnx.TensorProto.INT64, [4]))
+    onnx.save(proto, str(target / "decoder.onnx"))
+    assert fold_into_attention(target / "decoder.onnx") == N_LAYERS
+    onnx.checker.check_model(str(target / "decoder.onnx"))  # topologically sorted
+    feeds = feeds_for(ort.InferenceSession(str(source / "decoder.onnx")))
+    got, want = run(target / "decoder.onnx", feeds), run(source / "decoder.onnx", feeds)
+    assert list(got["keys_shape"]) == list(want["present.0.key"].shape)
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
