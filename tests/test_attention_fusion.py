@@ -141,7 +141,8 @@ def test_an_export_comes_folded_and_says_so(tmp_path):
     manifest = zoo.export(model, tmp_path / "out", kv_cache=True)
     proto = onnx.load(str(tmp_path / "out" / "decoder.onnx"), load_external_data=False)
     assert not [n for n in proto.graph.node if n.op_type == "Concat" and n.output[0].startswith("present.")]
-    assert manifest["attention_operator"] == f"Attention (fused, {N_LAYERS} nodes, {N_LAYERS} doing the cache and heads themselves)"
+    folded = f"{N_LAYERS} doing the cache and heads themselves"
+    assert manifest["attention_operator"] == f"Attention (fused, {N_LAYERS} nodes, {folded})"
 
 
 def test_a_shape_read_before_the_attention_moves_after_it(unfolded, tmp_path):

@@ -52,10 +52,7 @@ def _used_names(graph: onnx.GraphProto) -> set[str]:
     """Every value a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
     used = {v.name for v in graph.output}
     for node in graph.node:
-        used.update(node.input)
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                used |= _used_names(sub)
+        used |= _read_by(node)
     return used
 
 
@@ -72,7 +69,6 @@ class _Graph:
     """Who produces and who reads each value of one graph, and what shape it has."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
         self.producer = {out: node for node in graph.node for out in node.output}
         self.readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
@@ -115,7 +111,9 @@ class _Graph:
         if concat is None or len(concat.input) != 2 or concat.input[0] not in self.inputs:
             return name, None
         axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
-        if axis not in (2, -2) or not self.only_reader(name, reader, shapes_too=True) or len(self.shape.get(concat.input[0], ())) != 4:
+        if axis not in (2, -2) or len(self.shape.get(concat.input[0]) or ()) != 4:
+            return name, None
+        if not self.only_reader(name, reader, shapes_too=True):
             return name, None
         return concat.input[1], concat.input[0]
 
@@ -133,7 +131,7 @@ class _Graph:
             return None
         x = unsqueeze.input[0]
         heads, one, many, out = (self.shape.get(v) for v in (x, unsqueeze.output[0], expand.output[0], name))
-        if heads is None or one is None or many is None or out is None or len(heads) != 4:
+        if heads is None or one is None or many is None or out is None or len(heads) != 4 or len(many) != 5:
             return None
         batch, kv, length, size = heads
         if not (isinstance(kv, int) and isinstance(many[2], int) and None not in heads

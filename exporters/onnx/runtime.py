@@ -217,8 +217,9 @@ class GraphSession:
             if given is None:
                 given = torch.empty(shape, dtype=port.dtype, device=self.device)
             elif list(given.shape) != shape or given.dtype != port.dtype or not given.is_contiguous():
-                raise ZooError(f"{self.path.name}: output {port.name} needs a contiguous "
-                               f"{str(port.dtype).removeprefix('torch.')} tensor of shape {tuple(shape)}, got {given.dtype} {tuple(given.shape)}")
+                wanted = str(port.dtype).removeprefix("torch.")
+                raise ZooError(f"{self.path.name}: output {port.name} needs a contiguous {wanted} tensor of shape "
+                               f"{tuple(shape)}, got {given.dtype} {tuple(given.shape)}")
             results[port.name] = given
             binding.bind_output(port.name, device_type, device_id, port.element, shape, given.data_ptr())
         try:
