@@ -166,3 +166,30 @@ def test_a_shape_read_before_the_attention_moves_after_it(unfolded, tmp_path):
     got, want = run(target / "decoder.onnx", feeds), run(source / "decoder.onnx", feeds)
     assert list(got["keys_shape"]) == list(want["present.0.key"].shape)
     np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_heads_are_shared_in_sdpa_not_copied_and_compute_the_same(monkeypatch):
+    """PyTorch side of the same idea: the built-in attention hands SDPA the key/value heads as they
+    are (``enable_gqa``) instead of repeating each for its group; an ``attend`` set on the instance
+    (as a plugin's override) still receives them repeated, and both give the same logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from zoo.plugins.attention import multi_head
+
+    model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS, **VARIANTS["rotary-gqa"])).eval()
+    ids = torch.randint(0, 90, (2, 6), generator=torch.Generator().manual_seed(0))
+    heads = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(multi_head.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: heads.append((q.shape[1], k.shape[1])) or sdpa(q, k, v, **kw))
+    with torch.no_grad():
+        shared = model(ids)
+        assert heads and set(heads) == {(4, 2)}
+        heads.clear()
+        for block in model.stack.h:
+            block.attn.attend = lambda q, k, v, mask, causal, _a=block.attn: multi_head.MultiHeadAttention.attend(
+                _a, q, k, v, mask, causal)
+        repeated = model(ids)
+    assert set(heads) == {(4, 4)}
+    torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-5)

@@ -47,13 +47,18 @@ class MultiHeadAttention(Attention):
         q, k = ctx.positional.rotate(q, k, ctx.positions)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_index, k, v)  # (B, KV, past + T, hd)
-        if self.n_kv_heads != self.n_heads:
+        if self.n_kv_heads != self.n_heads and getattr(self.attend, "__func__", None) is not MultiHeadAttention.attend:
+            # an override of attend (or one set on the instance) gets every query head's keys and values;
+            # the built-in one shares each key/value head among its group in SDPA instead of copying the
+            # cache g times a step
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, Tk, hd)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         y = self.attend(q, k, v, ctx.mask, ctx.is_causal)  # (B, H, T, hd)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, q_dim))
 
     def attend(self, q, k, v, mask, is_causal: bool) -> torch.Tensor:
-        """softmax(q kᵀ / √d + mask) v; override to change how scores are formed."""
+        """softmax(q kᵀ / √d + mask) v, q (B, H, T, hd) and k, v (B, KV, Tk, hd) with KV dividing H;
+        override to change how scores are formed (an override is given k and v with H heads)."""
         dropout = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+                                              enable_gqa=k.shape[1] != q.shape[1])
