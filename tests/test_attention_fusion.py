@@ -21,8 +21,18 @@ N_LAYERS = 2
 VARIANTS = {
     "gpt2": {},
     "mqa": {"attention.n_kv_heads": 1},
+    "mqa-repeated": {"attention.n_kv_heads": 1},  # attend overridden: torch repeats the key/value head
     "rotary-gqa": {"positional": "rotary", "attention.n_kv_heads": 2},
 }
+
+
+def override_attend(model) -> None:
+    """Set attend on every layer, as a plugin overriding it does: it is then given repeated heads."""
+    from zoo.plugins.attention.multi_head import MultiHeadAttention
+
+    for block in model.stack.h:
+        block.attn.attend = lambda q, k, v, mask, causal, _a=block.attn: MultiHeadAttention.attend(_a, q, k, v, mask,
+                                                                                                   causal)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,8 @@ def unfolded(tmp_path_factory):
     def get(kv_cache: bool, variant: str = "gpt2"):
         if (kv_cache, variant) not in made:
             model = zoo.build("gpt2", seed=0, **tiny_overrides("gpt2", n_layers=N_LAYERS, **VARIANTS[variant]))
+            if variant.endswith("-repeated"):
+                override_attend(model)
             out = tmp_path_factory.mktemp("unfolded") / f"{variant}-{'kv' if kv_cache else 'plain'}"
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(exporter, "fold_into_attention", lambda path: 0)
@@ -86,13 +98,15 @@ def test_the_folded_decoder_computes_what_the_unfolded_one_does(unfolded, tmp_pa
         assert list(node.input[4:]) == [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
         assert list(node.output)[1:] == [f"present.{layer}.key", f"present.{layer}.value"]
     ops = [n.op_type for n in proto.graph.node]
+    source_ops = [n.op_type for n in onnx.load(str(source / "decoder.onnx"), load_external_data=False).graph.node]
+    assert ("Expand" in source_ops) == variant.endswith("-repeated")
     assert "Expand" not in ops  # no key/value head repeated
     if variant == "rotary-gqa":  # 4-D: heads split by the graph, shared by the operator
         assert all(len(n.attribute) == len([a for a in n.attribute if a.name not in ("q_num_heads", "kv_num_heads")])
                    for n in attention)
     else:
         assert "Concat" not in ops and ops.count("Transpose") < ops.count("Attention")
-        kv_heads = 1 if variant == "mqa" else 4
+        kv_heads = 1 if variant.startswith("mqa") else 4
         assert all({a.name: a.i for a in n.attribute}.get("kv_num_heads") == kv_heads for n in attention)
     before = ort.InferenceSession(str(source / "decoder.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in before.get_inputs()] == [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
@@ -187,9 +201,7 @@ def test_grouped_heads_are_shared_in_sdpa_not_copied_and_compute_the_same(monkey
         shared = model(ids)
         assert heads and set(heads) == {(4, 2)}
         heads.clear()
-        for block in model.stack.h:
-            block.attn.attend = lambda q, k, v, mask, causal, _a=block.attn: multi_head.MultiHeadAttention.attend(
-                _a, q, k, v, mask, causal)
+        override_attend(model)
         repeated = model(ids)
     assert set(heads) == {(4, 4)}
     torch.testing.assert_close(shared, repeated, rtol=1e-5, atol=1e-5)

@@ -15,9 +15,11 @@ as its outputs 1 and 2 (the ONNX specification since opset 23)::
 
     Y, present.i.key, present.i.value = Attention(Q, K, V, mask, past_key_values.i.key, past_key_values.i.value)
 
-With fewer key/value heads than query heads, torch repeats each key/value head for its group
-before attending (``repeat_interleave``: Unsqueeze, Expand, Reshape), a copy of the whole cache
-times the group size every step; the operator shares the heads itself. Where rotary embeddings
+With fewer key/value heads than query heads, an attention that repeats each key/value head for
+its group before attending (``repeat_interleave``: Unsqueeze, Expand, Reshape; zoo's built-in
+did, an override of ``attend`` still is given repeated heads) copies the whole cache times the
+group size every step; the operator shares the heads itself. (The built-in now calls SDPA with
+``enable_gqa``, which torch translates to the operator's ``kv_num_heads`` directly.) Where rotary embeddings
 turn Q and K between the head split and the operator, they stay 4-D, and the Concat and the
 repeat still fold.
 
