@@ -121,13 +121,6 @@ def providers_for(device: torch.device) -> list:
     return ["CPUExecutionProvider"]
 
 
-def dimension(dim: str | int, sizes: dict[str, int]) -> int:
-    """The size of a declared dimension: an int, a name or a ``+``-joined sum of names."""
-    if isinstance(dim, int):
-        return dim
-    return sum(sizes[part.strip()] for part in dim.split("+"))
-
-
 class Port(NamedTuple):
     """One input or output of a graph, from the manifest, parsed once: each of ``dims`` is an
     int, a name, or a tuple of names whose sizes add up (``past_sequence + sequence``)."""
@@ -191,8 +184,7 @@ class GraphSession:
         sizes = dict(sizes or {})
         kept = []  # the bound tensors must live until the run ends
         for port in self.input_ports:
-            tensor = feeds.get(port.name)
-            if tensor is None and port.optional:
+            if port.optional and port.name not in feeds:
                 continue
             tensor = feeds[port.name]
             if tensor.dtype != port.dtype or tensor.device != self.device:
