@@ -179,11 +179,12 @@ def export_graph(graph: ExportGraph, out: Path, opset: int) -> dict:
         path = out / f"{graph.name}.onnx"
         onnx_program.save(str(path), external_data=True)
         release_weights(onnx_program.model)
-    proto = name_dimensions(path, graph)
-    if fold_into_attention(path):
-        proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)  # the graph only: the weights file stays as saved
+    name_dimensions(proto, graph)
+    fold_into_attention(proto)
     if graph.selects_logits:
-        proto = select_logit_positions(path)
+        select_logit_positions(proto)
+    onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
@@ -219,17 +220,16 @@ def io_entry(value: onnx.ValueInfoProto, optional: bool = False) -> dict:
 PASS_THROUGH = {"Cast", "Add", "Mul", "Div", "Tanh", "Softcap"}  # what may follow the head's MatMul on the way to logits
 
 
-def select_logit_positions(path: Path) -> onnx.ModelProto:
-    """Let a caller ask the saved decoder graph for the logits of the last positions only.
+def select_logit_positions(proto: onnx.ModelProto) -> None:
+    """Let a caller ask the decoder graph for the logits of the last positions only.
 
     The LM head's MatMul gets a ``Slice`` of the hidden states along the sequence from the
     input ``logits_start`` (an int64 of shape (1,)), which has a default value of 0: every
     position, so onnxruntime-genai, Optimum and transformers.js, which never feed it (it is
     not among the session's required inputs), get the standard decoder's logits. zoo's runtime
     feeds -1 at prefill, where it needs one row of logits, and the head's GEMM (a third of GPT-2
-    Small's prefill) runs on one position instead of all. Only the graph proto is rewritten.
+    Small's prefill) runs on one position instead of all.
     """
-    proto = onnx.load(str(path), load_external_data=False)
     graph = proto.graph
     producers = {out: node for node in graph.node for out in node.output}
     constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -238,7 +238,7 @@ def select_logit_positions(path: Path) -> onnx.ModelProto:
         node = next((producers[i] for i in node.input if i in producers and i not in constants), None)
     shapes = {v.name: v.type.tensor_type.shape for v in [*graph.value_info, *graph.input]}
     if node is None or node.op_type not in ("MatMul", "Gemm") or len(getattr(shapes.get(node.input[0]), "dim", ())) != 3:
-        return proto  # no (B, T, D) hidden states found before the head: every call gets every position's logits
+        return  # no (B, T, D) hidden states found before the head: every call gets every position's logits
     hidden = f"{LOGITS_START}/hidden"
     ends, axes = f"{LOGITS_START}/ends", f"{LOGITS_START}/axes"
     graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), LOGITS_START),
@@ -251,8 +251,6 @@ def select_logit_positions(path: Path) -> onnx.ModelProto:
     node.input[0] = hidden
     logits = next(v for v in graph.output if v.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_param = LOGITS_SEQUENCE
-    onnx.save(proto, str(path))
-    return proto
 
 
 _SYMBOL = re.compile(r"\b[a-z]\d+\b")
@@ -262,13 +260,9 @@ def _terms(dim) -> list:
     return sorted(p.strip() for p in dim.split("+")) if isinstance(dim, str) else [dim]
 
 
-def name_dimensions(path: Path, graph: ExportGraph) -> onnx.ModelProto:
+def name_dimensions(proto: onnx.ModelProto, graph: ExportGraph) -> None:
     """Rename the tracer's symbols (``s43``) to the graph's dimension names (``batch``)
-    in the saved graph, and check that every input and output has its declared shape.
-
-    Only the graph proto is rewritten; the external weights file is untouched.
-    """
-    proto = onnx.load(str(path), load_external_data=False)
+    and check that every input and output has its declared shape."""
     symbols: dict[str, str] = {}
     for value, (name, dims) in zip(proto.graph.input, graph.inputs()):
         for axis, (dim, want) in enumerate(zip(value.type.tensor_type.shape.dim, dims)):
@@ -294,8 +288,6 @@ def name_dimensions(path: Path, graph: ExportGraph) -> onnx.ModelProto:
         for dim, want in zip(value.type.tensor_type.shape.dim, dims):
             if isinstance(want, str):
                 dim.dim_param = want  # one spelling of each sum
-    onnx.save(proto, str(path))
-    return proto
 
 
 def attention_operator(out: Path, entries: dict) -> str:
