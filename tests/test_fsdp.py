@@ -33,7 +33,8 @@ def torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
                "-m", "zoo.cli", "train", *map(str, args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if "Error" in line or "zoo/" in line]
-    assert done.returncode == 0, "\n".join(errors[:40]) or done.stderr[-3000:]
+    # a child killed by a signal leaves no Python traceback: its last words are in the tail
+    assert done.returncode == 0, "\n".join(errors[:40]) + "\n--- stderr, last lines ---\n" + done.stderr[-6000:]
     return done
 
 
