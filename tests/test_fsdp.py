@@ -80,6 +80,26 @@ def test_a_sharded_run_resumes_where_it_would_have_gone(tmp_path):
     assert all(torch.equal(straight[name], halves[name]) for name in straight)
 
 
+def test_the_sharded_model_is_gone_before_the_group_is(tmp_path, monkeypatch):
+    """FSDP's modules outlive their trainer in reference cycles; left to interpreter exit they are
+    freed after the process group, where gloo can abort the process (once in CI: SIGABRT)."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+
+    destroy, alive = dist.destroy_process_group, []
+
+    def counting(*args, **kwargs):
+        alive.append(sum(isinstance(o, FSDPModule) for o in gc.get_objects()))
+        destroy(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "destroy_process_group", counting)
+    data = write_text(tmp_path / "input.txt")
+    train("baby-gpt-cpu", "--data", data, *TINY, "--max-steps", "2", "--strategy", "fsdp", "-o", tmp_path / "run")
+    assert alive == [0]
+
+
 def test_the_translator_trains_sharded_with_averaging(tmp_path):
     data = write_tsv(tmp_path / "pairs.tsv")
     run = tmp_path / "run"

@@ -7,6 +7,7 @@ no-op, so the training loop reads the same either way.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -76,5 +77,10 @@ class Distributed:
         return float(t.item())
 
     def stop(self) -> None:
+        """Leave the group. A sharded model lives on in reference cycles after its trainer is done
+        (FSDP's modules and hooks refer to each other): collected here, it goes while the group it
+        holds still exists, not at interpreter exit after it, where gloo's threads can abort the
+        process (pytorch/pytorch#179291)."""
         if (self.world > 1 or self.alone_in_group) and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
