@@ -4,6 +4,7 @@ the translator trains sharded, and bad requests are one line."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from torch.distributed.fsdp import FSDPModule
 
 from synthetic_pairs import TINY_MODEL, one_thread, write_tsv
 from test_lm_training import records, write_text
@@ -83,11 +86,6 @@ def test_a_sharded_run_resumes_where_it_would_have_gone(tmp_path):
 def test_the_sharded_model_is_gone_before_the_group_is(tmp_path, monkeypatch):
     """FSDP's modules outlive their trainer in reference cycles; left to interpreter exit they are
     freed after the process group, where gloo can abort the process (once in CI: SIGABRT)."""
-    import gc
-
-    import torch.distributed as dist
-    from torch.distributed.fsdp import FSDPModule
-
     destroy, alive = dist.destroy_process_group, []
 
     def counting(*args, **kwargs):

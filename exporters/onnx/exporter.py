@@ -41,7 +41,7 @@ from zoo.core.paging import weights_on_disk
 from zoo.errors import ExportError, ZooError, first_line
 from zoo.exporters.onnx.genai import write_genai_files
 from zoo.exporters.onnx.errors import export_failure
-from zoo.exporters.onnx.fusion import fold_into_attention
+from zoo.exporters.onnx.fusion import dim_terms, fold_into_attention
 from zoo.exporters.onnx.graphs import LOGITS_SEQUENCE, LOGITS_START, ExportGraph, graphs_for
 from zoo.exporters.onnx.quantize import QuantizeSettings, quantize_export, quantize_settings
 from zoo.exporters.onnx.verification import Reference, torch_reference, verify_export, verify_quantized_export
@@ -256,10 +256,6 @@ def select_logit_positions(proto: onnx.ModelProto) -> None:
 _SYMBOL = re.compile(r"\b[a-z]\d+\b")
 
 
-def _terms(dim) -> list:
-    return sorted(p.strip() for p in dim.split("+")) if isinstance(dim, str) else [dim]
-
-
 def name_dimensions(proto: onnx.ModelProto, graph: ExportGraph) -> None:
     """Rename the tracer's symbols (``s43``) to the graph's dimension names (``batch``)
     and check that every input and output has its declared shape."""
@@ -282,7 +278,7 @@ def name_dimensions(proto: onnx.ModelProto, graph: ExportGraph) -> None:
     declared = [*graph.inputs(), *graph.outputs()]
     for value, (name, dims) in zip([*proto.graph.input, *proto.graph.output], declared):
         shape = io_entry(value)["shape"]
-        if value.name != name or [_terms(d) for d in shape] != [_terms(d) for d in dims]:
+        if value.name != name or [dim_terms(d) for d in shape] != [dim_terms(d) for d in dims]:
             raise ExportError(f"{graph.name}.onnx: {value.name} has shape {shape}, expected {name} {list(dims)}; "
                               "a component changes a dimension the runtime relies on")
         for dim, want in zip(value.type.tensor_type.shape.dim, dims):

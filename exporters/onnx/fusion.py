@@ -43,9 +43,15 @@ from onnx import helper
 HEADS_FIRST = [0, 2, 1, 3]  # (B, T, H, hd) <-> (B, H, T, hd), its own inverse
 
 
+def dim_terms(dim: str | int) -> list:
+    """A declared dimension as the sorted terms of its sum (``past_sequence + sequence``), so that
+    two spellings of one sum compare equal; an int is its own one term."""
+    return sorted(p.strip() for p in dim.split("+")) if isinstance(dim, str) else [dim]
+
+
 def _dims(value: onnx.ValueInfoProto) -> list:
     """A value's shape: ints, symbols (a sum spelled one way: ``past_sequence + sequence``), None."""
-    return [" + ".join(sorted(p.strip() for p in d.dim_param.split("+"))) if d.HasField("dim_param")
+    return [" + ".join(dim_terms(d.dim_param)) if d.HasField("dim_param")
             else (d.dim_value if d.HasField("dim_value") else None) for d in value.type.tensor_type.shape.dim]
 
 
